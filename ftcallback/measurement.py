@@ -1,0 +1,340 @@
+"""The result of a measurement: raw per-request samples and the summaries derived from them.
+
+A :class:`Measurement` keeps every sample it was computed from, derives all
+statistics on demand, and round-trips through JSON (``to_dict`` / ``from_dict``,
+``save`` / ``load``) with a schema version, so a baseline can be measured once
+and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .errors import BaselineError
+from .stats import Stats, summarize
+
+__all__ = ["SCHEMA_VERSION", "Measurement", "RequestSample"]
+
+#: Version of the JSON layout written by :meth:`Measurement.to_dict`. Bumped on incompatible changes.
+SCHEMA_VERSION = 1
+
+#: Settings that must agree between a baseline and a later measurement for a comparison to be fair.
+COMPARABLE_SETTINGS = ("prompts_sha256", "num_prompts", "max_new_tokens", "generation_kwargs", "apply_chat_template")
+
+
+@dataclass(frozen=True)
+class RequestSample:
+    """One request of one repeat: what a user of the served model would have seen.
+
+    Attributes:
+        prompt_index: index of the prompt in the probe set.
+        repeat: index of the timed repeat (warm-up calls are not samples).
+        latency_s: end-to-end latency in seconds, from the call to ``generate`` until this
+            request's last token exists (until ``generate`` returns for the requests that end the call).
+        ttft_s: time to first token in seconds, from the call until the first new token exists.
+        input_tokens: prompt tokens, padding excluded.
+        output_tokens: generated tokens up to and including the first EOS, padding excluded.
+        finished: True when the response ended with EOS; False when it was cut at ``max_new_tokens``.
+    """
+
+    prompt_index: int
+    repeat: int
+    latency_s: float
+    ttft_s: float
+    input_tokens: int
+    output_tokens: int
+    finished: bool
+
+    @property
+    def tpot_s(self) -> float:
+        """Time per output token after the first: ``(latency - ttft) / (output_tokens - 1)``; NaN below 2 tokens."""
+        if self.output_tokens < 2:
+            return math.nan
+        return (self.latency_s - self.ttft_s) / (self.output_tokens - 1)
+
+    @property
+    def truncated(self) -> bool:
+        """True when the response was cut at ``max_new_tokens`` without an EOS."""
+        return not self.finished
+
+
+def _ms(values: Sequence[float]) -> list[float]:
+    return [v * 1000.0 for v in values]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Raw samples of one measurement plus the context needed to compare it with another.
+
+    Attributes:
+        samples: one :class:`RequestSample` per prompt and timed repeat.
+        settings: how it was measured (``max_new_tokens``, ``generation_kwargs``, ``warmup``,
+            ``repeats``, ``batch_size``, ``apply_chat_template``, ``num_prompts``, ``prompts_sha256``, ``seed``).
+        model: what was measured (class, name or path, dtype, device, parameter count).
+        environment: where (library versions, device name, autocast, generation mode).
+        warmup_latencies_s: wall time of each untimed warm-up call, the first call apart.
+        peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
+        sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
+        wall_time_s: wall time of the whole measurement, warm-up included.
+        created_at: ISO-8601 UTC timestamp.
+        schema_version: JSON layout version.
+
+    Example:
+        >>> m = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 9, True),))
+        >>> m.latency_ms.p50, m.output_tokens.mean
+        (500.0, 9.0)
+    """
+
+    samples: tuple[RequestSample, ...]
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    model: Mapping[str, Any] = field(default_factory=dict)
+    environment: Mapping[str, Any] = field(default_factory=dict)
+    warmup_latencies_s: tuple[float, ...] = ()
+    peak_memory_bytes: int | None = None
+    sample_outputs: tuple[Mapping[str, Any], ...] = ()
+    wall_time_s: float = math.nan
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    # ----------------------------------------------------------------- summaries
+    @cached_property
+    def latency_ms(self) -> Stats:
+        """End-to-end latency per request, milliseconds."""
+        return summarize(_ms([s.latency_s for s in self.samples]))
+
+    @cached_property
+    def ttft_ms(self) -> Stats:
+        """Time to first token per request, milliseconds."""
+        return summarize(_ms([s.ttft_s for s in self.samples]))
+
+    @cached_property
+    def tpot_ms(self) -> Stats:
+        """Time per output token after the first, milliseconds (requests with fewer than 2 tokens left out)."""
+        return summarize(_ms([s.tpot_s for s in self.samples if s.output_tokens >= 2]))
+
+    @cached_property
+    def output_tokens(self) -> Stats:
+        """Output tokens per response."""
+        return summarize([float(s.output_tokens) for s in self.samples])
+
+    @cached_property
+    def input_tokens(self) -> Stats:
+        """Input (prompt) tokens per request."""
+        return summarize([float(s.input_tokens) for s in self.samples])
+
+    @property
+    def tokens_per_second(self) -> float:
+        """Output tokens per second of request latency: sum of output tokens / sum of latencies."""
+        total_time = math.fsum(s.latency_s for s in self.samples if math.isfinite(s.latency_s))
+        total_tokens = sum(s.output_tokens for s in self.samples if math.isfinite(s.latency_s))
+        return total_tokens / total_time if total_time > 0 else math.nan
+
+    @property
+    def eos_fraction(self) -> float:
+        """Fraction of responses that ended with EOS."""
+        return sum(s.finished for s in self.samples) / len(self.samples) if self.samples else math.nan
+
+    @property
+    def truncated_fraction(self) -> float:
+        """Fraction of responses cut at ``max_new_tokens``."""
+        return 1.0 - self.eos_fraction if self.samples else math.nan
+
+    @property
+    def noise_cv(self) -> float:
+        """Timing noise: median over prompts of the coefficient of variation of latency across repeats.
+
+        Variation between prompts (different lengths) is real, so it is left out; what is
+        left is how much the same request varies. NaN with a single repeat.
+        """
+        cvs = [summarize(v).cv for v in self.per_prompt("latency_s").values() if len(v) > 1]
+        finite = [c for c in cvs if math.isfinite(c)]
+        return summarize(finite).p50 if finite else math.nan
+
+    def cost_per_request(self, input_price_per_1k: float = 0.0, output_price_per_1k: float = 0.0) -> float:
+        """Mean cost of one request: input tokens x input price + output tokens x output price, per 1000 tokens."""
+        if not self.samples:
+            return math.nan
+        return (
+            self.input_tokens.mean * input_price_per_1k + self.output_tokens.mean * output_price_per_1k
+        ) / 1000.0
+
+    def per_prompt(self, attribute: str) -> dict[int, list[float]]:
+        """Samples of ``attribute`` (a :class:`RequestSample` field or property) grouped by prompt index."""
+        grouped: dict[int, list[float]] = {}
+        for s in self.samples:
+            grouped.setdefault(s.prompt_index, []).append(float(getattr(s, attribute)))
+        return grouped
+
+    def summary(self) -> dict[str, float]:
+        """Flat summary used by the report, TensorBoard (``efficiency/<key>``) and the CLI tables."""
+        out: dict[str, float] = {"requests": float(len(self.samples))}
+        for prefix, stats in (
+            ("latency_ms", self.latency_ms),
+            ("ttft_ms", self.ttft_ms),
+            ("tpot_ms", self.tpot_ms),
+        ):
+            for stat in ("mean", "p50", "p90", "p95", "p99", "std", "cv", "min", "max"):
+                out[f"{prefix}_{stat}"] = stats.get(stat)
+        for prefix, stats in (("output_tokens", self.output_tokens), ("input_tokens", self.input_tokens)):
+            for stat in ("mean", "p50", "p95", "min", "max"):
+                out[f"{prefix}_{stat}"] = stats.get(stat)
+        out["tokens_per_second"] = self.tokens_per_second
+        out["eos_fraction"] = self.eos_fraction
+        out["truncated_fraction"] = self.truncated_fraction
+        out["noise_cv"] = self.noise_cv
+        if self.peak_memory_bytes is not None:
+            out["peak_memory_mb"] = self.peak_memory_bytes / 2**20
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"Measurement(requests={len(self.samples)}, latency_ms_p50={self.latency_ms.p50:.1f}, "
+            f"latency_ms_p95={self.latency_ms.p95:.1f}, ttft_ms_p50={self.ttft_ms.p50:.1f}, "
+            f"tpot_ms_p50={self.tpot_ms.p50:.2f}, output_tokens_mean={self.output_tokens.mean:.1f}, "
+            f"noise_cv={self.noise_cv:.3f})"
+        )
+
+    # ----------------------------------------------------------------- comparison
+    def incompatibilities(self, other: Measurement) -> list[str]:
+        """Settings that differ between ``self`` and ``other``, as readable lines (empty when comparable)."""
+        problems = []
+        for key in COMPARABLE_SETTINGS:
+            mine, theirs = self.settings.get(key), other.settings.get(key)
+            if mine != theirs:
+                problems.append(f"{key}: {theirs!r} here, {mine!r} in the baseline")
+        return problems
+
+    # ----------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict with ``schema_version``; inverse of :meth:`from_dict`."""
+        cols = [f.name for f in fields(RequestSample)]
+        return {
+            "schema_version": self.schema_version,
+            "created_at": self.created_at,
+            "settings": dict(self.settings),
+            "model": dict(self.model),
+            "environment": dict(self.environment),
+            "wall_time_s": _json_float(self.wall_time_s),
+            "warmup_latencies_s": [_json_float(v) for v in self.warmup_latencies_s],
+            "peak_memory_bytes": self.peak_memory_bytes,
+            "summary": {k: _json_float(v) for k, v in self.summary().items()},
+            "sample_outputs": [dict(o) for o in self.sample_outputs],
+            # Columnar: compact, and readable with one line of pandas.
+            "samples": {c: [_json_float(getattr(s, c)) for s in self.samples] for c in cols},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
+        """Rebuild a measurement written by :meth:`to_dict`.
+
+        Raises:
+            BaselineError: the data is not a measurement or has another schema version.
+        """
+        if not isinstance(data, Mapping) or "samples" not in data:
+            raise BaselineError("not an ftcallback measurement: no 'samples' field")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise BaselineError(
+                f"measurement schema_version {version!r} is not supported (this ftcallback reads "
+                f"{SCHEMA_VERSION}); measure the baseline again with this version"
+            )
+        try:
+            cols = data["samples"]
+            n = len(cols["latency_s"])
+            samples = tuple(
+                RequestSample(
+                    prompt_index=int(cols["prompt_index"][i]),
+                    repeat=int(cols["repeat"][i]),
+                    latency_s=_from_json_float(cols["latency_s"][i]),
+                    ttft_s=_from_json_float(cols["ttft_s"][i]),
+                    input_tokens=int(cols["input_tokens"][i]),
+                    output_tokens=int(cols["output_tokens"][i]),
+                    finished=bool(cols["finished"][i]),
+                )
+                for i in range(n)
+            )
+            return cls(
+                samples=samples,
+                settings=dict(data.get("settings", {})),
+                model=dict(data.get("model", {})),
+                environment=dict(data.get("environment", {})),
+                warmup_latencies_s=tuple(_from_json_float(v) for v in data.get("warmup_latencies_s", [])),
+                peak_memory_bytes=data.get("peak_memory_bytes"),
+                sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
+                wall_time_s=_from_json_float(data.get("wall_time_s")),
+                created_at=str(data.get("created_at", "")),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise BaselineError(f"corrupt measurement: {type(exc).__name__}: {exc}") from exc
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the measurement as JSON, atomically (a crash leaves the previous file whole)."""
+        path = Path(path)
+        write_json_atomic(path, self.to_dict())
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Measurement:
+        """Read a measurement saved with :meth:`save` (or the ``baseline`` of a report.json).
+
+        Raises:
+            BaselineError: the file is missing, not JSON, or not a measurement of this schema.
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise BaselineError(f"cannot read baseline file {str(path)!r}: {exc.strerror or exc}") from exc
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BaselineError(f"baseline file {str(path)!r} is not valid JSON: {exc}") from exc
+        if isinstance(data, Mapping) and "samples" not in data and isinstance(data.get("baseline"), Mapping):
+            data = data["baseline"]  # a report.json: take its baseline
+        try:
+            return cls.from_dict(data)
+        except BaselineError as exc:
+            raise BaselineError(f"baseline file {str(path)!r}: {exc}") from exc
+
+
+def _json_float(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null (or a string for infinities)."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _from_json_float(value: Any) -> float:
+    if value is None:
+        return math.nan
+    return float(value)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` via a temporary file and a rename in the same folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, allow_nan=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
