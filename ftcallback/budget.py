@@ -1,0 +1,640 @@
+"""Budgets on latency, output length and cost, and the verdicts that check a measurement against them.
+
+A :class:`Budget` says what is allowed: absolute limits (an SLA in milliseconds, a cap on
+mean output tokens, a cap on cost) and limits relative to a baseline (+25% latency,
++20% tokens). :func:`evaluate` turns a budget, a measurement and an optional baseline
+into a :class:`Verdict`: one :class:`BudgetCheck` per budget that is set.
+
+Decision rules:
+
+* Absolute budgets compare the current statistic with the limit.
+* ``max_latency_increase`` compares prompt by prompt against the baseline
+  (:func:`~ftcallback.stats.paired_ratio`) and is breached only when the paired median
+  ratio exceeds ``1 + max_latency_increase`` **and** its bootstrap interval lies wholly
+  above 1, so timing noise alone never stops a run.
+* Token and cost budgets compare means: under greedy decoding they are deterministic.
+* A non-finite value, a missing baseline for a relative budget or a zero baseline gives
+  ``passed=None`` ("not evaluable"), never a breach.
+
+Example:
+    >>> from ftcallback.measurement import Measurement, RequestSample
+    >>> m = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 57, True),))
+    >>> evaluate(Budget(output_tokens=44.4), m).first_breach.describe()
+    'output_tokens_mean 57.0 exceeds budget 44.4'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+from .measurement import Measurement
+from .stats import paired_ratio
+
+__all__ = ["LATENCY_STATS", "Budget", "BudgetCheck", "Verdict", "evaluate"]
+
+#: Statistics of end-to-end latency a budget can be stated on.
+LATENCY_STATS = ("mean", "p50", "p90", "p95", "p99")
+
+# Why each kind of field exists, appended to validation errors so the message carries the fix.
+_LIMIT_HINTS = {
+    "latency_ms": "an SLA on end-to-end latency per request in milliseconds, e.g. 400",
+    "output_tokens": "a cap on mean output tokens per response, e.g. 64",
+    "requests_per_month": "expected requests per month, e.g. 1000000",
+    "monthly_cost": "a cap on projected monthly cost, in the currency of the prices",
+    "cost_per_request": "a cap on mean cost per request, in the currency of the prices",
+}
+_FRACTIONS = ("max_latency_increase", "max_token_increase", "max_cost_increase")
+_PRICES = ("input_price_per_1k", "output_price_per_1k")
+_COST_BUDGETS = ("cost_per_request", "max_cost_increase", "monthly_cost")
+# Fields that produce a check; prices and requests_per_month only parameterise the cost ones.
+_BUDGET_FIELDS = (
+    "latency_ms",
+    "max_latency_increase",
+    "output_tokens",
+    "max_token_increase",
+    "cost_per_request",
+    "max_cost_increase",
+    "monthly_cost",
+)
+_DEFAULT_CONFIDENCE = 0.95
+
+
+def _number(name: str, value: Any) -> float:
+    # bool is an int subclass: True would silently mean 1.0, which is never what was meant.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"`{name}` must be a number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"`{name}` must be a finite number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class Budget:
+    """What a fine-tuned model may cost at inference; every field is optional.
+
+    ``Budget()`` with nothing set is valid: the run is measured and monitored, never stopped.
+
+    Attributes:
+        latency_ms: absolute SLA on end-to-end latency per request, in milliseconds.
+        latency_stat: statistic of latency the latency budgets apply to: one of
+            ``"mean"``, ``"p50"``, ``"p90"``, ``"p95"``, ``"p99"``.
+        max_latency_increase: allowed fraction over the baseline latency (0.25 = +25%), judged
+            prompt by prompt and only when the slowdown is statistically significant.
+        output_tokens: absolute cap on mean output tokens per response.
+        max_token_increase: allowed fraction over the baseline's mean output tokens.
+        input_price_per_1k: price of 1000 input (prompt) tokens.
+        output_price_per_1k: price of 1000 output tokens.
+        requests_per_month: expected traffic, to project a monthly cost.
+        monthly_cost: cap on cost per request x ``requests_per_month``.
+        cost_per_request: cap on mean cost per request.
+        max_cost_increase: allowed fraction over the baseline's cost per request.
+        confidence: confidence level of the latency significance interval, in (0, 1).
+
+    Raises:
+        ConfigError: a field has an invalid value; the message names it and the fix.
+
+    Example:
+        >>> b = Budget(latency_ms=400, max_token_increase=0.2)
+        >>> b
+        Budget(latency_ms=400.0, latency_stat='p95', max_token_increase=0.2)
+        >>> Budget.from_dict(b.to_dict()) == b
+        True
+    """
+
+    latency_ms: float | None = None
+    latency_stat: str = "p95"
+    max_latency_increase: float | None = None
+    output_tokens: float | None = None
+    max_token_increase: float | None = None
+    input_price_per_1k: float | None = None
+    output_price_per_1k: float | None = None
+    requests_per_month: float | None = None
+    monthly_cost: float | None = None
+    cost_per_request: float | None = None
+    max_cost_increase: float | None = None
+    confidence: float = _DEFAULT_CONFIDENCE
+
+    def __post_init__(self) -> None:
+        for name, hint in _LIMIT_HINTS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = _number(name, value)
+            if value <= 0:
+                raise ConfigError(f"`{name}` must be > 0, got {value!r} ({hint})")
+            object.__setattr__(self, name, value)
+        for name in _FRACTIONS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = _number(name, value)
+            if value <= 0:
+                raise ConfigError(f"`{name}` must be > 0, got {value!r} (0.25 means +25% over the baseline)")
+            object.__setattr__(self, name, value)
+        for name in _PRICES:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = _number(name, value)
+            if value < 0:
+                raise ConfigError(
+                    f"`{name}` must be >= 0, got {value!r} (the price of 1000 tokens, e.g. 0.002)"
+                )
+            object.__setattr__(self, name, value)
+        if not isinstance(self.latency_stat, str) or self.latency_stat not in LATENCY_STATS:
+            raise ConfigError(
+                f"`latency_stat` must be one of {', '.join(map(repr, LATENCY_STATS))}, "
+                f"got {self.latency_stat!r}"
+            )
+        confidence = _number("confidence", self.confidence)
+        if not 0.0 < confidence < 1.0:
+            raise ConfigError(
+                f"`confidence` must be in (0, 1), got {confidence!r} (0.95 means a 95% interval)"
+            )
+        object.__setattr__(self, "confidence", confidence)
+
+        cost_budgets = [name for name in _COST_BUDGETS if getattr(self, name) is not None]
+        if cost_budgets:
+            prices = [getattr(self, name) for name in _PRICES]
+            if all(p is None for p in prices):
+                raise ConfigError(
+                    f"`{cost_budgets[0]}` needs a price: set `input_price_per_1k` and/or "
+                    f"`output_price_per_1k` (price of 1000 tokens)"
+                )
+            if not any(p is not None and p > 0 for p in prices):
+                raise ConfigError(
+                    f"`{cost_budgets[0]}` needs a non-zero price: at least one of `input_price_per_1k`, "
+                    f"`output_price_per_1k` must be > 0, got {prices[0]!r} and {prices[1]!r}"
+                )
+        if self.monthly_cost is not None and self.requests_per_month is None:
+            raise ConfigError(
+                "`monthly_cost` needs `requests_per_month` to project a monthly cost "
+                "(monthly cost = cost per request x requests_per_month); set it, e.g. 1000000"
+            )
+
+    # ----------------------------------------------------------------- queries
+    @property
+    def is_empty(self) -> bool:
+        """True when no budget is set: measurements are monitored, nothing can be breached."""
+        return all(getattr(self, name) is None for name in _BUDGET_FIELDS)
+
+    @property
+    def priced(self) -> bool:
+        """True when at least one token price is set, so cost can be computed."""
+        return self.input_price_per_1k is not None or self.output_price_per_1k is not None
+
+    @property
+    def latency_metric(self) -> str:
+        """Summary key the latency budgets apply to, e.g. ``"latency_ms_p95"``."""
+        return f"latency_ms_{self.latency_stat}"
+
+    def cost_per_request_of(self, measurement: Measurement) -> float | None:
+        """Mean cost of one request of ``measurement`` at this budget's prices; None when unpriced.
+
+        Example:
+            >>> from ftcallback.measurement import Measurement, RequestSample
+            >>> m = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 1000, 500, True),))
+            >>> Budget(input_price_per_1k=0.001, output_price_per_1k=0.002).cost_per_request_of(m)
+            0.002
+        """
+        if not self.priced:
+            return None
+        return measurement.cost_per_request(self.input_price_per_1k or 0.0, self.output_price_per_1k or 0.0)
+
+    def monthly_cost_of(self, measurement: Measurement) -> float | None:
+        """Projected monthly cost (cost per request x ``requests_per_month``); None when not computable."""
+        cost = self.cost_per_request_of(measurement)
+        if cost is None or self.requests_per_month is None:
+            return None
+        return cost * self.requests_per_month
+
+    def limits(self, baseline: Measurement | None = None) -> dict[str, float]:
+        """The limit of each budgeted metric, in that metric's unit, keyed like ``Measurement.summary()``.
+
+        Relative budgets become ``baseline x (1 + fraction)``; they are left out without a usable
+        baseline. When an absolute and a relative budget apply to the same metric, the tighter wins.
+
+        Args:
+            baseline: the reference measurement for relative budgets.
+
+        Returns:
+            e.g. ``{"latency_ms_p95": 400.0, "output_tokens_mean": 44.4, "cost_per_request": 0.0001}``.
+
+        Example:
+            >>> from ftcallback.measurement import Measurement, RequestSample
+            >>> base = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 37, True),))
+            >>> Budget(latency_ms=400, max_token_increase=0.2).limits(base)
+            {'latency_ms_p95': 400.0, 'output_tokens_mean': 44.4}
+        """
+        out: dict[str, float] = {}
+
+        def tighter(metric: str, limit: float | None) -> None:
+            if limit is not None and math.isfinite(limit) and limit > 0:
+                out[metric] = min(out.get(metric, math.inf), limit)
+
+        def relative(fraction: float | None, base_value: float | None) -> float | None:
+            if fraction is None or base_value is None:
+                return None
+            return base_value * (1.0 + fraction)
+
+        base_latency = baseline.latency_ms.get(self.latency_stat) if baseline is not None else None
+        base_tokens = baseline.output_tokens.mean if baseline is not None else None
+        base_cost = self.cost_per_request_of(baseline) if baseline is not None else None
+
+        tighter(self.latency_metric, self.latency_ms)
+        tighter(self.latency_metric, relative(self.max_latency_increase, base_latency))
+        tighter("output_tokens_mean", self.output_tokens)
+        tighter("output_tokens_mean", relative(self.max_token_increase, base_tokens))
+        tighter("cost_per_request", self.cost_per_request)
+        tighter("cost_per_request", relative(self.max_cost_increase, base_cost))
+        tighter("monthly_cost", self.monthly_cost)
+        return out
+
+    # ----------------------------------------------------------------- JSON
+    def to_dict(self) -> dict[str, Any]:
+        """The fields that are set, plus ``latency_stat`` (and ``confidence`` when not the default)."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "confidence" and value == _DEFAULT_CONFIDENCE:
+                continue
+            if value is not None:
+                out[f.name] = value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Budget:
+        """Build a budget from a mapping such as :meth:`to_dict`'s output; ``None`` values mean unset.
+
+        Raises:
+            ConfigError: ``data`` is not a mapping, has unknown keys, or a value is invalid.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(
+                f"a budget must be a mapping of field names to values, got {type(data).__name__}"
+            )
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            raise ConfigError(
+                f"unknown budget field(s) {', '.join(unknown)}; known fields: {', '.join(known)}"
+            )
+        return cls(**{k: v for k, v in data.items() if v is not None})
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"Budget({inner})"
+
+
+# --------------------------------------------------------------------- checks
+def _json_float(value: float | None) -> float | str | None:
+    """JSON has no NaN or infinity: NaN becomes null, infinities strings (as in Measurement)."""
+    if value is None or math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return float(value)
+
+
+def _from_json_float(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    """A metric's value as log text: money with 4 significant digits, everything else with 1 decimal."""
+    if value is None or not math.isfinite(value):
+        return "nan" if value is None or math.isnan(value) else str(value)
+    if "cost" in metric:
+        return _significant(value, 4)
+    return f"{value:.1f}"
+
+
+def _significant(value: float, digits: int) -> str:
+    """``value`` with ``digits`` significant digits as a plain number (no exponent: costs are tiny)."""
+    if value == 0:
+        return "0"
+    decimals = digits - 1 - math.floor(math.log10(abs(value)))
+    if decimals > 0:
+        return f"{value:.{decimals}f}"
+    return f"{round(value, decimals):.0f}"
+
+
+def _pct(ratio: float) -> str:
+    return f"{(ratio - 1.0) * 100:+.0f}%"
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """The outcome of one budget against one measurement.
+
+    Attributes:
+        budget: the :class:`Budget` field checked, e.g. ``"max_token_increase"``.
+        metric: what was measured, a ``Measurement.summary()`` key or ``"cost_per_request"`` /
+            ``"monthly_cost"``.
+        value: the measured value, in the metric's unit.
+        limit: the allowed value, in the metric's unit.
+        baseline: the baseline's value of the metric, when there is one.
+        passed: True within budget, False breached, None not evaluable (see ``detail``).
+        detail: how the decision was made (the paired ratio and its interval) or why it could not be.
+        ratio: ``value`` relative to the baseline (the paired ratio for relative latency).
+        interval: the ratio's confidence interval, for relative latency.
+
+    Example:
+        >>> c = BudgetCheck("max_token_increase", "output_tokens_mean", 57.0, 44.4, 37.0, False)
+        >>> c.describe()
+        'output_tokens_mean 57.0 exceeds budget 44.4 (baseline 37.0, +54%)'
+    """
+
+    budget: str
+    metric: str
+    value: float
+    limit: float
+    baseline: float | None = None
+    passed: bool | None = None
+    detail: str = ""
+    ratio: float | None = None
+    interval: tuple[float, float] | None = None
+
+    @property
+    def breached(self) -> bool:
+        """True only for a real breach (not for a check that could not be evaluated)."""
+        return self.passed is False
+
+    @property
+    def margin(self) -> float:
+        """Headroom ``(limit - value) / limit``: positive within budget, negative over, NaN unknown."""
+        if not (math.isfinite(self.value) and math.isfinite(self.limit)) or self.limit == 0:
+            return math.nan
+        return (self.limit - self.value) / self.limit
+
+    def _vs_baseline(self) -> str:
+        if self.baseline is None or not math.isfinite(self.baseline):
+            return ""
+        ratio = self.ratio
+        if ratio is None and self.baseline > 0 and math.isfinite(self.value):
+            ratio = self.value / self.baseline
+        change = f", {_pct(ratio)}" if ratio is not None and math.isfinite(ratio) else ""
+        return f" (baseline {_fmt(self.metric, self.baseline)}{change})"
+
+    def describe(self) -> str:
+        """One line for the log: ``output_tokens_mean 57.0 exceeds budget 44.4 (baseline 37.0, +54%)``."""
+        if self.passed is None:
+            return f"{self.metric} not evaluable: {self.detail or 'unknown reason'}"
+        value, limit = _fmt(self.metric, self.value), _fmt(self.metric, self.limit)
+        if self.passed is False:
+            return f"{self.metric} {value} exceeds budget {limit}{self._vs_baseline()}"
+        text = f"{self.metric} {value} within budget {limit}{self._vs_baseline()}"
+        # A passed check above its limit is a slowdown within noise: say why it did not count.
+        if self.value > self.limit and self.detail:
+            text += f"; not significant: {self.detail}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (NaN as null); inverse of :meth:`from_dict`."""
+        return {
+            "budget": self.budget,
+            "metric": self.metric,
+            "value": _json_float(self.value),
+            "limit": _json_float(self.limit),
+            "baseline": _json_float(self.baseline),
+            "passed": self.passed,
+            "detail": self.detail,
+            "ratio": _json_float(self.ratio),
+            "interval": None if self.interval is None else [_json_float(v) for v in self.interval],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> BudgetCheck:
+        """Rebuild a check written by :meth:`to_dict`.
+
+        Raises:
+            ConfigError: a required field is missing or has the wrong type.
+        """
+        try:
+            interval = data.get("interval")
+            baseline, ratio = data.get("baseline"), data.get("ratio")
+            passed = data.get("passed")
+            return cls(
+                budget=str(data["budget"]),
+                metric=str(data["metric"]),
+                value=_from_json_float(data["value"]),
+                limit=_from_json_float(data["limit"]),
+                baseline=None if baseline is None else float(baseline),
+                passed=None if passed is None else bool(passed),
+                detail=str(data.get("detail", "")),
+                ratio=None if ratio is None else float(ratio),
+                interval=None
+                if interval is None
+                else (_from_json_float(interval[0]), _from_json_float(interval[1])),
+            )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise ConfigError(f"not a budget check: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """All checks of one measurement against a budget.
+
+    Attributes:
+        checks: one :class:`BudgetCheck` per budget that is set, in a fixed order.
+
+    Example:
+        >>> Verdict(checks=()).passed
+        True
+    """
+
+    checks: tuple[BudgetCheck, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """True when no check is breached (checks that could not be evaluated do not count)."""
+        return not any(c.breached for c in self.checks)
+
+    @property
+    def breaches(self) -> tuple[BudgetCheck, ...]:
+        """The breached checks."""
+        return tuple(c for c in self.checks if c.breached)
+
+    @property
+    def not_evaluable(self) -> tuple[BudgetCheck, ...]:
+        """The checks that could not be evaluated (``passed is None``)."""
+        return tuple(c for c in self.checks if c.passed is None)
+
+    @property
+    def first_breach(self) -> BudgetCheck | None:
+        """The first breached check, or None."""
+        return next((c for c in self.checks if c.breached), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe ``{"passed": bool, "checks": [BudgetCheck.to_dict(), ...]}``."""
+        return {"passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Verdict:
+        """Rebuild a verdict from :meth:`to_dict`'s output, or from a bare list of check dicts (report.json).
+
+        Raises:
+            ConfigError: the data is not a verdict.
+        """
+        if isinstance(data, Mapping):
+            if "checks" not in data:
+                raise ConfigError("not a verdict: no 'checks' field")
+            items = data["checks"]
+        else:
+            items = data
+        if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+            raise ConfigError(f"not a verdict: 'checks' must be a list, got {type(items).__name__}")
+        return cls(checks=tuple(BudgetCheck.from_dict(c) for c in items))
+
+    def __repr__(self) -> str:
+        breaches = [c.budget for c in self.breaches]
+        not_evaluable = [c.budget for c in self.not_evaluable]
+        return (
+            f"Verdict(passed={self.passed}, checks={len(self.checks)}, breaches={breaches}, "
+            f"not_evaluable={not_evaluable})"
+        )
+
+
+# --------------------------------------------------------------------- evaluate
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _absolute(budget_field: str, metric: str, value: float, limit: float, base: float | None) -> BudgetCheck:
+    base = base if _finite(base) else None
+    ratio = value / base if base is not None and base > 0 and math.isfinite(value) else None
+    if not math.isfinite(value):
+        return BudgetCheck(budget_field, metric, value, limit, base, None, f"value is {value}", ratio)
+    return BudgetCheck(budget_field, metric, value, limit, base, value <= limit, "", ratio)
+
+
+def _relative(
+    budget_field: str, metric: str, value: float, fraction: float, base: float | None, what: str
+) -> BudgetCheck:
+    """A mean compared with the baseline's mean; deterministic metrics (tokens, cost) need no interval."""
+    if base is None:
+        return BudgetCheck(budget_field, metric, value, math.nan, None, None, "no baseline")
+    limit = base * (1.0 + fraction)
+    if not math.isfinite(base):
+        return BudgetCheck(budget_field, metric, value, limit, base, None, f"baseline is {base}")
+    if base == 0:
+        return BudgetCheck(budget_field, metric, value, limit, base, None, "baseline is zero")
+    if not math.isfinite(value):
+        return BudgetCheck(budget_field, metric, value, limit, base, None, f"value is {value}")
+    ratio = value / base
+    detail = f"{what} {_fmt(metric, value)} vs baseline {_fmt(metric, base)} (x{ratio:.3f})"
+    return BudgetCheck(budget_field, metric, value, limit, base, value <= limit, detail, ratio)
+
+
+def _relative_latency(
+    budget: Budget, fraction: float, measurement: Measurement, baseline: Measurement | None
+) -> BudgetCheck:
+    metric, stat = budget.latency_metric, budget.latency_stat
+    observed = measurement.latency_ms.get(stat)
+    if baseline is None:
+        return BudgetCheck("max_latency_increase", metric, observed, math.nan, None, None, "no baseline")
+    base = baseline.latency_ms.get(stat)
+    limit = base * (1.0 + fraction)
+    if not math.isfinite(base) or base <= 0:
+        why = "baseline is zero" if base == 0 else f"baseline is {base}"
+        return BudgetCheck("max_latency_increase", metric, observed, limit, base, None, why)
+    est = paired_ratio(
+        baseline.per_prompt("latency_s"), measurement.per_prompt("latency_s"), confidence=budget.confidence
+    )
+    if not math.isfinite(est.ratio):
+        return BudgetCheck(
+            "max_latency_increase",
+            metric,
+            observed,
+            limit,
+            base,
+            None,
+            "no prompt has finite latencies in both the baseline and this measurement",
+        )
+    # Reported value = baseline x paired ratio, so value / baseline in the log line is the ratio
+    # that decided; the plain observed statistic is kept in the detail.
+    value = base * est.ratio
+    breached = est.ratio > 1.0 + fraction and est.significant_increase
+    interval = (est.low, est.high)
+    detail = (
+        f"observed {stat} {observed:.1f} ms; paired median ratio {est.ratio:.3f}, "
+        f"{est.confidence:.0%} interval [{est.low:.3f}, {est.high:.3f}] over {est.pairs} prompts"
+    )
+    return BudgetCheck(
+        "max_latency_increase", metric, value, limit, base, not breached, detail, est.ratio, interval
+    )
+
+
+def evaluate(budget: Budget, measurement: Measurement, baseline: Measurement | None = None) -> Verdict:
+    """Check ``measurement`` against every budget that is set.
+
+    Args:
+        budget: the budget.
+        measurement: the measurement to judge.
+        baseline: the reference for relative budgets (the model before fine-tuning); without it
+            relative checks are not evaluable (``passed=None``).
+
+    Returns:
+        A :class:`Verdict` with one check per budget set, in the order latency, latency increase,
+        tokens, token increase, cost per request, cost increase, monthly cost.
+
+    Example:
+        >>> from ftcallback.measurement import Measurement, RequestSample
+        >>> base = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 37, True),))
+        >>> new = Measurement(samples=(RequestSample(0, 0, 0.7, 0.1, 5, 57, True),))
+        >>> v = evaluate(Budget(max_token_increase=0.2), new, base)
+        >>> v.passed, v.first_breach.describe()
+        (False, 'output_tokens_mean 57.0 exceeds budget 44.4 (baseline 37.0, +54%)')
+    """
+    checks: list[BudgetCheck] = []
+    metric = budget.latency_metric
+    if budget.latency_ms is not None:
+        base = baseline.latency_ms.get(budget.latency_stat) if baseline is not None else None
+        value = measurement.latency_ms.get(budget.latency_stat)
+        checks.append(_absolute("latency_ms", metric, value, budget.latency_ms, base))
+    if budget.max_latency_increase is not None:
+        checks.append(_relative_latency(budget, budget.max_latency_increase, measurement, baseline))
+
+    tokens = measurement.output_tokens.mean
+    base_tokens = baseline.output_tokens.mean if baseline is not None else None
+    if budget.output_tokens is not None:
+        checks.append(
+            _absolute("output_tokens", "output_tokens_mean", tokens, budget.output_tokens, base_tokens)
+        )
+    if budget.max_token_increase is not None:
+        checks.append(
+            _relative(
+                "max_token_increase",
+                "output_tokens_mean",
+                tokens,
+                budget.max_token_increase,
+                base_tokens,
+                "mean output tokens",
+            )
+        )
+
+    cost = budget.cost_per_request_of(measurement)
+    if cost is not None:  # priced; validation guarantees a price whenever a cost budget is set
+        base_cost = budget.cost_per_request_of(baseline) if baseline is not None else None
+        if budget.cost_per_request is not None:
+            checks.append(
+                _absolute("cost_per_request", "cost_per_request", cost, budget.cost_per_request, base_cost)
+            )
+        if budget.max_cost_increase is not None:
+            checks.append(
+                _relative(
+                    "max_cost_increase", "cost_per_request", cost, budget.max_cost_increase, base_cost, "cost"
+                )
+            )
+        if budget.monthly_cost is not None and budget.requests_per_month is not None:
+            rpm = budget.requests_per_month
+            base_monthly = base_cost * rpm if base_cost is not None else None
+            checks.append(
+                _absolute("monthly_cost", "monthly_cost", cost * rpm, budget.monthly_cost, base_monthly)
+            )
+    return Verdict(checks=tuple(checks))
