@@ -14,6 +14,7 @@ __all__ = [
     "MeasurementError",
     "ModelError",
     "PromptError",
+    "ReportError",
 ]
 
 
@@ -39,3 +40,7 @@ class BaselineError(FTCallbackError, ValueError):
 
 class MeasurementError(FTCallbackError, RuntimeError):
     """A measurement failed (raised only in strict mode; otherwise recorded and logged)."""
+
+
+class ReportError(FTCallbackError, ValueError):
+    """A run report (``report.json``) is missing, not JSON, of another schema, or not a report."""
