@@ -1,0 +1,732 @@
+"""The measurement engine: time ``generate`` on a fixed probe without disturbing training.
+
+:func:`measure` tokenises the probe once, left-pads it by hand into batches, runs
+``warmup`` untimed calls and then ``repeats`` timed passes over the batches, and
+returns a :class:`~ftcallback.measurement.Measurement` with one
+:class:`~ftcallback.measurement.RequestSample` per prompt and repeat.
+
+Timing uses a stopping criterion that never stops: ``generate`` calls it once per
+decoding step, right after the step's token was appended, so each call is the
+moment a new token exists (the device is synchronised first on accelerators).
+That gives time-to-first-token and, for every request of a batch, the step at
+which its last token appeared, without a streamer and without re-running anything.
+
+Whatever :func:`measure` touches it puts back: train/eval flags of every module,
+the python / numpy / torch / CUDA RNG states, the tokenizer, ``model.config`` and
+``model.generation_config``. A training run with a measurement in the middle gives
+bit-identical losses to one without.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import copy
+import datetime
+import functools
+import importlib.metadata
+import logging
+import math
+import platform
+import random
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+from .errors import ConfigError, ModelError, PromptError
+from .measurement import Measurement, RequestSample
+from .prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
+
+__all__ = ["measure", "unwrap_model"]
+
+logger = logging.getLogger("ftcallback.measure")
+
+#: The clock every timestamp comes from; a module attribute so tests can drive time exactly.
+_clock: Callable[[], float] = time.perf_counter
+
+# Above this median per-prompt CV of latency across repeats the timing is called noisy (the usual 10%
+# of benchmark tools).
+_NOISE_CV_LIMIT = 0.10
+
+# Sampling-only flags at the values that make them inert. Set on the greedy generation config so that an
+# instruct model's `temperature=0.6, top_p=0.9` neither applies nor warns under `do_sample=False`. min_p
+# and top_h have no inert value but None, which generate refills from model.generation_config: a
+# checkpoint that sets them still gets transformers' warning.
+_INERT_SAMPLING_FLAGS: dict[str, Any] = {
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "top_k": 50,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "min_p": None,
+    "top_h": None,
+}
+_INERT_BEAM_FLAGS: dict[str, Any] = {"early_stopping": False, "length_penalty": 1.0}
+
+# generate() arguments that measure() owns; letting generation_kwargs set them would make the
+# recorded settings lie or break the per-request bookkeeping.
+_OWNED_KWARGS = {
+    "input_ids": "the prompts come from the `prompts` argument",
+    "inputs": "the prompts come from the `prompts` argument",
+    "attention_mask": "measure() builds the attention mask itself",
+    "max_new_tokens": "use the `max_new_tokens` argument of measure()",
+    "max_length": "use the `max_new_tokens` argument of measure()",
+    "synced_gpus": "use the `synced_gpus` argument of measure()",
+}
+
+
+# ----------------------------------------------------------------- public API
+def unwrap_model(model: Any) -> Any:
+    """Peel distributed and compile wrappers off ``model`` down to the module that owns ``generate``.
+
+    ``DistributedDataParallel`` / ``DataParallel`` and DeepSpeed engines are unwrapped through
+    ``.module``, ``torch.compile`` wrappers through ``._orig_mod``. A PEFT ``PeftModel`` is kept as
+    it is: its own ``generate`` routes through the adapters.
+
+    Example:
+        >>> import torch
+        >>> layer = torch.nn.Linear(2, 2)
+        >>> unwrap_model(torch.nn.DataParallel(layer)) is layer
+        True
+    """
+    for _ in range(32):  # wrappers nest a few levels at most; the bound only guards against cycles
+        names = {cls.__name__ for cls in type(model).__mro__}
+        if "PeftModel" in names:
+            return model
+        inner = getattr(model, "_orig_mod", None)
+        if isinstance(inner, torch.nn.Module):
+            model = inner
+            continue
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) or (
+            "DeepSpeedEngine" in names
+        ):
+            model = model.module
+            continue
+        return model
+    return model
+
+
+def measure(
+    model: Any,
+    tokenizer: Any,
+    prompts: Any,
+    *,
+    max_new_tokens: int = 128,
+    generation_kwargs: Mapping[str, Any] | None = None,
+    warmup: int = 1,
+    repeats: int = 3,
+    batch_size: int = 1,
+    apply_chat_template: bool = False,
+    seed: int = 0,
+    num_sample_outputs: int = 3,
+    on_batch_end: Callable[[], Any] | None = None,
+    synced_gpus: bool | None = None,
+) -> Measurement:
+    """Measure latency and output length of ``model.generate`` on a probe of prompts.
+
+    Each prompt is one request. Per request it records end-to-end latency, time to first token,
+    input tokens (padding excluded), output tokens up to and including the first EOS, and whether
+    the response ended with EOS or was cut at ``max_new_tokens``.
+
+    Args:
+        model: a causal LM with ``generate`` (``AutoModelForCausalLM``), possibly wrapped in DDP,
+            a DeepSpeed engine or ``torch.compile``, or a PEFT model.
+        tokenizer: its tokenizer, or a processor with a ``.tokenizer``.
+        prompts: a list of strings, a ``datasets.Dataset`` or a ``.txt`` / ``.jsonl`` path
+            (see :func:`ftcallback.prompts.load_prompts`).
+        max_new_tokens: generation budget per request.
+        generation_kwargs: extra ``generate`` keyword arguments; they override the engine's defaults
+            (greedy, ``pad_token_id``). ``stopping_criteria`` are kept next to the engine's timer.
+        warmup: untimed calls before timing, cycling through the batches.
+        repeats: timed passes over all prompts.
+        batch_size: prompts per ``generate`` call, grouped in order and left-padded.
+        apply_chat_template: wrap each prompt as a user turn with the tokenizer's chat template.
+        seed: seed for ``do_sample=True`` (reseeded before every call; the caller's RNG is restored).
+        num_sample_outputs: how many decoded responses (the first prompts, last repeat) to keep.
+        on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
+        synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
+
+    Returns:
+        A :class:`~ftcallback.measurement.Measurement` with ``len(prompts) * repeats`` samples.
+
+    Raises:
+        ConfigError: an argument is out of range, or ``generation_kwargs`` sets what measure() owns.
+        PromptError: no prompts, or a prompt plus ``max_new_tokens`` exceeds the model's context.
+        ModelError: the model cannot generate, or the tokenizer has neither a pad nor an EOS token.
+
+    Example:
+        >>> from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
+        >>> tok = tiny_tokenizer()
+        >>> m = measure(tiny_causal_lm(), tok, ["the model returns"], max_new_tokens=4, repeats=2)
+        >>> len(m.samples), m.samples[0].output_tokens <= 4
+        (2, True)
+    """
+    clock = _clock
+    wall_start = clock()
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _check_int("repeats", repeats, 1)
+    _check_int("batch_size", batch_size, 1)
+    _check_int("warmup", warmup, 0)
+    _check_int("num_sample_outputs", num_sample_outputs, 0)
+    _check_int("seed", seed, None)
+    if on_batch_end is not None and not callable(on_batch_end):
+        raise ConfigError(f"`on_batch_end` must be callable or None, got {type(on_batch_end).__name__}")
+    if generation_kwargs is not None and not isinstance(generation_kwargs, Mapping):
+        raise ConfigError(
+            f"`generation_kwargs` must be a dict of generate() keyword arguments or None, "
+            f"got {type(generation_kwargs).__name__}"
+        )
+    user_kwargs = dict(generation_kwargs or {})
+    _check_generation_kwargs(user_kwargs)
+
+    tokenizer = resolve_tokenizer(tokenizer)
+    prompt_list = load_prompts(prompts)
+    target = unwrap_model(model)
+    _check_can_generate(target)
+    device = _model_device(target)
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ModelError(
+            f"the tokenizer ({type(tokenizer).__name__}) has neither a pad token nor an EOS token, so "
+            "batches cannot be padded nor responses ended; use the model's own tokenizer or set "
+            "tokenizer.eos_token"
+        )
+
+    encoded = encode_prompts(tokenizer, prompt_list, apply_chat_template=apply_chat_template)
+    _check_context(target, encoded, max_new_tokens)
+
+    settings_kwargs = _json_safe(user_kwargs)
+    base_config, call_kwargs, do_sample = _generation_setup(target, tokenizer, user_kwargs, pad_id)
+    eos_ids = _eos_ids(base_config, tokenizer)
+    sync = _synchronizer(device)
+    timer = _StepTimer(clock, sync)
+    call_kwargs["stopping_criteria"] = StoppingCriteriaList(
+        [*call_kwargs.get("stopping_criteria", ()), timer]
+    )
+    if synced_gpus is not None:
+        call_kwargs["synced_gpus"] = bool(synced_gpus)
+
+    batches = _make_batches(encoded, batch_size, pad_id, device)
+    configs = [_with_length(base_config, target, max_new_tokens, b.input_ids.shape[1]) for b in batches]
+    logger.debug(
+        "measure: %s on %s, %d prompts in %d batches of <= %d, warmup=%d, repeats=%d, max_new_tokens=%d, "
+        "do_sample=%s",
+        type(target).__name__,
+        device,
+        len(prompt_list),
+        len(batches),
+        batch_size,
+        warmup,
+        repeats,
+        max_new_tokens,
+        do_sample,
+    )
+
+    def run(index: int) -> tuple[list[list[int]], float, float]:
+        """One generate call on batch ``index``: (new token ids per row, start, end)."""
+        batch = batches[index]
+        if do_sample:
+            _seed_all(seed + index, device)  # same seed per batch: repeats see the same tokens
+        timer.reset()
+        if sync is not None:
+            sync()
+        start = clock()
+        out = target.generate(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            generation_config=configs[index],
+            **call_kwargs,
+        )
+        if sync is not None:
+            sync()
+        end = clock()
+        sequences = out if isinstance(out, torch.Tensor) else out.sequences
+        return sequences[:, batch.input_ids.shape[1] :].tolist(), start, end
+
+    cuda = device.type == "cuda"
+    samples: list[RequestSample] = []
+    last_outputs: dict[int, list[int]] = {}
+    warmup_latencies: list[float] = []
+    with _undisturbed(target, device):
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(device)
+        for w in range(warmup):
+            _, start, end = run(w % len(batches))
+            warmup_latencies.append(end - start)
+            if on_batch_end is not None:
+                on_batch_end()
+        logger.debug("measure: %d warm-up calls took %.3f s", warmup, sum(warmup_latencies))
+        for r in range(repeats):
+            for b, batch in enumerate(batches):
+                rows, start, end = run(b)
+                for row, prompt_index, input_len in zip(
+                    rows, batch.indices, batch.input_lengths, strict=True
+                ):
+                    n_out, finished = _count_output(row, eos_ids)
+                    latency = (
+                        _request_end(timer, batch.input_ids.shape[1] + n_out, len(row), n_out, end) - start
+                    )
+                    ttft = (timer.times[0] if timer.times else end) - start
+                    samples.append(RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished))
+                    if r == repeats - 1 and prompt_index < num_sample_outputs:
+                        last_outputs[prompt_index] = row[:n_out]
+                if on_batch_end is not None:
+                    on_batch_end()
+        peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+
+    measurement = Measurement(
+        samples=tuple(samples),
+        settings={
+            "max_new_tokens": max_new_tokens,
+            "generation_kwargs": settings_kwargs,
+            "warmup": warmup,
+            "repeats": repeats,
+            "batch_size": batch_size,
+            "apply_chat_template": bool(apply_chat_template),
+            "num_prompts": len(prompt_list),
+            "prompts_sha256": prompts_sha256(prompt_list, apply_chat_template),
+            "seed": seed,
+        },
+        model=_model_info(target, device),
+        environment=_environment(model, target, device, synced_gpus),
+        warmup_latencies_s=tuple(warmup_latencies),
+        peak_memory_bytes=peak,
+        sample_outputs=tuple(
+            {
+                "prompt_index": i,
+                "prompt": prompt_list[i],
+                "output": tokenizer.decode(ids, skip_special_tokens=True),
+            }
+            for i, ids in sorted(last_outputs.items())
+        ),
+        wall_time_s=clock() - wall_start,
+        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    )
+    _log_result(measurement)
+    return measurement
+
+
+# ----------------------------------------------------------------- timing
+class _StepTimer(StoppingCriteria):
+    """A stopping criterion that never stops: it notes when each decoding step's token exists.
+
+    ``generate`` calls it right after appending a step's tokens, so ``times[k]`` is when the
+    sequence reached ``lengths[k]`` tokens. The per-step work is a device sync (accelerators
+    only), a clock read and two appends; the all-False answer is cached.
+    """
+
+    def __init__(self, clock: Callable[[], float], sync: Callable[[], Any] | None) -> None:
+        self._clock = clock
+        self._sync = sync
+        self._never: torch.Tensor | None = None
+        self.times: list[float] = []
+        self.lengths: list[int] = []
+
+    def reset(self) -> None:
+        self.times = []
+        self.lengths = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        if self._sync is not None:
+            self._sync()
+        self.times.append(self._clock())
+        self.lengths.append(input_ids.shape[1])
+        never = self._never
+        if never is None or never.shape[0] != input_ids.shape[0]:
+            never = self._never = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        return never
+
+
+def _request_end(timer: _StepTimer, length: int, n_cols: int, n_out: int, end: float) -> float:
+    """When a request's last token existed: its step's timestamp, or ``end`` if it lasted the whole call."""
+    if n_out >= n_cols:
+        return end
+    lengths = timer.lengths
+    # One token per step in greedy / sampling / beam search, so the index is direct; assisted decoding
+    # appends several tokens per step, hence the search.
+    k = n_out - 1
+    if not (0 <= k < len(lengths) and lengths[k] == length):
+        k = bisect.bisect_left(lengths, length)
+    return timer.times[k] if k < len(timer.times) else end
+
+
+def _count_output(row: Sequence[int], eos_ids: frozenset[int]) -> tuple[int, bool]:
+    """Output tokens up to and including the first EOS (padding follows it), and whether there was one."""
+    for k, token in enumerate(row):
+        if token in eos_ids:
+            return k + 1, True
+    return len(row), False
+
+
+def _synchronizer(device: torch.device) -> Callable[[], Any] | None:
+    """A no-argument function that waits for ``device``, or None on CPU where work is already synchronous."""
+    if device.type == "cpu":
+        return None
+    if device.type == "cuda":
+        return functools.partial(torch.cuda.synchronize, device)
+    backend = getattr(torch, device.type, None)
+    sync = getattr(backend, "synchronize", None)
+    if not callable(sync):
+        return None
+    if device.type == "mps":
+        return sync  # torch.mps.synchronize takes no device
+    return functools.partial(sync, device)
+
+
+# ----------------------------------------------------------------- non-disturbance
+@contextlib.contextmanager
+def _undisturbed(model: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode, no autograd, and on exit every module's training flag and every RNG as they were."""
+    flags = [(m, m.training) for m in model.modules()]
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    cpu_state = torch.get_rng_state()
+    accel = _accelerator_rng_state(device)
+    try:
+        model.eval()
+        with torch.inference_mode():
+            yield
+    finally:
+        # Per module: a model whose submodules were in mixed modes (e.g. a frozen, eval-mode encoder)
+        # must come back mixed, which model.train(flag) would not do.
+        for module, flag in flags:
+            module.training = flag
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu_state)
+        for set_state, state in accel:
+            set_state(state)
+
+
+def _accelerator_rng_state(device: torch.device) -> list[tuple[Callable[[Any], Any], Any]]:
+    """(setter, state) pairs for the accelerator RNGs worth saving."""
+    saved: list[tuple[Callable[[Any], Any], Any]] = []
+    # Only an initialised CUDA context has state worth saving; asking an uninitialised one would create it.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        saved.append((torch.cuda.set_rng_state_all, torch.cuda.get_rng_state_all()))
+    if device.type not in ("cpu", "cuda"):
+        backend = getattr(torch, device.type, None)
+        for getter, setter in (
+            ("get_rng_state_all", "set_rng_state_all"),
+            ("get_rng_state", "set_rng_state"),
+        ):
+            if hasattr(backend, getter) and hasattr(backend, setter):
+                saved.append((getattr(backend, setter), getattr(backend, getter)()))
+                break
+    return saved
+
+
+def _seed_all(seed: int, device: torch.device) -> None:
+    # Not torch.manual_seed: on a machine whose CUDA is not initialised yet it would queue a seeding of
+    # CUDA for later, outside the guard that restores the RNG states.
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.manual_seed_all(seed)
+    elif device.type != "cpu":
+        backend = getattr(torch, device.type, None)
+        seeder = getattr(backend, "manual_seed_all", None) or getattr(backend, "manual_seed", None)
+        if callable(seeder):
+            seeder(seed)
+
+
+# ----------------------------------------------------------------- setup helpers
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"`{name}` must be an int, got {type(value).__name__} ({value!r})")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"`{name}` must be >= {minimum}, got {value}")
+
+
+def _check_can_generate(target: Any) -> None:
+    can_generate = getattr(target, "can_generate", None)
+    if not callable(getattr(target, "generate", None)) or (callable(can_generate) and not can_generate()):
+        raise ModelError(
+            f"{type(target).__name__} cannot generate text; load a model with a language-modelling head, "
+            "e.g. AutoModelForCausalLM.from_pretrained(...) instead of AutoModel"
+        )
+    config = getattr(target, "config", None)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelError(
+            f"{type(target).__name__} is an encoder-decoder model; ftcallback measures decoder-only "
+            "causal LMs (AutoModelForCausalLM)"
+        )
+    if not isinstance(target, torch.nn.Module):
+        raise ModelError(f"`model` must be a torch.nn.Module, got {type(target).__name__}")
+
+
+def _model_device(target: Any) -> torch.device:
+    device = getattr(target, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    for p in target.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _context_length(target: Any) -> int | None:
+    config = getattr(target, "config", None)
+    if config is None:
+        return None
+    get_text = getattr(config, "get_text_config", None)
+    text_config = get_text() if callable(get_text) else config
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(text_config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _check_context(target: Any, encoded: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+    limit = _context_length(target)
+    for i, ids in enumerate(encoded):
+        if not ids:
+            raise PromptError(f"`prompts[{i}]` encodes to no tokens; give it some text the tokenizer knows")
+        if limit is not None and len(ids) + max_new_tokens > limit:
+            raise PromptError(
+                f"`prompts[{i}]` has {len(ids)} tokens; with max_new_tokens={max_new_tokens} that is "
+                f"{len(ids) + max_new_tokens} > the model's context of {limit} positions; "
+                "shorten the prompt or lower max_new_tokens"
+            )
+
+
+def _check_generation_kwargs(user_kwargs: Mapping[str, Any]) -> None:
+    for key, why in _OWNED_KWARGS.items():
+        if key in user_kwargs:
+            raise ConfigError(f"`generation_kwargs` must not set {key!r}: {why}")
+    if user_kwargs.get("use_cache") is False:
+        raise ConfigError(
+            "`generation_kwargs` must not set use_cache=False: the measurement always decodes with "
+            "the KV cache"
+        )
+    num_return = user_kwargs.get("num_return_sequences")
+    if num_return is not None and num_return != 1:
+        raise ConfigError(
+            f"`generation_kwargs` num_return_sequences must be 1 (one response per request), "
+            f"got {num_return!r}"
+        )
+
+
+def _generation_setup(
+    target: Any, tokenizer: Any, user_kwargs: dict[str, Any], pad_id: int
+) -> tuple[GenerationConfig, dict[str, Any], bool]:
+    """The generation config every call uses, the remaining generate() kwargs, and whether it samples.
+
+    Everything that belongs to a GenerationConfig goes into one copied config, never into generate's
+    kwargs: generate warns when both are given, and a config field set to None would be refilled from
+    ``model.generation_config``, which is why inert flags carry explicit values.
+    """
+    user_config = user_kwargs.pop("generation_config", None)
+    if user_config is not None and not isinstance(user_config, GenerationConfig):
+        raise ConfigError(
+            "`generation_kwargs['generation_config']` must be a transformers.GenerationConfig, "
+            f"got {type(user_config).__name__}"
+        )
+    model_config = getattr(target, "generation_config", None)
+    base = user_config if user_config is not None else model_config
+    # A copy: model.generation_config must come out of the measurement exactly as it went in.
+    config = copy.deepcopy(base) if isinstance(base, GenerationConfig) else GenerationConfig()
+    do_sample = user_kwargs.get("do_sample", config.do_sample if user_config is not None else False) is True
+    if not do_sample:
+        config.do_sample = False
+        for key, value in _INERT_SAMPLING_FLAGS.items():
+            if key not in user_kwargs:
+                setattr(config, key, value)
+        if user_kwargs.get("num_beams", config.num_beams) in (None, 1):
+            for key, value in _INERT_BEAM_FLAGS.items():
+                if key not in user_kwargs:
+                    setattr(config, key, value)
+    config.pad_token_id = pad_id
+    config.use_cache = True
+    # GenerationConfig.update applies the fields it knows and hands back the rest (model kwargs,
+    # stopping_criteria, logits_processor, streamer, ...), which go to generate() as they are.
+    call_kwargs = config.update(**user_kwargs)
+    if config.stop_strings is not None and "tokenizer" not in call_kwargs:
+        call_kwargs["tokenizer"] = tokenizer  # generate needs it to match stop strings
+    return config, call_kwargs, do_sample
+
+
+def _with_length(
+    config: GenerationConfig, target: Any, max_new_tokens: int, input_len: int
+) -> GenerationConfig:
+    """A per-batch copy of ``config`` that asks for exactly ``max_new_tokens`` without a length warning.
+
+    generate warns when both ``max_new_tokens`` and ``max_length`` end up set, and it refills a None
+    ``max_length`` from ``model.generation_config``. A checkpoint that sets ``max_length`` (but not
+    ``max_new_tokens``) therefore gets the equivalent ``max_length = input + max_new_tokens`` instead.
+    """
+    config = copy.deepcopy(config)
+    model_config = getattr(target, "generation_config", None)
+    if (
+        getattr(model_config, "max_new_tokens", None) is None
+        and getattr(model_config, "max_length", None) is not None
+    ):
+        config.max_new_tokens = None
+        config.max_length = input_len + max_new_tokens
+    else:
+        config.max_new_tokens = max_new_tokens
+        config.max_length = None
+    return config
+
+
+def _eos_ids(config: GenerationConfig, tokenizer: Any) -> frozenset[int]:
+    ids: set[int] = set()
+    eos = config.eos_token_id
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, (list, tuple)):
+        ids.update(int(e) for e in eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    indices: list[int]
+    input_lengths: list[int]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def _make_batches(
+    encoded: Sequence[Sequence[int]], batch_size: int, pad_id: int, device: torch.device
+) -> list[_Batch]:
+    """Consecutive groups of ``batch_size`` prompts, left-padded with ``pad_id``, already on ``device``."""
+    batches = []
+    for first in range(0, len(encoded), batch_size):
+        group = encoded[first : first + batch_size]
+        width = max(len(ids) for ids in group)
+        ids = torch.full((len(group), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for row, tokens in enumerate(group):
+            if tokens:
+                ids[row, width - len(tokens) :] = torch.tensor(tokens, dtype=torch.long)
+                mask[row, width - len(tokens) :] = 1
+        batches.append(
+            _Batch(
+                indices=list(range(first, first + len(group))),
+                input_lengths=[len(t) for t in group],
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+            )
+        )
+    return batches
+
+
+# ----------------------------------------------------------------- records
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with anything JSON cannot hold replaced by its repr (memory addresses removed, so that
+    two runs with the same settings record the same text)."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, GenerationConfig):
+        return _json_safe(value.to_diff_dict())
+    return _ADDRESS.sub("", repr(value))
+
+
+def _model_info(target: Any, device: torch.device) -> dict[str, Any]:
+    config = getattr(target, "config", None)
+    name = getattr(target, "name_or_path", None) or getattr(config, "_name_or_path", None) or ""
+    dtype = getattr(target, "dtype", None)
+    if not isinstance(dtype, torch.dtype):
+        dtype = next((p.dtype for p in target.parameters()), None)
+    # ZeRO-3 leaves empty placeholders in the parameters and keeps the true size in ds_numel.
+    num_parameters = sum(int(getattr(p, "ds_numel", p.numel())) for p in target.parameters())
+    return {
+        "class": type(target).__name__,
+        "name_or_path": str(name),
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "unknown",
+        "device": str(device),
+        "num_parameters": num_parameters,
+    }
+
+
+def _ftcallback_version() -> str:
+    try:
+        return importlib.metadata.version("ftcallback")
+    except importlib.metadata.PackageNotFoundError:
+        import ftcallback
+
+        return str(getattr(ftcallback, "__version__", "unknown"))
+
+
+def _environment(model: Any, target: Any, device: torch.device, synced_gpus: bool | None) -> dict[str, Any]:
+    import transformers
+
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "ftcallback": _ftcallback_version(),
+        "device_type": device.type,
+        "device_name": _device_name(device),
+        "cpu_threads": torch.get_num_threads(),
+        "generation_mode": "synced" if synced_gpus else "single",
+    }
+    try:
+        enabled = bool(torch.is_autocast_enabled(device.type))
+        env["autocast_enabled"] = enabled
+        dtype = torch.get_autocast_dtype(device.type) if enabled else None
+        env["autocast_dtype"] = str(dtype).removeprefix("torch.") if dtype is not None else None
+    except (RuntimeError, TypeError, ValueError):  # a device type autocast does not know
+        env["autocast_enabled"], env["autocast_dtype"] = False, None
+    # accelerate's mixed precision wraps model.forward in autocast and keeps the original here: generate
+    # then runs under autocast although no autocast context is active at the call.
+    env["forward_autocast_patched"] = any(
+        "_original_forward" in getattr(m, "__dict__", {})
+        for m in (model, target, getattr(model, "module", None))
+    )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        env["world_size"] = torch.distributed.get_world_size()
+        env["rank"] = torch.distributed.get_rank()
+    return env
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return str(torch.cuda.get_device_name(device))
+    if device.type == "cpu":
+        return platform.processor() or platform.machine()
+    return device.type
+
+
+def _log_result(m: Measurement) -> None:
+    logger.info(
+        "measured %d requests: latency p50 %.1f ms (p95 %.1f), TTFT p50 %.1f ms, TPOT p50 %.2f ms, "
+        "%.1f output tokens/request, %.0f%% ended with EOS, noise CV %.3f",
+        len(m.samples),
+        m.latency_ms.p50,
+        m.latency_ms.p95,
+        m.ttft_ms.p50,
+        m.tpot_ms.p50,
+        m.output_tokens.mean,
+        100.0 * m.eos_fraction,
+        m.noise_cv,
+    )
+    if m.noise_cv > _NOISE_CV_LIMIT:
+        logger.warning(
+            "timing is noisy: the same request varied by %.0f%% (median CV of latency across repeats, "
+            "threshold %.0f%%); increase repeats (now %s) or measure on a quieter machine",
+            100.0 * m.noise_cv,
+            100.0 * _NOISE_CV_LIMIT,
+            m.settings.get("repeats"),
+        )
+    logger.debug("measure: done in %.3f s", m.wall_time_s)
