@@ -1,0 +1,403 @@
+"""The ``ftcallback`` command line, driven through ``main([...])`` with tiny offline models."""
+
+from __future__ import annotations
+
+import json
+import re
+import runpy
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftcallback.callback import EfficiencyCallback
+from ftcallback.cli import main
+from ftcallback.errors import BaselineError
+from ftcallback.measurement import Measurement, RequestSample
+from ftcallback.prompts import prompts_sha256
+from ftcallback.report import CheckRecord, RunReport
+from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
+
+PROBE = ["the model returns a short reply.", "a user measures the latency", "the server generates"]
+# Few tokens, two repeats, no warm-up: enough to exercise every path in well under a second per model.
+FAST = ["--max-new-tokens", "4", "--repeats", "2", "--warmup", "0"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    """One torch thread: on a busy 2-core machine two threads spin against each other and a 4-token
+    generate of the tiny model takes 0.6 s instead of 7 ms."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two tiny GPT-2 models (different random weights), each saved with its tokenizer."""
+    root = tmp_path_factory.mktemp("models")
+    tok = tiny_tokenizer()
+    out = []
+    for name, seed in (("base", 0), ("tuned", 1)):
+        tiny_causal_lm("gpt2", seed=seed).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        out.append(root / name)
+    return out[0], out[1]
+
+
+@pytest.fixture
+def probe_file(tmp_path: Path) -> Path:
+    path = tmp_path / "probe.txt"
+    path.write_text("\n".join(PROBE) + "\n", encoding="utf-8")
+    return path
+
+
+def _measurement(latencies: list[float], tokens: int, *, repeats: int = 3) -> Measurement:
+    """A synthetic measurement: one latency per prompt (slightly jittered per repeat), fixed output length."""
+    samples = tuple(
+        RequestSample(p, r, lat * (1 + 0.01 * r), lat / 4, 6, tokens, True)
+        for p, lat in enumerate(latencies)
+        for r in range(repeats)
+    )
+    settings = {
+        "max_new_tokens": 64,
+        "generation_kwargs": {},
+        "apply_chat_template": False,
+        "num_prompts": len(latencies),
+        "prompts_sha256": prompts_sha256(PROBE[: len(latencies)], False),
+        "repeats": repeats,
+    }
+    return Measurement(samples=samples, settings=settings, model={"name_or_path": "synthetic"})
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[str, str]:
+    """base.json and tuned.json: the tuned model is 50% slower and answers with twice the tokens."""
+    base = _measurement([0.10, 0.12, 0.14], tokens=10)
+    tuned = _measurement([0.15, 0.18, 0.21], tokens=20)
+    return str(base.save(tmp_path / "base.json")), str(tuned.save(tmp_path / "tuned.json"))
+
+
+def _widest(text: str) -> int:
+    """The widest line that holds no file path (paths are printed whole, however long tmp_path is)."""
+    return max(len(line) for line in text.splitlines() if "/" not in line)
+
+
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ftcallback: error: ")
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- measure
+def test_measure_saves_a_baseline_the_callback_accepts(
+    models: tuple[Path, Path], probe_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "baseline.json"
+    assert main(["measure", str(models[0]), "--prompts", str(probe_file), *FAST, "--json", str(out)]) == 0
+
+    captured = capsys.readouterr()
+    for label in (
+        "latency p50", "latency p90", "latency p95", "latency p99", "TTFT p50", "TPOT p50",
+        "output tokens mean", "output tokens p95", "input tokens mean", "throughput", "EOS fraction",
+        "truncated fraction", "noise CV", "requests", "warm-up first call",
+    ):  # fmt: skip
+        assert label in captured.out
+    assert _widest(captured.out) <= 100
+    assert "loading" in captured.err and "measuring" in captured.err  # progress goes to stderr
+
+    m = Measurement.load(out)
+    assert len(m.samples) == len(PROBE) * 2
+    assert m.settings["max_new_tokens"] == 4
+    assert all(s.output_tokens <= 4 for s in m.samples)
+    EfficiencyCallback(PROBE, baseline=out, max_new_tokens=4)  # accepted: same probe, same settings
+    with pytest.raises(BaselineError, match="max_new_tokens"):
+        EfficiencyCallback(PROBE, baseline=out, max_new_tokens=8)
+
+
+def test_measure_quiet_prints_no_progress(
+    models: tuple[Path, Path], probe_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["measure", str(models[0]), "--prompts", str(probe_file), *FAST, "-q"]) == 0
+    captured = capsys.readouterr()
+    assert "latency p50" in captured.out
+    assert captured.err == ""
+
+
+# ----------------------------------------------------------------------------- compare
+@pytest.mark.parametrize(
+    ("budget", "code", "verdict"),
+    [
+        ([], 0, "SHIP"),
+        (["--latency-ms", "500", "--max-token-increase", "2.0"], 0, "SHIP"),
+        (["--max-token-increase", "0.2"], 1, "DO NOT SHIP"),
+        (["--max-latency-increase", "0.25", "--latency-stat", "p50"], 1, "DO NOT SHIP"),
+        (["--output-price-per-1k", "0.002", "--max-cost-increase", "0.5"], 1, "DO NOT SHIP"),
+    ],
+)
+def test_compare_measurement_files(
+    pair: tuple[str, str], budget: list[str], code: int, verdict: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["compare", *pair, *budget]) == code
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert verdict in lines
+    assert "output tokens mean" in out and "latency p95" in out
+    assert max(len(line) for line in lines) <= 100
+    if code == 1:
+        assert "violations:" in out and "remedies:" in out
+
+
+def test_compare_json_and_accuracy(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["compare", *pair, "--max-token-increase", "0.2", "--accuracy", "0.80", "0.84", "--json"])
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert data["ship"] is False
+    assert data["budget"] == {"latency_stat": "p95", "max_token_increase": 0.2}
+    assert data["accuracy"] == [0.80, 0.84]
+    assert data["violations"] == ["output_tokens_mean 20.0 exceeds budget 12.0 (baseline 10.0, +100%)"]
+    assert {r["metric"] for r in data["rows"]} >= {"latency p95", "output tokens mean", "accuracy"}
+
+
+def test_compare_two_models_measures_both_the_same_way(
+    models: tuple[Path, Path], probe_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["compare", str(models[0]), str(models[1]), "--prompts", str(probe_file), *FAST]
+    assert main([*argv, "--output-tokens", "100", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ship"] is True and data["incompatible"] == []
+    assert main([*argv, "--output-tokens", "1"]) == 1  # every response is longer than one token
+    assert "DO NOT SHIP" in capsys.readouterr().out
+
+
+def test_compare_model_against_saved_measurement_inherits_its_settings(
+    models: tuple[Path, Path], probe_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "base.json"
+    assert (
+        main(["measure", str(models[0]), "--prompts", str(probe_file), *FAST, "--json", str(base), "-q"]) == 0
+    )
+    capsys.readouterr()
+    # No --max-new-tokens / --repeats: they come from base.json, so the two sides are comparable.
+    assert main(["compare", str(base), str(models[1]), "--prompts", str(probe_file), "--json", "-q"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["incompatible"] == []
+
+
+def test_compare_warns_when_measure_flags_are_ignored(
+    pair: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["compare", *pair, "--max-new-tokens", "8"]) == 0
+    assert "warning: --max-new-tokens ignored" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- usage errors
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["compare", "{base}", "{tuned}", "--bogus"], "unrecognized arguments: --bogus"),
+        (
+            ["compare", "{base}", "{tuned}", "--max-latency-increase", "-0.1"],
+            "--max-latency-increase must be > 0",
+        ),
+        (["compare", "{base}", "{tuned}", "--latency-ms", "fast"], "must be a number, got 'fast'"),
+        (["compare", "{base}", "{tuned}", "--latency-stat", "p42"], "invalid choice: 'p42'"),
+        (["compare", "{base}", "{tuned}", "--monthly-cost", "5"], "--monthly-cost needs a price"),
+        (["compare", "{base}", "{tuned}", "--accuracy", "0.8"], "expected 2 arguments"),
+        (["compare", "{base}", "{tuned}", "--accuracy", "5", "500"], "--accuracy values must be in"),
+        (["compare", "{base}", "{missing}"], "cannot read FINETUNED measurement"),
+        (["compare", "{corrupt}", "{tuned}"], "BASE measurement .* is not valid JSON"),
+        (["compare", "{notmeasurement}", "{tuned}"], "not an ftcallback measurement"),
+        (["compare", "{base}", "{nomodel}"], "--prompts FILE is required"),
+        (["compare", "{base}", "{nomodel}", "--prompts", "{probe}"], "model folder .* does not exist"),
+        (["measure", "{nomodel}", "--prompts", "{probe}"], "model folder .* does not exist"),
+        (["measure", "{tmp}", "--prompts", "{probe}"], "has no config.json"),
+        (["measure", "smollm2"], "required: --prompts"),
+        (["measure", "smollm2", "--prompts", "{tmp}/nope.txt"], "does not exist"),
+        (["measure", "smollm2", "--prompts", "{probe}", "--repeats", "0"], "must be >= 1, got 0"),
+        (["measure", "smollm2", "--prompts", "{probe}", "--dtype", "int3"], "invalid choice: 'int3'"),
+        (["measure", "smollm2", "--prompts", "{probe}", "--device", "tpu:x"], "is not a torch device"),
+        (["measure", "smollm2", "--prompts", "{probe}", "--json", "{tmp}/out.txt"], "must end with .json"),
+        (["report", "{tmp}/nope"], "does not exist"),
+        (["report", "{tmp}"], "cannot read report"),
+        (["report", "{corrupt}"], "not valid JSON"),
+        ([], "the following arguments are required: COMMAND"),
+        (["train"], "invalid choice: 'train'"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(
+    argv: list[str],
+    message: str,
+    pair: tuple[str, str],
+    probe_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "corrupt.json").write_text('{"samples": [1, 2', encoding="utf-8")
+    (tmp_path / "other.json").write_text('{"hello": "world"}', encoding="utf-8")
+    names = {
+        "base": pair[0],
+        "tuned": pair[1],
+        "missing": str(tmp_path / "missing.json"),
+        "corrupt": str(tmp_path / "corrupt.json"),
+        "notmeasurement": str(tmp_path / "other.json"),
+        "nomodel": str(tmp_path / "no-such-model"),
+        "probe": str(probe_file),
+        "tmp": str(tmp_path),
+    }
+    assert main([a.format(**names) for a in argv]) == 2
+    line = _error_line(capsys)
+    assert re.search(message, line), line
+
+
+def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--help"]) == 0
+    assert "measure" in capsys.readouterr().out
+    assert main(["compare", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--max-latency-increase" in out and "Exit code 0: ship" in out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("ftcallback ")
+
+
+def test_python_dash_m(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    # runpy runs ftcallback/__main__.py exactly as `python -m ftcallback` does, without a second
+    # interpreter paying the transformers import again.
+    monkeypatch.setattr(sys, "argv", ["ftcallback", "compare", "a.json"])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("ftcallback", run_name="__main__")
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "ftcallback: error: the following arguments are required: FINETUNED (see `ftcallback compare --help`)"
+    )
+
+
+# ----------------------------------------------------------------------------- report
+def _check(index: int, step: int, p50: float, tokens: float, **kw: object) -> CheckRecord:
+    summary = {
+        "latency_ms_p50": p50,
+        "latency_ms_p95": p50 * 1.2,
+        "ttft_ms_p50": p50 / 4,
+        "output_tokens_mean": tokens,
+    }
+    kw.update(index=index, kind="epoch", epoch=step / 10, step=step, summary=summary)
+    return CheckRecord(**kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def run_dir(tmp_path: Path) -> Path:
+    """A run that stayed within budget for an epoch, had a failed measurement, then breached and stopped."""
+    base = _measurement([0.10, 0.12, 0.14], tokens=10)
+    report = RunReport(
+        budget={"max_token_increase": 0.2},
+        baseline=base.to_dict(),
+        baseline_source="measured at train begin",
+        output_dir=str(tmp_path),
+    )
+    report.add_check(
+        CheckRecord(
+            index=0, kind="baseline", epoch=0.0, step=0, summary=base.summary(), measurement=base.to_dict()
+        )
+    )
+    ok = {"metric": "output_tokens_mean", "value": 11.0, "limit": 12.0, "baseline": 10.0, "passed": True}
+    report.add_check(_check(1, 10, 121.0, 11.0, verdict=[ok]))
+    report.record_checkpoint(10, tmp_path / "checkpoint-10")
+    report.add_check(
+        CheckRecord(index=2, kind="step", epoch=1.5, step=15, status="failed", error="RuntimeError: OOM")
+    )
+    breach = {**ok, "value": 19.0, "passed": False}
+    report.add_check(_check(3, 20, 180.0, 19.0, verdict=[breach], breached=True, consecutive_breaches=1))
+    report.record_checkpoint(20, tmp_path / "checkpoint-20")
+    report.stopped = {
+        "epoch": 2.0,
+        "step": 20,
+        "budget": "max_token_increase",
+        "reason": "budget_breached",
+        "message": "stopping training at epoch 2 (step 20): output_tokens_mean 19.0 exceeds budget 12.0",
+        "recommended_checkpoint": str(tmp_path / "checkpoint-10"),
+    }
+    report.save()
+    for step in (10, 20):
+        (tmp_path / f"checkpoint-{step}").mkdir()
+    history = [
+        {"loss": 2.5, "step": 5},
+        {"loss": 2.0, "step": 10},
+        {"eval_loss": 2.2, "eval_runtime": 0.1, "step": 10},
+        {"loss": 1.5, "step": 20},
+    ]
+    (tmp_path / "checkpoint-10" / "trainer_state.json").write_text(json.dumps({"log_history": history[:3]}))
+    (tmp_path / "checkpoint-20" / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    return tmp_path
+
+
+def test_report_table(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert _widest(out) <= 100
+    assert str(run_dir / "checkpoint-20" / "trainer_state.json") in out  # the latest checkpoint's log
+    row = {
+        line.split()[0] + line.split()[2]: line
+        for line in lines
+        if line.startswith(("baseline ", "epoch ", "step "))
+    }
+    assert set(row) == {"baseline0", "epoch10", "step15", "epoch20"}
+    assert "2.0000" in row["epoch10"] and "2.2" in row["epoch10"] and "ok" in row["epoch10"]
+    assert "failed: RuntimeError:" in row["step15"]  # the verdict column wraps the rest
+    assert "1.5000" in row["epoch20"] and "BREACH" in row["epoch20"]
+    assert "stopped: stopping training at epoch 2 (step 20)" in out
+    assert f"last within-budget checkpoint: {run_dir / 'checkpoint-10'}" in out
+
+
+def test_report_accepts_the_report_file_and_prefers_run_dir_trainer_state(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (run_dir / "trainer_state.json").write_text(json.dumps({"log_history": [{"loss": 9.25, "step": 10}]}))
+    assert main(["report", str(run_dir / "efficiency" / "report.json")]) == 0
+    out = capsys.readouterr().out
+    assert "9.2500" in out and f"loss:     {run_dir / 'trainer_state.json'}" in out
+
+
+def test_report_json(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", str(run_dir), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [c["step"] for c in data["checks"]] == [0, 10, 15, 20]
+    assert [c["status"] for c in data["checks"]] == ["ok", "ok", "failed", "ok"]
+    assert [c["within_budget"] for c in data["checks"]] == [True, True, None, False]
+    assert data["checks"][1]["loss"] == 2.0 and data["checks"][1]["eval_loss"] == 2.2
+    assert data["checks"][3]["output_tokens_mean"] == 19.0
+    assert data["checks"][3]["breaches"][0]["metric"] == "output_tokens_mean"
+    assert data["checks"][2]["latency_ms_p50"] is None  # failed: nothing measured, null not NaN
+    assert data["stopped"]["step"] == 20
+    assert data["last_within_budget_checkpoint"] == str(run_dir / "checkpoint-10")
+    assert data["baseline"]["output_tokens_mean"] == 10.0
+
+
+def test_report_survives_a_corrupt_trainer_state(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (run_dir / "checkpoint-20" / "trainer_state.json").write_text("{not json")
+    assert main(["report", str(run_dir)]) == 0
+    captured = capsys.readouterr()
+    assert "warning: ignoring" in captured.err and "without loss" in captured.err
+    assert "BREACH" in captured.out
+
+
+def test_report_plot(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plots" / "run.png"
+    assert main(["report", str(run_dir), "--plot", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert out.stat().st_size > 20_000
+    assert "wrote the plot" in capsys.readouterr().err
+
+
+def test_report_plot_with_bad_suffix_is_a_usage_error(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["report", str(run_dir), "--plot", str(run_dir / "x.docx"), "-q"]) == 2
+    assert "cannot write a plot as '.docx'" in _error_line(capsys)
