@@ -9,10 +9,12 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .budget import Budget, BudgetCheck, Verdict, evaluate
-from .callback import EfficiencyCallback
-from .compare import Comparison, compare
-from .errors import (
+# Eager on purpose: a lazy loader would let `import ftcallback.measure` (the module) shadow
+# `ftcallback.measure` (the function) depending on import order.
+from .budget import Budget, BudgetCheck, Verdict, evaluate  # noqa: E402
+from .callback import EfficiencyCallback  # noqa: E402
+from .compare import Comparison, compare  # noqa: E402
+from .errors import (  # noqa: E402
     BaselineError,
     ConfigError,
     FTCallbackError,
@@ -21,13 +23,12 @@ from .errors import (
     PromptError,
     ReportError,
 )
-from .measure import measure
-from .measurement import SCHEMA_VERSION, Measurement, RequestSample
-from .report import CheckRecord, RunReport
-from .stats import RatioEstimate, Stats
+from .measure import measure  # noqa: E402
+from .measurement import SCHEMA_VERSION, Measurement, RequestSample  # noqa: E402
+from .report import CheckRecord, RunReport  # noqa: E402
+from .stats import RatioEstimate, Stats  # noqa: E402
 
 __all__ = [
-    "SCHEMA_VERSION",
     "BaselineError",
     "Budget",
     "BudgetCheck",
@@ -44,6 +45,7 @@ __all__ = [
     "ReportError",
     "RequestSample",
     "RunReport",
+    "SCHEMA_VERSION",
     "Stats",
     "Verdict",
     "__version__",

@@ -540,7 +540,10 @@ def _verdict_text(check: CheckRecord) -> str:
         for v in failing:
             name = str(v.get("metric") or v.get("name") or v.get("budget") or "?")
             value = _finite_float(v.get("value"))
-            labels.append(name if value is None else f"{name}={value:.3g}")
+            limit = _finite_float(v.get("limit"))
+            shown = "" if value is None else (f"{value:.4g}" if abs(value) < 1 else f"{value:.1f}")
+            over = "" if limit is None else (f">{limit:.4g}" if abs(limit) < 1 else f">{limit:.1f}")
+            labels.append(name if not shown else f"{name} {shown}{over}")
         return "BREACH: " + ", ".join(labels) if labels else "BREACH"
     if any(v.get("passed") is True for v in check.verdict):
         return "ok"

@@ -273,7 +273,7 @@ def test_table_rows_verdicts_and_footer(report: RunReport) -> None:
     assert rows[0].endswith("n/a")
     assert rows[1].endswith("ok") and "41.0" in rows[1] and "55.5" in rows[1] and "12.2" in rows[1]
     assert "0.000125" in rows[1] and "cost/req" in lines[0]
-    assert rows[2].endswith("BREACH: latency_ratio=1.5")
+    assert rows[2].endswith("BREACH: latency_ratio 1.5>1.2")
     assert rows[3].endswith("failed: generate raised")
     assert rows[4].endswith("n/a")
     assert "trained to the end" in text
@@ -290,7 +290,7 @@ def test_table_stopped_footer_and_long_verdicts() -> None:
     # The verdict wraps inside its column, three lines at most.
     column = lines[0].index("verdict")
     assert lines[2].startswith("epoch") and lines[2][column:].startswith(
-        "BREACH: metric_with_a_long_name_0=2"
+        "BREACH: metric_with_a_long_name_0 2.0>1.0"
     )
     assert lines[3].strip().startswith("metric_with") and lines[3][:column].strip() == ""
     assert lines[4].endswith(" ...") and lines[5] == ""
