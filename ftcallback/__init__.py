@@ -20,6 +20,7 @@ from .errors import (  # noqa: E402
     FTCallbackError,
     MeasurementError,
     ModelError,
+    NoisyMeasurementWarning,
     PromptError,
     ReportError,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "Measurement",
     "MeasurementError",
     "ModelError",
+    "NoisyMeasurementWarning",
     "PromptError",
     "RatioEstimate",
     "ReportError",

@@ -13,6 +13,7 @@ __all__ = [
     "FTCallbackError",
     "MeasurementError",
     "ModelError",
+    "NoisyMeasurementWarning",
     "PromptError",
     "ReportError",
 ]
@@ -44,3 +45,11 @@ class MeasurementError(FTCallbackError, RuntimeError):
 
 class ReportError(FTCallbackError, ValueError):
     """A run report (``report.json``) is missing, not JSON, of another schema, or not a report."""
+
+
+class NoisyMeasurementWarning(UserWarning):
+    """A measurement's timing noise (median per-prompt CV across repeats) exceeded 10%.
+
+    Emitted with :func:`warnings.warn`; silence it with
+    ``warnings.filterwarnings("ignore", category=NoisyMeasurementWarning)``.
+    """

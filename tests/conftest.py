@@ -45,3 +45,19 @@ def llama():
 @pytest.fixture
 def prompts():
     return list(PROMPTS)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for the whole suite.
+
+    On a 2-core machine that is also running other work, torch's default of one thread per core makes
+    OpenMP threads spin against each other: a tiny model's step gets ~10x slower and timings turn to
+    noise. Tests assert relations, not durations, but a slowdown test needs a steady machine.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,13 +13,14 @@ import json
 import logging
 import math
 import random
+import warnings
 
 import numpy as np
 import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ftcallback.errors import ConfigError, ModelError, PromptError
+from ftcallback.errors import ConfigError, ModelError, NoisyMeasurementWarning, PromptError
 from ftcallback.measure import measure, unwrap_model
 from ftcallback.measurement import Measurement
 from ftcallback.prompts import encode_prompts, prompts_sha256
@@ -625,22 +626,25 @@ def test_json_round_trip_of_a_real_measurement(llama, tokenizer, prompts, tmp_pa
     assert "0x" not in json.dumps(m.settings)  # repr without addresses: the same settings read the same
 
 
-def test_noisy_timing_logs_one_warning(gpt2, tokenizer, prompts, clock, caplog):
+def test_noisy_timing_warns_once(gpt2, tokenizer, prompts, clock, caplog):
     def alternate():
         clock.step = 3.0 if clock.step == 1.0 else 1.0  # every other call runs three times slower
 
     with caplog.at_level(logging.DEBUG, logger="ftcallback.measure"):
-        m = measure(gpt2, tokenizer, prompts, batch_size=4, on_batch_end=alternate, **FAST)
+        with pytest.warns(NoisyMeasurementWarning) as record:
+            m = measure(gpt2, tokenizer, prompts, batch_size=4, on_batch_end=alternate, **FAST)
     assert m.noise_cv > 0.10
-    warnings = [r for r in caplog.records if r.name == "ftcallback.measure" and r.levelno == logging.WARNING]
-    assert len(warnings) == 1
-    assert "noisy" in warnings[0].getMessage() and "repeats" in warnings[0].getMessage()
+    assert len(record) == 1
+    assert "noisy" in str(record[0].message) and "repeats" in str(record[0].message)
+    # A warning, not a log record: the callback's stop line stays the only WARNING record.
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     infos = [r for r in caplog.records if r.name == "ftcallback.measure" and r.levelno == logging.INFO]
     assert len(infos) == 1 and "measured 8 requests" in infos[0].getMessage()
 
 
 def test_steady_timing_logs_no_warning(gpt2, tokenizer, prompts, clock, caplog):
-    with caplog.at_level(logging.INFO, logger="ftcallback.measure"):
+    with caplog.at_level(logging.INFO, logger="ftcallback.measure"), warnings.catch_warnings():
+        warnings.simplefilter("error", NoisyMeasurementWarning)
         m = measure(gpt2, tokenizer, prompts, batch_size=4, **FAST)
     assert m.noise_cv == 0.0
     assert [r.levelname for r in caplog.records if r.name == "ftcallback.measure"] == ["INFO"]
