@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 from .errors import ModelError
 
-__all__ = ["EMBEDDED_MODEL", "embedded_model_path", "load_model_and_tokenizer"]
+__all__ = ["EMBEDDED_MODEL", "embedded_model_path", "load_model_and_tokenizer", "make_trainable"]
 
 #: The name the CLI and the demo accept for the embedded model.
 EMBEDDED_MODEL = "smollm2"
@@ -40,7 +41,7 @@ def embedded_model_path() -> tuple[Path, str]:
     return folder, (_GGUF_NAME if _GGUF_NAME in names else names[0])
 
 
-def load_model_and_tokenizer(name: str = EMBEDDED_MODEL, *, dtype: str = "float32"):  # type: ignore[no-untyped-def]
+def load_model_and_tokenizer(name: str = EMBEDDED_MODEL, *, dtype: str = "float32") -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer: ``"smollm2"`` (embedded, offline), a hub id or a local path.
 
     Args:
@@ -48,7 +49,7 @@ def load_model_and_tokenizer(name: str = EMBEDDED_MODEL, *, dtype: str = "float3
         dtype: torch dtype name for the weights (GGUF weights are dequantised to it).
 
     Returns:
-        ``(model, tokenizer)``.
+        ``(model, tokenizer)``; a GGUF model comes back dequantised and ready for ``Trainer``.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -58,7 +59,24 @@ def load_model_and_tokenizer(name: str = EMBEDDED_MODEL, *, dtype: str = "float3
         folder, gguf = embedded_model_path()
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=torch_dtype)
+        make_trainable(model)
     else:
         tokenizer = AutoTokenizer.from_pretrained(name)
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
     return model, tokenizer
+
+
+def make_trainable(model: Any) -> None:
+    """Let ``Trainer`` fine-tune a model loaded from a GGUF file.
+
+    transformers dequantises GGUF weights to plain float layers but keeps the GGUF quantizer
+    attached, and ``Trainer`` refuses any "quantized" model without adapters. When every parameter
+    is a float tensor nothing quantized is left, so the marker is dropped, as ``model.dequantize()``
+    does for other methods. Any other model is left as it is.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    method = str(getattr(quantizer.quantization_config, "quant_method", ""))
+    if "gguf" in method.lower() and all(p.dtype.is_floating_point for p in model.parameters()):
+        quantizer.remove_quantization_config(model)
