@@ -3,7 +3,7 @@ PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench-quick lint setup
+.PHONY: demo test bench bench-quick lint setup
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -15,6 +15,14 @@ demo: setup
 ## make test: the whole test suite, slow tests (real SmolLM2, two-process runs, benchmarks' quick mode) included
 test: setup
 	$(PY) -m pytest -ra $(ARGS)
+
+## make bench: the full benchmark suite on a quiet machine; writes BENCHMARKS.md (about 10 minutes on 2 cores)
+bench: setup
+	$(PY) scripts/run_benchmarks.py $(ARGS)
+
+## make bench-quick: every benchmark in its quick mode (the test suite runs these too)
+bench-quick: setup
+	$(PY) scripts/run_benchmarks.py --quick $(ARGS)
 
 lint: setup
 	$(PY) -m ruff check ftcallback tests examples scripts
