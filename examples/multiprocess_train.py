@@ -10,7 +10,8 @@ Launch with either of::
 ``--multi_gpu`` form above gives two gloo ranks). Only the main process measures, logs and writes;
 the other rank waits for it, and both stop at the same step. ``--slowdown-from-epoch N`` injects a
 generation slowdown from epoch N on, to show a latency-budget stop; without it the run trains to
-the end. Each rank prints one line ``rank R/W: stopped at step S of M, exit ok`` at the end.
+the end. Each rank prints one line ``rank R/W: stopped at step S of M, exit ok`` at the end, then leaves
+the process group with ``ftcallback.distributed.shutdown()`` so that the job exits with code 0 every time.
 Everything is offline: a tiny GPT-2 with random weights and a tokenizer trained on the spot.
 """
 
@@ -27,11 +28,26 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output-dir", default="runs/ddp", help="Trainer output_dir (report and TensorBoard go here)")
+    p.add_argument(
+        "--output-dir", default="runs/ddp", help="Trainer output_dir (report and TensorBoard go here)"
+    )
     p.add_argument("--epochs", type=int, default=4, help="training epochs")
-    p.add_argument("--slowdown-from-epoch", type=int, default=None, metavar="N",
-                   help="from epoch N on (1-based), make generation slower to breach the latency budget")
-    p.add_argument("--max-latency-increase", type=float, default=0.2, help="allowed latency increase (0.2 = +20%%)")
+    p.add_argument(
+        "--slowdown-from-epoch",
+        type=int,
+        default=None,
+        metavar="N",
+        help="from epoch N on (1-based), make generation slower to breach the latency budget",
+    )
+    p.add_argument(
+        "--slowdown-ms",
+        type=float,
+        default=2.0,
+        help="sleep added to every forward pass in eval mode once the slowdown is on (ms)",
+    )
+    p.add_argument(
+        "--max-latency-increase", type=float, default=0.2, help="allowed latency increase (0.2 = +20%%)"
+    )
     p.add_argument("--every-n-steps", type=int, default=None, help="also measure every N optimizer steps")
     return p.parse_args(argv)
 
@@ -54,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     from ftcallback import Budget, EfficiencyCallback
+    from ftcallback.distributed import shutdown
     from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s: %(message)s")
@@ -66,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     callbacks: list[TrainerCallback] = []
     if args.slowdown_from_epoch is not None:
-        slow = SlowGeneration(args.slowdown_from_epoch)
+        slow = SlowGeneration(args.slowdown_from_epoch, seconds=args.slowdown_ms / 1000.0)
         model.register_forward_hook(slow)
 
         class EpochCounter(TrainerCallback):
@@ -108,11 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     state = trainer.state
     rank = trainer.args.process_index
     world = trainer.args.world_size
-    print(f"rank {rank}/{world}: stopped at step {state.global_step} of {state.max_steps}, exit ok", flush=True)
-    # Leave the process group cleanly: a rank that exits while gloo threads still run can abort at exit.
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-        torch.distributed.destroy_process_group()
+    print(
+        f"rank {rank}/{world}: stopped at step {state.global_step} of {state.max_steps}, exit ok", flush=True
+    )
+    # Leave the process group before exiting: barrier, wait until gloo's worker threads are idle, destroy.
+    # A bare destroy_process_group() leaves a race at exit ("terminate called without an active
+    # exception", exit code 1, or a hang); see ftcallback.distributed.shutdown.
+    shutdown()
     return 0
 
 

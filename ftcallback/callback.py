@@ -8,6 +8,7 @@ and coordinates ranks with :mod:`ftcallback.distributed`.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import logging
@@ -23,9 +24,9 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import ExportableState
 
 from . import distributed
-from .budget import Budget, Verdict, evaluate
-from .errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
-from .measure import measure
+from .budget import Budget, BudgetCheck, Verdict, evaluate
+from .errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError, PromptError
+from .measure import _check_context, _check_generation_kwargs, _generation_setup, measure
 from .measurement import Measurement
 from .prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
 from .report import CheckRecord, RunReport, report_path
@@ -152,6 +153,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 f"`generation_kwargs` must be a dict of generate() arguments, got {type(generation_kwargs).__name__}"
             )
         self.generation_kwargs = dict(generation_kwargs or {})
+        # Now, not at the first check: with a given baseline that check comes after an epoch of training.
+        _check_generation_kwargs(self.generation_kwargs)
         self.warmup = _positive_int("warmup", warmup, minimum=0)
         self.repeats = _positive_int("repeats", repeats)
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -371,9 +374,28 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 f"{type(inner).__name__} cannot generate text; EfficiencyCallback needs a causal LM "
                 "(e.g. AutoModelForCausalLM) to measure latency and output length"
             )
-        if self.tokenizer.pad_token_id is None and self.tokenizer.eos_token_id is None:
+        pad_id = self.tokenizer.pad_token_id
+        if pad_id is None:
+            pad_id = self.tokenizer.eos_token_id
+        if pad_id is None:
             raise ModelError("the tokenizer has neither a pad nor an EOS token; set `tokenizer.eos_token`")
-        encode_prompts(self.tokenizer, self.prompts, apply_chat_template=self.apply_chat_template)
+        encoded = []
+        for i, prompt in enumerate(self.prompts):
+            try:
+                encoded += encode_prompts(
+                    self.tokenizer, [prompt], apply_chat_template=self.apply_chat_template
+                )
+            except FTCallbackError:
+                raise
+            except Exception as exc:  # the tokenizer's own error would not say which prompt, nor what to do
+                raise PromptError(
+                    f"the tokenizer rejected `prompts[{i}]` ({type(exc).__name__}: {exc}); "
+                    "fix or remove that prompt"
+                ) from exc
+        # What measure() would reject at the first check. With a given (or resumed) baseline that check is
+        # the first epoch end, so check here, before any optimizer step.
+        _check_context(inner, encoded, self.max_new_tokens)
+        _generation_setup(inner, self.tokenizer, dict(self.generation_kwargs), pad_id)
 
     def _new_report(self, args: TrainingArguments, baseline: dict[str, Any] | None, source: str) -> RunReport:
         return RunReport(
@@ -449,7 +471,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
 
     def _measure_once(self, model: Any, batch_size: int, beat: Any, mode: str | None) -> Measurement:
         with distributed.generation_context(model, mode):
-            return measure(
+            m = measure(
                 model,
                 self.tokenizer,
                 self.prompts,
@@ -464,6 +486,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
             )
+        # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
+        return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
 
     def _measure(self, model: Any, beat: Any, mode: str | None) -> Measurement:
         try:
@@ -495,6 +519,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         step = state.global_step
         try:
             m = self._measure(model, beat, mode)
+            impossible = _impossible(m)
+            if impossible:
+                raise MeasurementError(f"impossible measurement: {impossible}")
         except (ConfigError, ModelError):
             raise  # a user error: the probe itself is wrong, say so now
         except Exception as exc:  # a failed measurement must not kill a healthy run
@@ -545,7 +572,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             summary=m.summary(),
             ratios=ratios,
             cost=cost,
-            verdict=[c.to_dict() for c in verdict.checks],
+            verdict=[_verdict_entry(c) for c in verdict.checks],
             breached=breached,
             consecutive_breaches=consecutive,
             measurement=m.to_dict(),
@@ -614,14 +641,16 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         recommended = self.report.last_within_budget_checkpoint
         others = "; ".join(c.describe() for c in verdict.breaches[1:])
         message = f"{first.describe()}" + (f"; also {others}" if others else "")
-        hint = f" Last checkpoint within budget: {recommended}." if recommended else ""
+        # No full stop after the path: it is copied from the terminal as it is.
+        hint = f". Last checkpoint within budget: {recommended}" if recommended else ""
         if self.stop_training:
+            # Exactly `stopped["message"]` (plus the hint): the line users grep for and the report agree.
             logger.warning(
-                "stopping training at epoch %s (step %d): %s.%s", _fmt_epoch(epoch), step, message, hint
+                "stopping training at epoch %s (step %d): %s%s", _fmt_epoch(epoch), step, message, hint
             )
         else:
             logger.warning(
-                "budget breached at epoch %s (step %d): %s (stop_training=False: training continues).%s",
+                "budget breached at epoch %s (step %d): %s (stop_training=False: training continues)%s",
                 _fmt_epoch(epoch),
                 step,
                 message,
@@ -717,6 +746,23 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             self.report.save(self.report_path)
         except OSError as exc:  # a full disk must not kill training either
             logger.warning("could not write %s: %s", self.report_path, exc)
+
+
+def _impossible(m: Measurement) -> str | None:
+    """Why ``m`` cannot describe the model, or None. Such a check is recorded as failed, never compared:
+    "0 output tokens" would otherwise pass every token budget. (Non-finite times are not impossible in
+    this sense: the budget calls those lines not evaluable and still judges the token and cost lines.)"""
+    if not m.samples:
+        return "no request was measured"
+    if all(s.output_tokens == 0 for s in m.samples):
+        return "no response has any output token (generate returned nothing new)"
+    return None
+
+
+def _verdict_entry(check: BudgetCheck) -> dict[str, Any]:
+    """A budget line as the report keeps it: the check's own fields plus its headroom (``margin``)."""
+    margin = check.margin
+    return {**check.to_dict(), "margin": margin if math.isfinite(margin) else None}
 
 
 def distributed_unwrap(model: Any) -> Any:

@@ -1,0 +1,231 @@
+"""Resuming from a checkpoint keeps the original baseline, the history and the patience counter.
+
+Two real Trainer runs per test: the first breaches once (``patience=2``, so it goes on) and is interrupted
+after epoch 1 with a checkpoint; a new Trainer, model and callback resume from that checkpoint. The
+second breach after the resume stops the run only if the counter survived, and only if the comparison is
+still against the original baseline (the model's answers are long from epoch 1 on: a baseline measured
+at resume would be long too and never breach).
+
+Output lengths are forced through the logits, so every breach is deterministic: no timing involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+
+from ftcallback import Budget, EfficiencyCallback
+from ftcallback import callback as callback_module
+from ftcallback.report import RunReport, report_path
+from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
+
+PROMPTS = ["the model returns", "a user measures the latency"]
+MAX_NEW_TOKENS = 4
+STEPS_PER_EPOCH = 2  # 16 rows, batch 8
+EPOCHS = 4
+
+
+class AnswerLength:
+    """Forward hook: in eval mode, make the next token EOS (1-token answers) or a word (never ending)."""
+
+    def __init__(self, eos_id: int, word_id: int) -> None:
+        self.eos_id, self.word_id, self.long = eos_id, word_id, False
+
+    def __call__(self, module, args, output):
+        if module.training:
+            return
+        logits = output.logits
+        logits[:, -1, self.word_id if self.long else self.eos_id] = logits[:, -1].max() + 100.0
+
+
+class LongFromEpoch(TrainerCallback):
+    """Long answers from the first epoch of training on: only the baseline at train begin is short."""
+
+    def __init__(self, length: AnswerLength) -> None:
+        self.length = length
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.length.long = True
+
+
+class InterruptAfterEpoch(TrainerCallback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if round(state.epoch) >= self.epoch:
+            control.should_training_stop = True
+
+
+def _efficiency_callback() -> EfficiencyCallback:
+    return EfficiencyCallback(
+        PROMPTS,
+        budget=Budget(max_token_increase=1.0),
+        max_new_tokens=MAX_NEW_TOKENS,
+        repeats=2,
+        warmup=0,
+        patience=2,
+    )
+
+
+def _trainer(output_dir, *, restore: bool, extra_callbacks=(), long_from_start: bool = False):
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm()
+    length = AnswerLength(tok.eos_token_id, tok.convert_tokens_to_ids("the"))
+    length.long = long_from_start
+    model.register_forward_hook(length)
+    rows = [{"input_ids": tok(t, truncation=True, max_length=16)["input_ids"]} for t in tiny_corpus()[:16]]
+    cb = _efficiency_callback()
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=EPOCHS,
+        per_device_train_batch_size=8,
+        save_strategy="epoch",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        logging_strategy="no",
+        seed=0,
+        restore_callback_states_from_checkpoint=restore,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+        processing_class=tok,
+        callbacks=[LongFromEpoch(length), *extra_callbacks, cb],
+    )
+    return trainer, cb
+
+
+def _efficiency(trainer) -> EfficiencyCallback:
+    found = [c for c in trainer.callback_handler.callbacks if isinstance(c, EfficiencyCallback)]
+    assert len(found) == 1
+    return found[0]
+
+
+@pytest.fixture
+def count_measurements(monkeypatch):
+    calls = []
+    real = callback_module.measure
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "measure", counting)
+    return calls
+
+
+@pytest.fixture
+def interrupted_run(tmp_path):
+    """Run 1: baseline (short answers), epoch 1 breaches (long answers, 1 of 2), interrupted, checkpointed."""
+    out = tmp_path / "out"
+    trainer, cb = _trainer(out, restore=False, extra_callbacks=[InterruptAfterEpoch(1)])
+    trainer.train()
+    assert trainer.state.global_step == STEPS_PER_EPOCH
+    assert [(c.kind, c.breached, c.consecutive_breaches) for c in cb.report.checks] == [
+        ("baseline", False, 0),
+        ("epoch", True, 1),
+    ]
+    assert cb.report.stopped is None  # patience 2: one breach does not stop
+    checkpoint = out / f"checkpoint-{STEPS_PER_EPOCH}"
+    assert (checkpoint / "trainer_state.json").is_file()
+    return out, checkpoint, cb.report.baseline
+
+
+def _assert_resumed_and_stopped(trainer, out, baseline_before):
+    cb = _efficiency(trainer)
+    # The second breach (epoch 2) stops the run: the patience counter continued from 1.
+    assert trainer.state.global_step == 2 * STEPS_PER_EPOCH
+    assert [(c.kind, c.step, c.breached, c.consecutive_breaches) for c in cb.report.checks] == [
+        ("baseline", 0, False, 0),
+        ("epoch", STEPS_PER_EPOCH, True, 1),
+        ("epoch", 2 * STEPS_PER_EPOCH, True, 2),
+    ]
+    assert cb.report.stopped["step"] == 2 * STEPS_PER_EPOCH
+    assert cb.report.stopped["metric"] == "output_tokens_mean"
+    # Compared with the original (short-answer) baseline, not with the half-trained model.
+    assert cb.report.baseline["created_at"] == baseline_before["created_at"]
+    assert cb.report.baseline["samples"] == baseline_before["samples"]
+    assert cb.report.checks[-1].ratios["output_tokens_ratio"] == pytest.approx(MAX_NEW_TOKENS)
+    on_disk = RunReport.load(report_path(out))
+    assert [c.kind for c in on_disk.checks] == ["baseline", "epoch", "epoch"]
+    assert on_disk.stopped["step"] == 2 * STEPS_PER_EPOCH
+    return cb
+
+
+def test_resume_with_restored_callback_state(interrupted_run, count_measurements, caplog):
+    out, checkpoint, baseline_before = interrupted_run
+    trainer, given = _trainer(out, restore=True)
+    with caplog.at_level(logging.INFO, logger="ftcallback"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+
+    cb = _assert_resumed_and_stopped(trainer, out, baseline_before)
+    assert cb is not given  # transformers rebuilt the callback from the checkpoint's state
+    assert len(count_measurements) == 1  # epoch 2 only: no new baseline
+    assert (
+        "ftcallback",
+        logging.INFO,
+        "resumed at step 2: restored the baseline and 2 check(s) from the checkpoint",
+    ) in caplog.record_tuples
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    saved = state["stateful_callbacks"]["EfficiencyCallback"]
+    assert saved["attributes"]["_consecutive_breaches"] == 1
+    assert saved["args"]["prompts"] == PROMPTS and saved["args"]["patience"] == 2
+
+
+def test_resume_without_restored_state_reloads_the_baseline_from_the_report(
+    interrupted_run, count_measurements, caplog
+):
+    out, checkpoint, baseline_before = interrupted_run
+    trainer, given = _trainer(out, restore=False)
+    with caplog.at_level(logging.INFO, logger="ftcallback"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+
+    cb = _assert_resumed_and_stopped(trainer, out, baseline_before)
+    assert cb is given
+    assert len(count_measurements) == 1
+    path = report_path(out)
+    assert (
+        "ftcallback",
+        logging.WARNING,
+        f"resuming at step 2: reusing the baseline measured at train begin from {path} instead of measuring "
+        "the partly trained model",
+    ) in caplog.record_tuples
+    assert cb.report.baseline_source == f"reloaded from {path} at resume"
+
+
+def test_resume_without_any_saved_baseline_says_it_measures_the_trained_model(
+    interrupted_run, count_measurements, caplog
+):
+    out, checkpoint, _ = interrupted_run
+    shutil.rmtree(out / "efficiency")  # the report is gone, and the checkpoint's state is not restored
+    trainer, cb = _trainer(out, restore=False, long_from_start=True)
+    with caplog.at_level(logging.WARNING, logger="ftcallback"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+
+    warnings = [
+        m for name, level, m in caplog.record_tuples if level == logging.WARNING and name == "ftcallback"
+    ]
+    assert any(
+        m.startswith("resuming at step 2 without a saved baseline (cannot read report")
+        and m.endswith(
+            "measuring the partly trained model as the baseline; pass `baseline=` or use "
+            "restore_callback_states_from_checkpoint=True to keep the original one"
+        )
+        for m in warnings
+    ), warnings
+    # The new baseline already has long answers, so nothing breaches any more: the run trains to the end.
+    assert cb.report.baseline_source == "measured at resume (step 2)"
+    assert cb.report.checks[0].kind == "baseline" and cb.report.checks[0].step == STEPS_PER_EPOCH
+    assert trainer.state.global_step == EPOCHS * STEPS_PER_EPOCH
+    assert cb.report.stopped is None
+    assert len(count_measurements) == 1 + (EPOCHS - 1)
