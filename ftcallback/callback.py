@@ -25,10 +25,10 @@ from transformers.trainer_callback import ExportableState
 
 from . import distributed
 from .budget import Budget, BudgetCheck, Verdict, evaluate
-from .errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError, PromptError
-from .measure import _check_context, _check_generation_kwargs, _generation_setup, measure
+from .errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
+from .measure import check_generation_kwargs, measure, validate_probe
 from .measurement import Measurement
-from .prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
+from .prompts import load_prompts, prompts_sha256, resolve_tokenizer
 from .report import CheckRecord, RunReport, report_path
 from .tensorboard import TensorBoardSink, resolve_log_dir
 
@@ -154,7 +154,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             )
         self.generation_kwargs = dict(generation_kwargs or {})
         # Now, not at the first check: with a given baseline that check comes after an epoch of training.
-        _check_generation_kwargs(self.generation_kwargs)
+        check_generation_kwargs(self.generation_kwargs)
         self.warmup = _positive_int("warmup", warmup, minimum=0)
         self.repeats = _positive_int("repeats", repeats)
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -367,35 +367,14 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------ checks
     def _validate_probe(self, model: Any) -> None:
         """Fail at train begin, not hours later, on a probe the model cannot run."""
-        inner = distributed_unwrap(model)
-        can_generate = getattr(inner, "can_generate", None)
-        if not callable(getattr(inner, "generate", None)) or (callable(can_generate) and not can_generate()):
-            raise ModelError(
-                f"{type(inner).__name__} cannot generate text; EfficiencyCallback needs a causal LM "
-                "(e.g. AutoModelForCausalLM) to measure latency and output length"
-            )
-        pad_id = self.tokenizer.pad_token_id
-        if pad_id is None:
-            pad_id = self.tokenizer.eos_token_id
-        if pad_id is None:
-            raise ModelError("the tokenizer has neither a pad nor an EOS token; set `tokenizer.eos_token`")
-        encoded = []
-        for i, prompt in enumerate(self.prompts):
-            try:
-                encoded += encode_prompts(
-                    self.tokenizer, [prompt], apply_chat_template=self.apply_chat_template
-                )
-            except FTCallbackError:
-                raise
-            except Exception as exc:  # the tokenizer's own error would not say which prompt, nor what to do
-                raise PromptError(
-                    f"the tokenizer rejected `prompts[{i}]` ({type(exc).__name__}: {exc}); "
-                    "fix or remove that prompt"
-                ) from exc
-        # What measure() would reject at the first check. With a given (or resumed) baseline that check is
-        # the first epoch end, so check here, before any optimizer step.
-        _check_context(inner, encoded, self.max_new_tokens)
-        _generation_setup(inner, self.tokenizer, dict(self.generation_kwargs), pad_id)
+        validate_probe(
+            model,
+            self.tokenizer,
+            self.prompts,
+            max_new_tokens=self.max_new_tokens,
+            generation_kwargs=self.generation_kwargs,
+            apply_chat_template=self.apply_chat_template,
+        )
 
     def _new_report(self, args: TrainingArguments, baseline: dict[str, Any] | None, source: str) -> RunReport:
         return RunReport(
@@ -763,13 +742,6 @@ def _verdict_entry(check: BudgetCheck) -> dict[str, Any]:
     """A budget line as the report keeps it: the check's own fields plus its headroom (``margin``)."""
     margin = check.margin
     return {**check.to_dict(), "margin": margin if math.isfinite(margin) else None}
-
-
-def distributed_unwrap(model: Any) -> Any:
-    """The module that owns ``generate`` behind DDP / DeepSpeed / compile wrappers."""
-    from .measure import unwrap_model
-
-    return unwrap_model(model)
 
 
 def _release_memory() -> None:

@@ -40,11 +40,11 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from .errors import NoisyMeasurementWarning, ConfigError, ModelError, PromptError
+from .errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
 from .measurement import Measurement, RequestSample
 from .prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
 
-__all__ = ["measure", "unwrap_model"]
+__all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
 
 logger = logging.getLogger("ftcallback.measure")
 
@@ -114,6 +114,93 @@ def unwrap_model(model: Any) -> Any:
     return model
 
 
+def validate_probe(
+    model: Any,
+    tokenizer: Any,
+    prompts: Any,
+    *,
+    max_new_tokens: int = 128,
+    generation_kwargs: Mapping[str, Any] | None = None,
+    apply_chat_template: bool = False,
+) -> None:
+    """Check, without generating, everything :func:`measure` would reject about this probe.
+
+    The callback calls it at ``on_train_begin`` so that a bad probe fails before the first optimizer
+    step, even when a given baseline means the first measurement comes only after an epoch.
+
+    Raises:
+        ConfigError, PromptError, ModelError: as :func:`measure` would.
+    """
+    _check_int("max_new_tokens", max_new_tokens, 1)
+    _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template, name_rejected=True)
+
+
+@dataclass
+class _Probe:
+    """A validated probe: what measure() needs before its first generate call."""
+
+    tokenizer: Any
+    prompts: list[str]
+    target: Any
+    pad_id: int
+    encoded: list[list[int]]
+    user_kwargs: dict[str, Any]
+    base_config: GenerationConfig
+    call_kwargs: dict[str, Any]
+    do_sample: bool
+
+
+def _prepare(
+    model: Any,
+    tokenizer: Any,
+    prompts: Any,
+    max_new_tokens: int,
+    generation_kwargs: Mapping[str, Any] | None,
+    apply_chat_template: bool,
+    *,
+    name_rejected: bool = False,
+) -> _Probe:
+    """Validate and prepare a probe.
+
+    ``name_rejected`` turns a tokenizer's own error into a :class:`PromptError` naming the prompt: right
+    before training (a user error to fix now), not inside a check, where a tokenizer that starts rejecting
+    a prompt is a failed measurement the callback records while training goes on.
+    """
+    if generation_kwargs is not None and not isinstance(generation_kwargs, Mapping):
+        raise ConfigError(
+            f"`generation_kwargs` must be a dict of generate() keyword arguments or None, "
+            f"got {type(generation_kwargs).__name__}"
+        )
+    user_kwargs = dict(generation_kwargs or {})
+    check_generation_kwargs(user_kwargs)
+    tokenizer = resolve_tokenizer(tokenizer)
+    prompt_list = load_prompts(prompts)
+    target = unwrap_model(model)
+    _check_can_generate(target)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad_id is None:
+        raise ModelError(
+            f"the tokenizer ({type(tokenizer).__name__}) has neither a pad token nor an EOS token, so "
+            "batches cannot be padded nor responses ended; use the model's own tokenizer or set "
+            "tokenizer.eos_token"
+        )
+    encoded: list[list[int]] = []
+    for i, prompt in enumerate(prompt_list):
+        try:
+            encoded += encode_prompts(tokenizer, [prompt], apply_chat_template=apply_chat_template)
+        except FTCallbackError:
+            raise
+        except Exception as exc:  # the tokenizer's own error would not say which prompt, nor what to do
+            if not name_rejected:
+                raise
+            raise PromptError(
+                f"the tokenizer rejected `prompts[{i}]` ({type(exc).__name__}: {exc}); fix or remove that prompt"
+            ) from exc
+    _check_context(target, encoded, max_new_tokens)
+    base_config, call_kwargs, do_sample = _generation_setup(target, tokenizer, user_kwargs, pad_id)
+    return _Probe(tokenizer, prompt_list, target, pad_id, encoded, user_kwargs, base_config, call_kwargs, do_sample)
+
+
 def measure(
     model: Any,
     tokenizer: Any,
@@ -179,33 +266,13 @@ def measure(
     _check_int("seed", seed, None)
     if on_batch_end is not None and not callable(on_batch_end):
         raise ConfigError(f"`on_batch_end` must be callable or None, got {type(on_batch_end).__name__}")
-    if generation_kwargs is not None and not isinstance(generation_kwargs, Mapping):
-        raise ConfigError(
-            f"`generation_kwargs` must be a dict of generate() keyword arguments or None, "
-            f"got {type(generation_kwargs).__name__}"
-        )
-    user_kwargs = dict(generation_kwargs or {})
-    _check_generation_kwargs(user_kwargs)
-
-    tokenizer = resolve_tokenizer(tokenizer)
-    prompt_list = load_prompts(prompts)
-    target = unwrap_model(model)
-    _check_can_generate(target)
+    probe = _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template)
+    tokenizer, prompt_list, target, pad_id = probe.tokenizer, probe.prompts, probe.target, probe.pad_id
+    encoded, user_kwargs = probe.encoded, probe.user_kwargs
+    base_config, call_kwargs, do_sample = probe.base_config, probe.call_kwargs, probe.do_sample
     device = _model_device(target)
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pad_id is None:
-        raise ModelError(
-            f"the tokenizer ({type(tokenizer).__name__}) has neither a pad token nor an EOS token, so "
-            "batches cannot be padded nor responses ended; use the model's own tokenizer or set "
-            "tokenizer.eos_token"
-        )
-
-    encoded = encode_prompts(tokenizer, prompt_list, apply_chat_template=apply_chat_template)
-    _check_context(target, encoded, max_new_tokens)
-
     settings_kwargs = _json_safe(user_kwargs)
-    base_config, call_kwargs, do_sample = _generation_setup(target, tokenizer, user_kwargs, pad_id)
     eos_ids = _eos_ids(base_config, tokenizer)
     sync = _synchronizer(device)
     timer = _StepTimer(clock, sync)
@@ -498,7 +565,7 @@ def _check_context(target: Any, encoded: Sequence[Sequence[int]], max_new_tokens
             )
 
 
-def _check_generation_kwargs(user_kwargs: Mapping[str, Any]) -> None:
+def check_generation_kwargs(user_kwargs: Mapping[str, Any]) -> None:
     for key, why in _OWNED_KWARGS.items():
         if key in user_kwargs:
             raise ConfigError(f"`generation_kwargs` must not set {key!r}: {why}")

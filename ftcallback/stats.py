@@ -163,11 +163,11 @@ def paired_ratio(
     pairs = len(base_arrays)
     if pairs == 0:
         return RatioEstimate(math.nan, math.nan, math.nan, 0, confidence)
-    point = float(np.median([np.median(n) / np.median(b) for b, n in zip(base_arrays, new_arrays)]))
+    point = float(np.median([np.median(n) / np.median(b) for b, n in zip(base_arrays, new_arrays, strict=True)]))
     rng = np.random.default_rng(seed)
     # One row of bootstrap ratios per key: repeats resampled within the key, on both sides.
     per_key = np.empty((pairs, resamples))
-    for i, (b, n) in enumerate(zip(base_arrays, new_arrays)):
+    for i, (b, n) in enumerate(zip(base_arrays, new_arrays, strict=True)):
         b_med = np.median(b[rng.integers(0, b.size, (resamples, b.size))], axis=1)
         n_med = np.median(n[rng.integers(0, n.size, (resamples, n.size))], axis=1)
         per_key[i] = n_med / b_med

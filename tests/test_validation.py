@@ -333,7 +333,7 @@ def test_encoder_only_sequence_classifier_is_rejected(tmp_path):
         callbacks=[EfficiencyCallback(PROMPTS, max_new_tokens=4)],
     )
     _raises_before_any_step(
-        trainer, ModelError, r"BertForSequenceClassification cannot generate text; .*needs a causal LM"
+        trainer, ModelError, r"BertForSequenceClassification cannot generate text; .*AutoModelForCausalLM"
     )
 
 
@@ -387,7 +387,7 @@ def test_tokenizer_without_pad_or_eos(tmp_path):
     _raises_before_any_step(
         _trainer(tmp_path, cb, tokenizer=tok),
         ModelError,
-        r"neither a pad nor an EOS token; set `tokenizer.eos_token`",
+        r"neither a pad token nor an EOS token.*set tokenizer.eos_token",
     )
 
 
