@@ -28,9 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--output-dir", default="runs/ddp", help="Trainer output_dir (report and TensorBoard go here)"
-    )
+    p.add_argument("--output-dir", default="runs/ddp", help="Trainer output_dir (report and TensorBoard go here)")
     p.add_argument("--epochs", type=int, default=4, help="training epochs")
     p.add_argument(
         "--slowdown-from-epoch",
@@ -45,9 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=2.0,
         help="sleep added to every forward pass in eval mode once the slowdown is on (ms)",
     )
-    p.add_argument(
-        "--max-latency-increase", type=float, default=0.2, help="allowed latency increase (0.2 = +20%%)"
-    )
+    p.add_argument("--max-latency-increase", type=float, default=0.2, help="allowed latency increase (0.2 = +20%%)")
     p.add_argument("--every-n-steps", type=int, default=None, help="also measure every N optimizer steps")
     return p.parse_args(argv)
 
@@ -125,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     state = trainer.state
     rank = trainer.args.process_index
     world = trainer.args.world_size
-    print(
-        f"rank {rank}/{world}: stopped at step {state.global_step} of {state.max_steps}, exit ok", flush=True
-    )
+    print(f"rank {rank}/{world}: stopped at step {state.global_step} of {state.max_steps}, exit ok", flush=True)
     # Leave the process group before exiting: barrier, wait until gloo's worker threads are idle, destroy.
     # A bare destroy_process_group() leaves a race at exit ("terminate called without an active
     # exception", exit code 1, or a hang); see ftcallback.distributed.shutdown.

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         gen_kwargs = {"min_new_tokens": 32}
 
     model = get_peft_model(
-        base, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+        base,
+        LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
     )
     model.print_trainable_parameters()
     dataset = Dataset.from_dict({"text": texts}).map(
