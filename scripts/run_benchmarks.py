@@ -110,6 +110,12 @@ def run_all(args: argparse.Namespace, json_dir: Path) -> list[dict[str, Any]]:
     return runs
 
 
+def _busy_load(machine: dict[str, Any]) -> float:
+    """Load above which something else shared the CPU: the benchmark's own threads keep the load near
+    their count, so only load beyond them (plus half a core of slack) is someone else's."""
+    return float(machine.get("torch_threads") or machine.get("cpu_cores_usable") or 1) + 0.5
+
+
 def load_results(json_dir: Path) -> list[dict[str, Any]]:
     runs = []
     for name in BENCHMARKS:
@@ -178,7 +184,7 @@ def render(runs: list[dict[str, Any]], *, quick: bool, invocation: str, total_s:
         busy = [
             n
             for n, load in loads
-            if isinstance(load, (int, float)) and load > 0.5 * (machine.get("cpu_cores_usable") or 1)
+            if isinstance(load, (int, float)) and load > _busy_load(machine)
         ]
         lines += [
             "",
@@ -189,7 +195,7 @@ def render(runs: list[dict[str, Any]], *, quick: bool, invocation: str, total_s:
         if busy:
             lines += [
                 "",
-                f"> **The machine was busy** during {', '.join(busy)} (load above half the usable cores): "
+                f"> **The machine was busy** during {', '.join(busy)} (load above the benchmark's own threads + 0.5): "
                 "other processes shared the CPU, so timings there are noisier than on a quiet machine.",
             ]
 
@@ -249,7 +255,7 @@ def _shortfall(data: Mapping[str, Any]) -> str:
     load, cores = m.get("load_average_1m"), m.get("cpu_cores_usable") or 1
     if data.get("quick"):
         return "quick mode runs too few repeats to judge the target; run the command without --quick."
-    if isinstance(load, (int, float)) and load > 0.5 * cores:
+    if isinstance(load, (int, float)) and load > _busy_load(m):
         return (
             f"the machine was busy (load average {load} on {cores} cores); re-run the command on a quiet "
             "machine before attributing the miss to ftcallback."
