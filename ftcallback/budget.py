@@ -562,7 +562,7 @@ def _relative_latency(
     breached = est.ratio > 1.0 + fraction and est.significant_increase
     interval = (est.low, est.high)
     detail = (
-        f"observed {stat} {observed:.1f} ms; paired median ratio {est.ratio:.3f}, "
+        f"observed {stat} {observed:.1f} ms; paired per-prompt ratio {est.ratio:.3f}, "
         f"{est.confidence:.0%} interval [{est.low:.3f}, {est.high:.3f}] over {est.pairs} prompts"
     )
     return BudgetCheck(

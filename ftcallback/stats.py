@@ -102,7 +102,7 @@ class RatioEstimate:
     """A paired estimate of ``new / base`` with a bootstrap confidence interval.
 
     Attributes:
-        ratio: median over keys (prompts) of the ratio of per-key medians.
+        ratio: geometric mean over keys (prompts) of the ratio of per-key medians.
         low, high: bounds of the two-sided ``confidence`` bootstrap interval of ``ratio``.
         pairs: number of keys present on both sides with finite, positive values.
         confidence: the interval's confidence level.
@@ -134,9 +134,12 @@ def paired_ratio(
     """Estimate how much larger ``new`` is than ``base``, key by key, and how sure that is.
 
     Each key (a prompt) has repeated samples on both sides. The point estimate is
-    the median over keys of ``median(new[k]) / median(base[k])``: a prompt-by-prompt
-    comparison, so prompts of different lengths do not blur the ratio, and the
-    median keeps one disturbed prompt from deciding. The interval comes from a
+    the geometric mean over keys of ``median(new[k]) / median(base[k])``: a
+    prompt-by-prompt comparison, so prompts of different lengths do not blur the
+    ratio; the median across repeats keeps one disturbed call from deciding, and the
+    geometric mean across prompts still sees a slowdown that hits only some prompts
+    (answers that grew for three prompts out of eight must not read as "x1.00",
+    which a median across prompts would say). The interval comes from a
     hierarchical bootstrap (keys resampled, then repeats within each key on both
     sides), which captures both timing noise and disagreement between prompts.
     It uses its own seeded generator and leaves the global RNGs alone.
@@ -163,7 +166,8 @@ def paired_ratio(
     pairs = len(base_arrays)
     if pairs == 0:
         return RatioEstimate(math.nan, math.nan, math.nan, 0, confidence)
-    point = float(np.median([np.median(n) / np.median(b) for b, n in zip(base_arrays, new_arrays, strict=True)]))
+    log_ratios = [np.log(np.median(n) / np.median(b)) for b, n in zip(base_arrays, new_arrays, strict=True)]
+    point = float(np.exp(np.mean(log_ratios)))
     rng = np.random.default_rng(seed)
     # One row of bootstrap ratios per key: repeats resampled within the key, on both sides.
     per_key = np.empty((pairs, resamples))
@@ -173,7 +177,7 @@ def paired_ratio(
         per_key[i] = n_med / b_med
     # Then keys resampled with replacement, one draw of keys per bootstrap replicate.
     key_idx = rng.integers(0, pairs, (resamples, pairs))
-    replicate = np.median(np.take_along_axis(per_key.T, key_idx, axis=1), axis=1)
+    replicate = np.exp(np.mean(np.log(np.take_along_axis(per_key.T, key_idx, axis=1)), axis=1))
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(replicate, [alpha, 1.0 - alpha])
     return RatioEstimate(point, float(low), float(high), pairs, confidence)
