@@ -31,7 +31,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
-from .measurement import Measurement
+from .measurement import Measurement, json_float
 from .stats import paired_ratio
 
 __all__ = ["LATENCY_STATS", "Budget", "BudgetCheck", "Verdict", "evaluate"]
@@ -292,16 +292,7 @@ class Budget:
 
 
 # --------------------------------------------------------------------- checks
-def _json_float(value: float | None) -> float | str | None:
-    """JSON has no NaN or infinity: NaN becomes null, infinities strings (as in Measurement)."""
-    if value is None or math.isnan(value):
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return float(value)
-
-
-def _from_json_float(value: Any) -> float:
+def _fromjson_float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
@@ -399,13 +390,13 @@ class BudgetCheck:
         return {
             "budget": self.budget,
             "metric": self.metric,
-            "value": _json_float(self.value),
-            "limit": _json_float(self.limit),
-            "baseline": _json_float(self.baseline),
+            "value": json_float(self.value),
+            "limit": json_float(self.limit),
+            "baseline": json_float(self.baseline),
             "passed": self.passed,
             "detail": self.detail,
-            "ratio": _json_float(self.ratio),
-            "interval": None if self.interval is None else [_json_float(v) for v in self.interval],
+            "ratio": json_float(self.ratio),
+            "interval": None if self.interval is None else [json_float(v) for v in self.interval],
         }
 
     @classmethod
@@ -422,15 +413,15 @@ class BudgetCheck:
             return cls(
                 budget=str(data["budget"]),
                 metric=str(data["metric"]),
-                value=_from_json_float(data["value"]),
-                limit=_from_json_float(data["limit"]),
+                value=_fromjson_float(data["value"]),
+                limit=_fromjson_float(data["limit"]),
                 baseline=None if baseline is None else float(baseline),
                 passed=None if passed is None else bool(passed),
                 detail=str(data.get("detail", "")),
                 ratio=None if ratio is None else float(ratio),
                 interval=None
                 if interval is None
-                else (_from_json_float(interval[0]), _from_json_float(interval[1])),
+                else (_fromjson_float(interval[0]), _fromjson_float(interval[1])),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ConfigError(f"not a budget check: {type(exc).__name__}: {exc}") from exc

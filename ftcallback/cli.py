@@ -483,22 +483,11 @@ def _is_measurement_file(arg: str) -> bool:
 
 def _load_measurement(path: str, role: str) -> Measurement:
     """Read a saved measurement, with errors that name its role (BASE / FINETUNED), not "baseline"."""
-    target = Path(path)
     try:
-        text = target.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read {role} measurement {path!r}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{role} measurement {path!r} is not valid JSON: {exc}") from exc
-    try:
-        return Measurement.from_dict(data)
+        return Measurement.load(path, what=f"{role} measurement")
     except FTCallbackError as exc:
-        raise UsageError(f"{role} measurement {path!r}: {_one_line(exc)}") from exc
+        raise UsageError(_one_line(exc)) from exc
 
-
-# --------------------------------------------------------------------------- measure
 def _fmt(value: float, spec: str) -> str:
     return format(value, spec) if math.isfinite(value) else "n/a"
 

@@ -27,7 +27,7 @@ from typing import Any, NamedTuple
 
 from .budget import Budget, Verdict, _significant, evaluate
 from .errors import ConfigError
-from .measurement import Measurement
+from .measurement import Measurement, json_float
 
 __all__ = ["Comparison", "Row", "compare"]
 
@@ -78,14 +78,6 @@ def _change(base: float, new: float) -> float:
     if math.isfinite(base) and math.isfinite(new) and base != 0:
         return (new - base) / base
     return math.nan
-
-
-def _json_float(value: float) -> float | str | None:
-    if math.isnan(value):
-        return None
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return float(value)
 
 
 def _pct(change: float) -> str:
@@ -165,9 +157,9 @@ class Comparison:
                 {
                     "metric": r.metric,
                     "unit": r.unit,
-                    "base": _json_float(r.base),
-                    "new": _json_float(r.new),
-                    "change": _json_float(r.change),
+                    "base": json_float(r.base),
+                    "new": json_float(r.new),
+                    "change": json_float(r.change),
                 }
                 for r in self.rows
             ],

@@ -222,13 +222,13 @@ class Measurement:
             "settings": dict(self.settings),
             "model": dict(self.model),
             "environment": dict(self.environment),
-            "wall_time_s": _json_float(self.wall_time_s),
-            "warmup_latencies_s": [_json_float(v) for v in self.warmup_latencies_s],
+            "wall_time_s": json_float(self.wall_time_s),
+            "warmup_latencies_s": [json_float(v) for v in self.warmup_latencies_s],
             "peak_memory_bytes": self.peak_memory_bytes,
-            "summary": {k: _json_float(v) for k, v in self.summary().items()},
+            "summary": {k: json_float(v) for k, v in self.summary().items()},
             "sample_outputs": [dict(o) for o in self.sample_outputs],
             # Columnar: compact, and readable with one line of pandas.
-            "samples": {c: [_json_float(getattr(s, c)) for s in self.samples] for c in cols},
+            "samples": {c: [json_float(getattr(s, c)) for s in self.samples] for c in cols},
         }
 
     @classmethod
@@ -253,8 +253,8 @@ class Measurement:
                 RequestSample(
                     prompt_index=int(cols["prompt_index"][i]),
                     repeat=int(cols["repeat"][i]),
-                    latency_s=_from_json_float(cols["latency_s"][i]),
-                    ttft_s=_from_json_float(cols["ttft_s"][i]),
+                    latency_s=_fromjson_float(cols["latency_s"][i]),
+                    ttft_s=_fromjson_float(cols["ttft_s"][i]),
                     input_tokens=int(cols["input_tokens"][i]),
                     output_tokens=int(cols["output_tokens"][i]),
                     finished=bool(cols["finished"][i]),
@@ -266,10 +266,10 @@ class Measurement:
                 settings=dict(data.get("settings", {})),
                 model=dict(data.get("model", {})),
                 environment=dict(data.get("environment", {})),
-                warmup_latencies_s=tuple(_from_json_float(v) for v in data.get("warmup_latencies_s", [])),
+                warmup_latencies_s=tuple(_fromjson_float(v) for v in data.get("warmup_latencies_s", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
-                wall_time_s=_from_json_float(data.get("wall_time_s")),
+                wall_time_s=_fromjson_float(data.get("wall_time_s")),
                 created_at=str(data.get("created_at", "")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -282,8 +282,12 @@ class Measurement:
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> Measurement:
+    def load(cls, path: str | os.PathLike[str], *, what: str = "baseline file") -> Measurement:
         """Read a measurement saved with :meth:`save` (or the ``baseline`` of a report.json).
+
+        Args:
+            path: the JSON file.
+            what: how error messages name the file (the CLI says which side of a comparison it is).
 
         Raises:
             BaselineError: the file is missing, not JSON, or not a measurement of this schema.
@@ -292,20 +296,20 @@ class Measurement:
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise BaselineError(f"cannot read baseline file {str(path)!r}: {exc.strerror or exc}") from exc
+            raise BaselineError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            raise BaselineError(f"baseline file {str(path)!r} is not valid JSON: {exc}") from exc
+            raise BaselineError(f"{what} {str(path)!r} is not valid JSON: {exc}") from exc
         if isinstance(data, Mapping) and "samples" not in data and isinstance(data.get("baseline"), Mapping):
             data = data["baseline"]  # a report.json: take its baseline
         try:
             return cls.from_dict(data)
         except BaselineError as exc:
-            raise BaselineError(f"baseline file {str(path)!r}: {exc}") from exc
+            raise BaselineError(f"{what} {str(path)!r}: {exc}") from exc
 
 
-def _json_float(value: Any) -> Any:
+def json_float(value: Any) -> Any:
     """JSON has no NaN or infinity: write them as null (or a string for infinities)."""
     if isinstance(value, float):
         if math.isnan(value):
@@ -315,7 +319,7 @@ def _json_float(value: Any) -> Any:
     return value
 
 
-def _from_json_float(value: Any) -> float:
+def _fromjson_float(value: Any) -> float:
     if value is None:
         return math.nan
     return float(value)
