@@ -337,6 +337,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n".join(sample_answers(callback.report)))
     print()
     _say(f"report: {callback.report_path}")
+    try:
+        from ftcallback.plot import plot_report
+
+        plot = plot_report(
+            callback.report,
+            Path(args.output_dir) / "efficiency" / "plot.png",
+            {"log_history": trainer.state.log_history},
+        )
+        _say(f"plot: {plot}   (latency and output tokens per check, with the baseline and the budget)")
+    except ImportError as exc:  # matplotlib is an optional extra; the run itself is complete without it
+        _say(f"no plot: {exc}")
     _say(f"TensorBoard: tensorboard --logdir {args.output_dir}   (efficiency series in {callback.log_dir})")
     _say(f"finished in {time.perf_counter() - started:.0f} s")
     return 0

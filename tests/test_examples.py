@@ -67,3 +67,5 @@ def test_finetune_demo_quick(tmp_path):
     assert report["baseline"] is not None
     assert report["stopped"] is not None, "the demo's budget must be breached"
     assert "stopping training at epoch" in proc.stderr + proc.stdout
+    plot = out / "efficiency" / "plot.png"
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
