@@ -282,7 +282,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             raise ModelError("EfficiencyCallback got no model from the Trainer")
         self.tokenizer = self.tokenizer or resolve_tokenizer(kwargs.get("processing_class"))
         self._validate_probe(model)
-        self.report_path = report_path(args.output_dir)
+        self.report_path = report_path(str(args.output_dir))
         is_main = state.is_world_process_zero
 
         if is_main:
@@ -332,7 +332,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         if self.report is None:
             return
-        path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        path = os.path.join(str(args.output_dir), f"checkpoint-{state.global_step}")
         self.report.record_checkpoint(state.global_step, path)
         if state.is_world_process_zero:
             self._save_report()
@@ -386,7 +386,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         )
 
     def _report_for_resume(self, args: TrainingArguments, state: TrainerState) -> RunReport:
-        path = report_path(args.output_dir)
+        path = report_path(str(args.output_dir))
         try:
             previous = RunReport.load(path)
         except FTCallbackError as exc:
@@ -528,6 +528,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             )
             return {"stop": False, "consecutive": self._consecutive_breaches, "error": error}
 
+        baseline: Measurement | None
         if kind == "baseline":
             self.report.baseline = m.to_dict()
             baseline = m

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Literal
+from typing import Any, Literal
 
 __all__ = ["BOS", "EOS", "PAD", "tiny_causal_lm", "tiny_corpus", "tiny_tokenizer"]
 
@@ -58,7 +58,7 @@ def _trained_tokenizer_json(vocab_size: int) -> str:
     return tok.to_str()
 
 
-def tiny_tokenizer(vocab_size: int = 1000, *, pad: bool = True, chat_template: bool = False):  # type: ignore[no-untyped-def]
+def tiny_tokenizer(vocab_size: int = 1000, *, pad: bool = True, chat_template: bool = False) -> Any:
     """A fresh ``PreTrainedTokenizerFast`` (byte-level BPE) trained offline on :func:`tiny_corpus`.
 
     Args:
@@ -94,15 +94,18 @@ def tiny_causal_lm(
     positions: int = 128,
     eos_token_id: int = 2,
     pad_token_id: int = 0,
-):  # type: ignore[no-untyped-def]
+) -> Any:
     """A randomly initialised causal LM of about 150k parameters (GPT-2 or Llama architecture).
 
     The global torch RNG is left as it was: the weights come from a private seed.
     """
     import torch
-    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
+    from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig, PretrainedConfig
 
-    common = dict(vocab_size=vocab_size, eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=1)
+    common: dict[str, Any] = dict(
+        vocab_size=vocab_size, eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=1
+    )
+    config: PretrainedConfig
     if arch == "gpt2":
         config = GPT2Config(n_embd=hidden, n_layer=layers, n_head=heads, n_positions=positions, **common)
     elif arch == "llama":
