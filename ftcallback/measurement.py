@@ -293,14 +293,7 @@ class Measurement:
             BaselineError: the file is missing, not JSON, or not a measurement of this schema.
         """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BaselineError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BaselineError(f"{what} {str(path)!r} is not valid JSON: {exc}") from exc
+        data = read_json(path, what=what, error=BaselineError)
         if isinstance(data, Mapping) and "samples" not in data and isinstance(data.get("baseline"), Mapping):
             data = data["baseline"]  # a report.json: take its baseline
         try:
@@ -323,6 +316,18 @@ def _fromjson_float(value: Any) -> float:
     if value is None:
         return math.nan
     return float(value)
+
+
+def read_json(path: Path, *, what: str, error: type[Exception]) -> Any:
+    """Parse the JSON file at ``path``; a missing, unreadable or invalid file raises ``error`` in one line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{what} {str(path)!r} is not valid JSON: {exc}") from exc
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -9,7 +9,6 @@ and :meth:`RunReport.from_dict` gives defaults for missing keys, so an older rep
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import numbers
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ReportError
-from .measurement import Measurement, write_json_atomic
+from .measurement import Measurement, read_json, write_json_atomic
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -464,14 +463,7 @@ class RunReport:
         if target.is_dir():
             target = report_path(target)
         name = str(target)
-        try:
-            text = target.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ReportError(f"cannot read report {name!r}: {exc.strerror or exc}") from exc
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ReportError(f"report {name!r} is not valid JSON: {exc}") from exc
+        data = read_json(target, what="report", error=ReportError)
         if not isinstance(data, Mapping) or "checks" not in data or "schema_version" not in data:
             raise ReportError(
                 f"{name!r} is not an ftcallback report (a JSON object with 'schema_version' and 'checks')"
