@@ -251,8 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers import Trainer, TrainingArguments
 
     from ftcallback import Budget, EfficiencyCallback
-    from ftcallback.embedded import load_model_and_tokenizer
-    from ftcallback.report import format_checks_table
+    from ftcallback._report import format_checks_table
+    from ftcallback.testing import load_model_and_tokenizer
 
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("[%(name)s] %(levelname)s %(message)s"))
@@ -338,7 +338,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     _say(f"report: {callback.report_path}")
     try:
-        from ftcallback.plot import plot_report
+        from ftcallback import plot_report
 
         plot = plot_report(
             callback.report,

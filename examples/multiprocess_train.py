@@ -11,7 +11,7 @@ Launch with either of::
 the other rank waits for it, and both stop at the same step. ``--slowdown-from-epoch N`` injects a
 generation slowdown from epoch N on, to show a latency-budget stop; without it the run trains to
 the end. Each rank prints one line ``rank R/W: stopped at step S of M, exit ok`` at the end, then leaves
-the process group with ``ftcallback.distributed.shutdown()`` so that the job exits with code 0 every time.
+the process group with ``ftcallback.shutdown_distributed()`` so that the job exits with code 0 every time.
 Everything is offline: a tiny GPT-2 with random weights and a tokenizer trained on the spot.
 """
 
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
     from ftcallback import Budget, EfficiencyCallback
-    from ftcallback.distributed import shutdown
+    from ftcallback import shutdown_distributed as shutdown
     from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
 
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s: %(message)s")
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rank {rank}/{world}: stopped at step {state.global_step} of {state.max_steps}, exit ok", flush=True)
     # Leave the process group before exiting: barrier, wait until gloo's worker threads are idle, destroy.
     # A bare destroy_process_group() leaves a race at exit ("terminate called without an active
-    # exception", exit code 1, or a hang); see ftcallback.distributed.shutdown.
+    # exception", exit code 1, or a hang); see ftcallback.shutdown_distributed.
     shutdown()
     return 0
 

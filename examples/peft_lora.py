@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
     from ftcallback import Budget, EfficiencyCallback, compare, measure
-    from ftcallback.report import format_checks_table
+    from ftcallback._report import format_checks_table
 
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
     for noisy in ("transformers", "datasets", "peft", "torch", "httpx"):
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         max_new_tokens, chat, lr = 16, False, 5e-3
         gen_kwargs = {"min_new_tokens": 16}  # fixed length: the comparison is about speed only
     else:
-        from ftcallback.embedded import load_model_and_tokenizer
+        from ftcallback.testing import load_model_and_tokenizer
 
         base, tokenizer = load_model_and_tokenizer(args.model)
         texts = ["Q: Name a prime number. A: 7 is a prime number."] * 16

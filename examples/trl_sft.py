@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from trl import SFTConfig, SFTTrainer
 
     from ftcallback import Budget, EfficiencyCallback
-    from ftcallback.report import format_checks_table
+    from ftcallback._report import format_checks_table
 
     logging.basicConfig(level=logging.INFO, format="%(name)s %(levelname)s: %(message)s")
     for noisy in ("transformers", "datasets", "trl", "torch", "httpx"):
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         probe = ["the model returns", "a user measures the latency", "the server generates"]
         max_new_tokens, chat = 16, False
     else:
-        from ftcallback.embedded import load_model_and_tokenizer
+        from ftcallback.testing import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer(args.model)
         texts = [

@@ -1,5 +1,9 @@
 """ftcallback: latency and token-efficiency budgets for fine-tuning with transformers.
 
+The public surface is this package, :mod:`ftcallback.testing` and :mod:`ftcallback.cli`; the modules with a
+leading underscore are the implementation. Names are imported on first use, so that ``import ftcallback``
+(and ``ftcallback --help``) does not pay for torch and transformers until something needs them.
+
 Example:
     >>> from ftcallback import Budget, EfficiencyCallback
     >>> cb = EfficiencyCallback(["Explain KV caching."], budget=Budget(max_token_increase=0.25))
@@ -7,27 +11,40 @@ Example:
 
 from __future__ import annotations
 
+import importlib as _importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-# Eager on purpose: a lazy loader would let `import ftcallback.measure` (the module) shadow
-# `ftcallback.measure` (the function) depending on import order.
-from .budget import Budget, BudgetCheck, Verdict, evaluate  # noqa: E402
-from .callback import EfficiencyCallback  # noqa: E402
-from .compare import Comparison, compare  # noqa: E402
-from .errors import (  # noqa: E402
-    BaselineError,
-    ConfigError,
-    FTCallbackError,
-    MeasurementError,
-    ModelError,
-    NoisyMeasurementWarning,
-    PromptError,
-    ReportError,
-)
-from .measure import measure  # noqa: E402
-from .measurement import SCHEMA_VERSION, Measurement, RequestSample  # noqa: E402
-from .report import CheckRecord, RunReport  # noqa: E402
-from .stats import RatioEstimate, Stats  # noqa: E402
+# name -> private module that defines it. One table, read by __getattr__ and by the test that keeps
+# `__all__` honest.
+_EXPORTS: dict[str, str] = {
+    "BaselineError": "_errors",
+    "Budget": "_budget",
+    "BudgetCheck": "_budget",
+    "CheckRecord": "_report",
+    "Comparison": "_compare",
+    "ConfigError": "_errors",
+    "EfficiencyCallback": "_callback",
+    "FTCallbackError": "_errors",
+    "Measurement": "_measurement",
+    "MeasurementError": "_errors",
+    "ModelError": "_errors",
+    "NoisyMeasurementWarning": "_errors",
+    "PromptError": "_errors",
+    "RatioEstimate": "_stats",
+    "ReportError": "_errors",
+    "RequestSample": "_measurement",
+    "RunReport": "_report",
+    "SCHEMA_VERSION": "_measurement",
+    "Stats": "_stats",
+    "Verdict": "_budget",
+    "compare": "_compare",
+    "evaluate": "_budget",
+    "measure": "_measure",
+    "plot_report": "_plot",
+    "shutdown_distributed": "_distributed",
+}
 
 __all__ = [
     "BaselineError",
@@ -54,4 +71,44 @@ __all__ = [
     "compare",
     "evaluate",
     "measure",
+    "plot_report",
+    "shutdown_distributed",
 ]
+
+# The attribute names under which a definition differs from its module-level name.
+_ALIASES = {"shutdown_distributed": "shutdown"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ftcallback' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(f".{module}", __name__), _ALIASES.get(name, name))
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+if TYPE_CHECKING:  # static checkers and IDEs see the names eagerly
+    from ._budget import Budget, BudgetCheck, Verdict, evaluate
+    from ._callback import EfficiencyCallback
+    from ._compare import Comparison, compare
+    from ._distributed import shutdown as shutdown_distributed
+    from ._errors import (
+        BaselineError,
+        ConfigError,
+        FTCallbackError,
+        MeasurementError,
+        ModelError,
+        NoisyMeasurementWarning,
+        PromptError,
+        ReportError,
+    )
+    from ._measure import measure
+    from ._measurement import SCHEMA_VERSION, Measurement, RequestSample
+    from ._plot import plot_report
+    from ._report import CheckRecord, RunReport
+    from ._stats import RatioEstimate, Stats

@@ -1,7 +1,7 @@
 """The ``ftcallback`` command line: ``measure``, ``compare`` and ``report``.
 
 ``ftcallback measure MODEL --prompts FILE`` measures a model on a probe and can save the
-measurement as a baseline for :class:`~ftcallback.callback.EfficiencyCallback`.
+measurement as a baseline for :class:`~ftcallback._callback.EfficiencyCallback`.
 ``ftcallback compare BASE FINETUNED`` puts two models (or two saved measurements) side by
 side against a budget and exits 0 to ship, 1 not to ship. ``ftcallback report RUN_DIR``
 prints (and plots) what the callback recorded during a fine-tuning run.
@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
-from .budget import LATENCY_STATS, Budget
-from .compare import _validate_accuracy, compare
-from .embedded import EMBEDDED_MODEL
-from .errors import FTCallbackError
-from .measurement import Measurement
-from .prompts import load_prompts
-from .report import (
+from ._budget import LATENCY_STATS, Budget
+from ._compare import _validate_accuracy, compare
+from ._embedded import EMBEDDED_MODEL
+from ._errors import FTCallbackError
+from ._measurement import Measurement
+from ._prompts import load_prompts
+from ._report import (
     CheckRecord,
     RunReport,
     _eval_metric_key,
@@ -359,7 +359,7 @@ def _no_progress_bars() -> Iterator[None]:
 # --------------------------------------------------------------------------- loading and measuring
 @dataclass(frozen=True)
 class _MeasureSettings:
-    """How a model is measured from the CLI (the arguments of :func:`ftcallback.measure.measure`)."""
+    """How a model is measured from the CLI (the arguments of :func:`ftcallback._measure.measure`)."""
 
     prompts: list[str]
     max_new_tokens: int
@@ -414,7 +414,7 @@ def _check_model_name(name: str) -> None:
 
 
 def _load_model(name: str, dtype: str, device: str) -> tuple[Any, Any]:
-    from .embedded import load_model_and_tokenizer
+    from ._embedded import load_model_and_tokenizer
 
     _check_model_name(name)
     logger.info("loading %s (%s) on %s", name, dtype, device)
@@ -435,7 +435,7 @@ def _load_model(name: str, dtype: str, device: str) -> tuple[Any, Any]:
 
 def _measure_model(name: str, settings: _MeasureSettings) -> Measurement:
     """Load a model, measure it on the probe, and free it again (compare loads two in turn)."""
-    from .measure import measure
+    from ._measure import measure
 
     device = _resolve_device(settings.device)
     model, tokenizer = _load_model(name, settings.dtype, device)
@@ -503,7 +503,7 @@ def format_measurement(m: Measurement, width: int = _MIN_WIDTH) -> str:
         The table, lines joined with ``"\\n"``.
 
     Example:
-        >>> from ftcallback.measurement import RequestSample
+        >>> from ftcallback._measurement import RequestSample
         >>> m = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 9, True),))
         >>> print(format_measurement(m).splitlines()[2])
         latency p50                     500.0  ms
@@ -603,7 +603,7 @@ _MEASURE_FLAGS = ("prompts", "max_new_tokens", "chat", "repeats", "warmup", "bat
 
 def _budget_from_args(args: argparse.Namespace) -> Budget:
     """The budget the flags describe; a ConfigError names the flag (``--latency-ms``), not the field."""
-    from .errors import ConfigError
+    from ._errors import ConfigError
 
     values = {name: getattr(args, name) for name in _BUDGET_FIELDS if getattr(args, name) is not None}
     try:
@@ -790,7 +790,7 @@ def report_summary(
     """The machine-readable summary ``ftcallback report --json`` prints (NaN as None).
 
     Args:
-        report: a :class:`~ftcallback.report.RunReport`.
+        report: a :class:`~ftcallback._report.RunReport`.
         trainer_state: the contents of ``trainer_state.json``, for the loss and eval metric per check.
         report_file: where the report was read from.
 
@@ -838,7 +838,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print()
         print(format_checks_table(report, trainer_state, width=_width()))
     if args.plot is not None:
-        from .plot import plot_report
+        from ._plot import plot_report
 
         try:
             written = plot_report(report, args.plot, trainer_state, run_dir=str(run_dir))

@@ -15,7 +15,19 @@ from __future__ import annotations
 import functools
 from typing import Any, Literal
 
-__all__ = ["BOS", "EOS", "PAD", "tiny_causal_lm", "tiny_corpus", "tiny_tokenizer"]
+from ._embedded import EMBEDDED_MODEL, embedded_model_path, load_model_and_tokenizer
+
+__all__ = [
+    "BOS",
+    "EMBEDDED_MODEL",
+    "EOS",
+    "PAD",
+    "embedded_model_path",
+    "load_model_and_tokenizer",
+    "tiny_causal_lm",
+    "tiny_corpus",
+    "tiny_tokenizer",
+]
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 

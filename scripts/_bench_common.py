@@ -214,7 +214,7 @@ def load(name: str, device: torch.device) -> LoadedModel:
         model = tiny_causal_lm("gpt2" if name == "tiny-gpt2" else "llama", positions=TINY_POSITIONS)
         chat, prompts = False, list(TINY_PROMPTS)
     elif name == "smollm2":
-        from ftcallback.embedded import load_model_and_tokenizer
+        from ftcallback.testing import load_model_and_tokenizer
 
         model, tokenizer = load_model_and_tokenizer("smollm2")
         chat, prompts = True, list(SMOL_PROMPTS)

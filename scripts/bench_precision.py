@@ -31,7 +31,7 @@ import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
 import torch
 
 from ftcallback import Measurement, measure
-from ftcallback.stats import paired_ratio, percentile
+from ftcallback._stats import paired_ratio, percentile
 
 TARGET_SPREAD = 1.10
 

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ftcallback.budget import Budget, BudgetCheck, Verdict, evaluate
-from ftcallback.errors import ConfigError
-from ftcallback.measurement import Measurement, RequestSample
+from ftcallback._budget import Budget, BudgetCheck, Verdict, evaluate
+from ftcallback._errors import ConfigError
+from ftcallback._measurement import Measurement, RequestSample
 
 
 def make(

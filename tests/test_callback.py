@@ -33,9 +33,9 @@ from helpers_training import (
 from tensorboard.backend.event_processing import event_accumulator
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-import ftcallback.callback as callback_module
+import ftcallback._callback as callback_module
 from ftcallback import BaselineError, Budget, BudgetCheck, EfficiencyCallback, Measurement, measure
-from ftcallback.prompts import encode_prompts, prompts_sha256
+from ftcallback._prompts import encode_prompts, prompts_sha256
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 STOP_LINE = re.compile(

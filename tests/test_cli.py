@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from ftcallback.callback import EfficiencyCallback
+from ftcallback._callback import EfficiencyCallback
+from ftcallback._errors import BaselineError
+from ftcallback._measurement import Measurement, RequestSample
+from ftcallback._prompts import prompts_sha256
+from ftcallback._report import CheckRecord, RunReport
 from ftcallback.cli import main
-from ftcallback.errors import BaselineError
-from ftcallback.measurement import Measurement, RequestSample
-from ftcallback.prompts import prompts_sha256
-from ftcallback.report import CheckRecord, RunReport
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 PROBE = ["the model returns a short reply.", "a user measures the latency", "the server generates"]

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from ftcallback.budget import Budget
-from ftcallback.compare import Comparison, Row, compare
-from ftcallback.errors import ConfigError
-from ftcallback.measurement import Measurement, RequestSample
+from ftcallback._budget import Budget
+from ftcallback._compare import Comparison, Row, compare
+from ftcallback._errors import ConfigError
+from ftcallback._measurement import Measurement, RequestSample
 
 SETTINGS = {"prompts_sha256": "abc", "num_prompts": 4, "max_new_tokens": 64}
 

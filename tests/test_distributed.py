@@ -108,7 +108,7 @@ def test_sharded_mode_makes_every_rank_generate_synced(monkeypatch, tmp_path):
     from transformers import TrainerControl, TrainerState, TrainingArguments
 
     from ftcallback import EfficiencyCallback
-    from ftcallback.callback import distributed as cb_distributed
+    from ftcallback._callback import distributed as cb_distributed
 
     model, tok = tiny_causal_lm(), tiny_tokenizer()
     seen = []
@@ -265,7 +265,7 @@ def _fsdp2_worker(rank: int, port: int, out: str) -> None:
         from transformers import TrainerControl, TrainerState, TrainingArguments
 
         from ftcallback import Budget, EfficiencyCallback
-        from ftcallback.measure import measure
+        from ftcallback._measure import measure
 
         tok = tiny_tokenizer()
         reference = tiny_causal_lm("llama")  # same private seed: the same weights, unsharded

@@ -55,7 +55,7 @@ def test_peft_lora_example(tmp_path):
 def test_finetune_demo_quick(tmp_path):
     """The README's main job on the real embedded SmolLM2, in its quick configuration."""
     pytest.importorskip("gguf")
-    from ftcallback.embedded import embedded_model_path
+    from ftcallback.testing import embedded_model_path
 
     try:
         embedded_model_path()

@@ -25,9 +25,9 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallba
 from ftcallback import Budget, EfficiencyCallback
 from ftcallback import callback as callback_module
 from ftcallback import measurement as measurement_module
-from ftcallback.errors import MeasurementError
-from ftcallback.measurement import Measurement, RequestSample
-from ftcallback.report import CheckRecord, RunReport, report_path
+from ftcallback._errors import MeasurementError
+from ftcallback._measurement import Measurement, RequestSample
+from ftcallback._report import CheckRecord, RunReport, report_path
 from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
@@ -370,7 +370,7 @@ def test_a_failing_disk_does_not_stop_training(tmp_path, monkeypatch, caplog):
             raise OSError(28, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr("ftcallback.report.write_json_atomic", flaky)
+    monkeypatch.setattr("ftcallback._report.write_json_atomic", flaky)
     cb = _callback()
     trainer = _trainer(tmp_path, cb, epochs=2)
     with caplog.at_level(logging.WARNING, logger="ftcallback"):

@@ -1,6 +1,6 @@
 """The measurement engine: what it records, how it times, and that it leaves training exactly as it was.
 
-Timing is asserted through relations, or exactly with an injected clock (``ftcallback.measure._clock``);
+Timing is asserted through relations, or exactly with an injected clock (``ftcallback._measure._clock``);
 token counts are made exact by a logits processor that scripts each response.
 """
 
@@ -20,14 +20,14 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from ftcallback.errors import ConfigError, ModelError, NoisyMeasurementWarning, PromptError
-from ftcallback.measure import measure, unwrap_model
-from ftcallback.measurement import Measurement
-from ftcallback.prompts import encode_prompts, prompts_sha256
+from ftcallback._errors import ConfigError, ModelError, NoisyMeasurementWarning, PromptError
+from ftcallback._measure import measure, unwrap_model
+from ftcallback._measurement import Measurement
+from ftcallback._prompts import encode_prompts, prompts_sha256
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 # `ftcallback.measure` the attribute may become the function once the package re-exports it.
-engine = importlib.import_module("ftcallback.measure")
+engine = importlib.import_module("ftcallback._measure")
 
 EOS, PAD, FILLER = 2, 0, 999
 FAST = dict(max_new_tokens=6, warmup=0, repeats=2)
@@ -290,11 +290,12 @@ def test_training_flags_are_restored_per_module(gpt2, tokenizer, prompts, mode):
     before = {name: m.training for name, m in gpt2.named_modules()}
     during = []
     gpt2.register_forward_pre_hook(
-        lambda mod, args: during.append((mod.training, torch.is_inference_mode_enabled()))
+        lambda mod, args: during.append((mod.training, torch.is_grad_enabled(), torch.is_inference_mode_enabled()))
     )
     measure(gpt2, tokenizer, prompts[:1], **FAST)
-    assert during and set(during) == {(False, True)}  # eval mode, inference mode
-    assert not torch.is_inference_mode_enabled()
+    # eval mode, no autograd, and not inference mode (see the lazily-created-buffer test below)
+    assert during and set(during) == {(False, False, False)}
+    assert torch.is_grad_enabled()
     assert {name: m.training for name, m in gpt2.named_modules()} == before
 
 
@@ -669,3 +670,29 @@ def test_autocast_state_is_recorded(gpt2, tokenizer, prompts):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m = measure(gpt2, tokenizer, prompts[:1], max_new_tokens=2, warmup=0, repeats=1)
     assert m.environment["autocast_enabled"] is True and m.environment["autocast_dtype"] == "bfloat16"
+
+
+def test_a_lazily_created_buffer_can_be_trained_through_after_a_measurement(gpt2, tokenizer, prompts):
+    """Whatever a first forward creates (ZeRO-3's resident parameters, a rotary cache) must stay usable in
+    autograd: under `torch.inference_mode` it would become an inference tensor and the next training step
+    would fail with "Inference tensors cannot be saved for backward"."""
+
+    class LazyScale(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale: torch.Tensor | None = None
+
+        def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+            if self.scale is None:  # built on the first forward, like a rotary cache
+                self.scale = torch.ones(hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+            return hidden * self.scale
+
+    lazy = LazyScale()
+    gpt2.transformer.ln_f.register_forward_hook(lambda _m, _i, out: lazy(out))
+    measure(gpt2, tokenizer, prompts[:1], max_new_tokens=3, warmup=0, repeats=1)
+    assert lazy.scale is not None and not lazy.scale.is_inference()
+    gpt2.train()
+    ids = tokenizer(prompts[0], return_tensors="pt").input_ids
+    loss = gpt2(input_ids=ids, labels=ids).loss
+    loss.backward()  # raised RuntimeError under inference_mode
+    assert all(p.grad is not None for p in gpt2.parameters() if p.requires_grad)

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from ftcallback._errors import ConfigError
+from ftcallback._measurement import Measurement, RequestSample
+from ftcallback._plot import plot_report, run_verdict
+from ftcallback._report import CheckRecord, RunReport
 from ftcallback.cli import main
-from ftcallback.errors import ConfigError
-from ftcallback.measurement import Measurement, RequestSample
-from ftcallback.plot import plot_report, run_verdict
-from ftcallback.report import CheckRecord, RunReport
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

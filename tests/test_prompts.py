@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from ftcallback.errors import ConfigError, ModelError, PromptError
-from ftcallback.prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
+from ftcallback._errors import ConfigError, ModelError, PromptError
+from ftcallback._prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
 from ftcallback.testing import tiny_tokenizer
 
 # ----------------------------------------------------------------- load_prompts: sources

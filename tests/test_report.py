@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ftcallback.measurement as measurement_module
-from ftcallback.errors import FTCallbackError, ReportError
-from ftcallback.measurement import Measurement, RequestSample
-from ftcallback.report import (
+import ftcallback._measurement as measurement_module
+from ftcallback._errors import FTCallbackError, ReportError
+from ftcallback._measurement import Measurement, RequestSample
+from ftcallback._report import (
     REPORT_SCHEMA_VERSION,
     CheckRecord,
     RunReport,

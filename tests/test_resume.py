@@ -20,7 +20,7 @@ from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallba
 
 from ftcallback import Budget, EfficiencyCallback
 from ftcallback import callback as callback_module
-from ftcallback.report import RunReport, report_path
+from ftcallback._report import RunReport, report_path
 from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from ftcallback.stats import paired_ratio, percentile, summarize
+from ftcallback._stats import paired_ratio, percentile, summarize
 
 
 def test_summarize_matches_numpy_and_skips_nonfinite():

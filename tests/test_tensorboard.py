@@ -16,7 +16,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations.integration_utils import TensorBoardCallback, rewrite_logs
 
-from ftcallback.tensorboard import SUMMARY_KEYS, TensorBoardSink, resolve_log_dir
+from ftcallback._tensorboard import SUMMARY_KEYS, TensorBoardSink, resolve_log_dir
 
 # Keep every event: the default size guidance samples scalars down to 1000 and tensors to 10.
 _ALL = {event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0}

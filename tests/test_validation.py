@@ -20,8 +20,8 @@ from transformers import (
 )
 
 from ftcallback import Budget, EfficiencyCallback
-from ftcallback.errors import BaselineError, ConfigError, ModelError, PromptError
-from ftcallback.measurement import Measurement, RequestSample
+from ftcallback._errors import BaselineError, ConfigError, ModelError, PromptError
+from ftcallback._measurement import Measurement, RequestSample
 from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")

@@ -1,6 +1,6 @@
 """A picture of a run: latency, output length and loss over training steps, with baseline, budget and stop.
 
-:func:`plot_report` draws what :class:`~ftcallback.report.RunReport` recorded as stacked
+:func:`plot_report` draws what :class:`~ftcallback._report.RunReport` recorded as stacked
 panels sharing the training-step axis: latency p50 / p95 (ms), mean output tokens, and
 the training loss when ``trainer_state.json`` has one. The baseline is a dashed line,
 the budget limit a red dotted line, breaching checks red crosses, a failed measurement
@@ -11,7 +11,7 @@ is drawn, and only its Agg canvas is used, so no display is needed and pyplot's 
 state is never touched.
 
 Example:
-    >>> from ftcallback.report import RunReport
+    >>> from ftcallback._report import RunReport
     >>> plot_report(RunReport.load("out"), "out/efficiency/report.png")  # doctest: +SKIP
     PosixPath('out/efficiency/report.png')
 """
@@ -26,10 +26,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from .budget import Budget
-from .errors import ConfigError, FTCallbackError
-from .measurement import Measurement
-from .report import CheckRecord, RunReport
+from ._budget import Budget
+from ._errors import ConfigError, FTCallbackError
+from ._measurement import Measurement
+from ._report import CheckRecord, RunReport
 
 __all__ = ["plot_report", "run_verdict"]
 

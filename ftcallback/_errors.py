@@ -53,3 +53,18 @@ class NoisyMeasurementWarning(UserWarning):
     Emitted with :func:`warnings.warn`; silence it with
     ``warnings.filterwarnings("ignore", category=NoisyMeasurementWarning)``.
     """
+
+
+# Public under `ftcallback`: tracebacks and reprs name `ftcallback.ConfigError`, not the private module.
+for _cls in (
+    FTCallbackError,
+    ConfigError,
+    PromptError,
+    ModelError,
+    BaselineError,
+    MeasurementError,
+    ReportError,
+    NoisyMeasurementWarning,
+):
+    _cls.__module__ = "ftcallback"
+del _cls

@@ -9,7 +9,7 @@ Decision rules:
 
 * Absolute budgets compare the current statistic with the limit.
 * ``max_latency_increase`` compares prompt by prompt against the baseline
-  (:func:`~ftcallback.stats.paired_ratio`) and is breached only when the paired median
+  (:func:`~ftcallback._stats.paired_ratio`) and is breached only when the paired median
   ratio exceeds ``1 + max_latency_increase`` **and** its bootstrap interval lies wholly
   above 1, so timing noise alone never stops a run.
 * Token and cost budgets compare means: under greedy decoding they are deterministic.
@@ -17,7 +17,7 @@ Decision rules:
   ``passed=None`` ("not evaluable"), never a breach.
 
 Example:
-    >>> from ftcallback.measurement import Measurement, RequestSample
+    >>> from ftcallback._measurement import Measurement, RequestSample
     >>> m = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 57, True),))
     >>> evaluate(Budget(output_tokens=44.4), m).first_breach.describe()
     'output_tokens_mean 57.0 exceeds budget 44.4'
@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import ConfigError
-from .measurement import Measurement, json_float
-from .stats import paired_ratio
+from ._errors import ConfigError
+from ._measurement import Measurement, json_float
+from ._stats import paired_ratio
 
 __all__ = ["LATENCY_STATS", "Budget", "BudgetCheck", "Verdict", "evaluate"]
 
@@ -197,7 +197,7 @@ class Budget:
         """Mean cost of one request of ``measurement`` at this budget's prices; None when unpriced.
 
         Example:
-            >>> from ftcallback.measurement import Measurement, RequestSample
+            >>> from ftcallback._measurement import Measurement, RequestSample
             >>> m = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 1000, 500, True),))
             >>> Budget(input_price_per_1k=0.001, output_price_per_1k=0.002).cost_per_request_of(m)
             0.002
@@ -226,7 +226,7 @@ class Budget:
             e.g. ``{"latency_ms_p95": 400.0, "output_tokens_mean": 44.4, "cost_per_request": 0.0001}``.
 
         Example:
-            >>> from ftcallback.measurement import Measurement, RequestSample
+            >>> from ftcallback._measurement import Measurement, RequestSample
             >>> base = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 37, True),))
             >>> Budget(latency_ms=400, max_token_increase=0.2).limits(base)
             {'latency_ms_p95': 400.0, 'output_tokens_mean': 44.4}
@@ -575,7 +575,7 @@ def evaluate(budget: Budget, measurement: Measurement, baseline: Measurement | N
         tokens, token increase, cost per request, cost increase, monthly cost.
 
     Example:
-        >>> from ftcallback.measurement import Measurement, RequestSample
+        >>> from ftcallback._measurement import Measurement, RequestSample
         >>> base = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 37, True),))
         >>> new = Measurement(samples=(RequestSample(0, 0, 0.7, 0.1, 5, 57, True),))
         >>> v = evaluate(Budget(max_token_increase=0.2), new, base)

@@ -18,8 +18,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from .errors import BaselineError
-from .stats import Stats, summarize
+from ._errors import BaselineError
+from ._stats import Stats, summarize
 
 __all__ = ["SCHEMA_VERSION", "Measurement", "RequestSample"]
 

@@ -2,8 +2,8 @@
 
 :func:`measure` tokenises the probe once, left-pads it by hand into batches, runs
 ``warmup`` untimed calls and then ``repeats`` timed passes over the batches, and
-returns a :class:`~ftcallback.measurement.Measurement` with one
-:class:`~ftcallback.measurement.RequestSample` per prompt and repeat.
+returns a :class:`~ftcallback._measurement.Measurement` with one
+:class:`~ftcallback._measurement.RequestSample` per prompt and repeat.
 
 Timing uses a stopping criterion that never stops: ``generate`` calls it once per
 decoding step, right after the step's token was appended, so each call is the
@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from .errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
-from .measurement import Measurement, RequestSample
-from .prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
+from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
+from ._measurement import Measurement, RequestSample
+from ._prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
 
@@ -228,7 +228,7 @@ def measure(
             a DeepSpeed engine or ``torch.compile``, or a PEFT model.
         tokenizer: its tokenizer, or a processor with a ``.tokenizer``.
         prompts: a list of strings, a ``datasets.Dataset`` or a ``.txt`` / ``.jsonl`` path
-            (see :func:`ftcallback.prompts.load_prompts`).
+            (see :func:`ftcallback._prompts.load_prompts`).
         max_new_tokens: generation budget per request.
         generation_kwargs: extra ``generate`` keyword arguments; they override the engine's defaults
             (greedy, ``pad_token_id``). ``stopping_criteria`` are kept next to the engine's timer.
@@ -242,7 +242,7 @@ def measure(
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
 
     Returns:
-        A :class:`~ftcallback.measurement.Measurement` with ``len(prompts) * repeats`` samples.
+        A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples.
 
     Raises:
         ConfigError: an argument is out of range, or ``generation_kwargs`` sets what measure() owns.
@@ -460,7 +460,10 @@ def _undisturbed(model: torch.nn.Module, device: torch.device) -> Iterator[None]
     accel = _accelerator_rng_state(device)
     try:
         model.eval()
-        with torch.inference_mode():
+        # no_grad, not inference_mode: anything a first forward creates (ZeRO-3's resident parameters,
+        # lazily built rotary caches or buffers) would stay an inference tensor, and the next training
+        # step would fail with "Inference tensors cannot be saved for backward".
+        with torch.no_grad():
             yield
     finally:
         # Per module: a model whose submodules were in mixed modes (e.g. a frozen, eval-mode encoder)

@@ -6,7 +6,7 @@ given as a list of strings, a ``datasets.Dataset`` (column ``prompt``, else
 the tokenizer's settings: the measurement engine pads by hand.
 
 Example:
-    >>> from ftcallback.prompts import load_prompts, prompts_sha256
+    >>> from ftcallback._prompts import load_prompts, prompts_sha256
     >>> prompts = load_prompts(["Hello", "What is 2 + 2?"])
     >>> len(prompts_sha256(prompts, apply_chat_template=False))
     64
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ModelError, PromptError
+from ._errors import ConfigError, ModelError, PromptError
 
 __all__ = ["encode_prompts", "load_prompts", "prompts_sha256", "resolve_tokenizer"]
 

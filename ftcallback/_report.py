@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .errors import ReportError
-from .measurement import Measurement, read_json, write_json_atomic
+from ._errors import ReportError
+from ._measurement import Measurement, read_json, write_json_atomic
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",

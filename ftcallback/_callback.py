@@ -1,8 +1,8 @@
 """``EfficiencyCallback``: Trainer events in, measurements, verdicts, logs and stops out.
 
-The callback is a thin adapter. It measures with :func:`ftcallback.measure.measure`,
-judges with :func:`ftcallback.budget.evaluate`, records with
-:class:`ftcallback.report.RunReport` and :class:`ftcallback.tensorboard.TensorBoardSink`,
+The callback is a thin adapter. It measures with :func:`ftcallback._measure.measure`,
+judges with :func:`ftcallback._budget.evaluate`, records with
+:class:`ftcallback._report.RunReport` and :class:`ftcallback._tensorboard.TensorBoardSink`,
 and coordinates ranks with :mod:`ftcallback.distributed`.
 """
 
@@ -23,14 +23,14 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from . import distributed
-from .budget import Budget, BudgetCheck, Verdict, evaluate
-from .errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
-from .measure import check_generation_kwargs, measure, validate_probe
-from .measurement import Measurement
-from .prompts import load_prompts, prompts_sha256, resolve_tokenizer
-from .report import CheckRecord, RunReport, report_path
-from .tensorboard import TensorBoardSink, resolve_log_dir
+from . import _distributed as distributed
+from ._budget import Budget, BudgetCheck, Verdict, evaluate
+from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
+from ._measure import check_generation_kwargs, measure, validate_probe
+from ._measurement import Measurement
+from ._prompts import load_prompts, prompts_sha256, resolve_tokenizer
+from ._report import CheckRecord, RunReport, report_path
+from ._tensorboard import TensorBoardSink, resolve_log_dir
 
 __all__ = ["EfficiencyCallback"]
 
@@ -81,7 +81,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     Args:
         prompts: probe prompts: a list of strings, a ``datasets.Dataset`` (column ``"prompt"`` or
             ``"text"``), or a path to a ``.txt`` (one per line) or ``.jsonl`` file.
-        budget: a :class:`~ftcallback.budget.Budget` (or its ``to_dict()`` form); ``None`` only monitors.
+        budget: a :class:`~ftcallback._budget.Budget` (or its ``to_dict()`` form); ``None`` only monitors.
         tokenizer: the tokenizer for the probe; defaults to the Trainer's ``processing_class``
             (a processor's ``.tokenizer`` is used).
         max_new_tokens: generation cap per response.
@@ -92,10 +92,10 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         every_n_steps: also measure every N optimizer steps, besides each epoch end.
         patience: consecutive breaching checks before stopping.
         stop_training: ``False`` warns and records breaches but never stops.
-        baseline: a saved :class:`~ftcallback.measurement.Measurement` (a path or the object) to use
+        baseline: a saved :class:`~ftcallback._measurement.Measurement` (a path or the object) to use
             instead of measuring at train begin; it must have been measured with the same probe and settings.
         apply_chat_template: wrap each prompt in the tokenizer's chat template (instruct models).
-        strict: raise :class:`~ftcallback.errors.MeasurementError` when a measurement fails, instead of
+        strict: raise :class:`~ftcallback._errors.MeasurementError` when a measurement fails, instead of
             recording the failure and training on.
         seed: seed for sampling (when ``generation_kwargs`` sets ``do_sample=True``) and for the bootstrap.
         logging_dir: TensorBoard directory; by default the Trainer's TensorBoard run directory when
@@ -589,7 +589,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     def _ratios_and_cost(
         self, m: Measurement, baseline: Measurement | None
     ) -> tuple[dict[str, float], dict[str, float]]:
-        from .stats import paired_ratio
+        from ._stats import paired_ratio
 
         ratios: dict[str, float] = {}
         if baseline is not None:

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelError
+from ._errors import ModelError
 
 __all__ = ["EMBEDDED_MODEL", "embedded_model_path", "load_model_and_tokenizer", "make_trainable"]
 

@@ -7,7 +7,7 @@ latency and length paid) and, when a budget is breached, lists remedies that fit
 was breached.
 
 Example:
-    >>> from ftcallback.measurement import Measurement, RequestSample
+    >>> from ftcallback._measurement import Measurement, RequestSample
     >>> base = Measurement(samples=(RequestSample(0, 0, 0.40, 0.05, 20, 37, True),))
     >>> new = Measurement(samples=(RequestSample(0, 0, 0.60, 0.05, 20, 57, True),))
     >>> c = compare(base, new, Budget(max_token_increase=0.2), accuracy=(0.80, 0.84))
@@ -25,9 +25,9 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .budget import Budget, Verdict, _significant, evaluate
-from .errors import ConfigError
-from .measurement import Measurement, json_float
+from ._budget import Budget, Verdict, _significant, evaluate
+from ._errors import ConfigError
+from ._measurement import Measurement, json_float
 
 __all__ = ["Comparison", "Row", "compare"]
 
@@ -129,7 +129,7 @@ class Comparison:
         accuracy: ``(before, after)`` when given.
 
     Example:
-        >>> from ftcallback.measurement import Measurement, RequestSample
+        >>> from ftcallback._measurement import Measurement, RequestSample
         >>> m = Measurement(samples=(RequestSample(0, 0, 0.40, 0.05, 20, 37, True),))
         >>> print(compare(m, m, Budget()).format_table().splitlines()[0])
         metric                   unit         base          new    change
@@ -322,7 +322,7 @@ def compare(
         ConfigError: ``accuracy`` is not a pair of finite numbers in [0, 100].
 
     Example:
-        >>> from ftcallback.measurement import Measurement, RequestSample
+        >>> from ftcallback._measurement import Measurement, RequestSample
         >>> m = Measurement(samples=(RequestSample(0, 0, 0.40, 0.05, 20, 37, True),))
         >>> compare(m, m, Budget(latency_ms=500)).ship
         True
