@@ -42,7 +42,8 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
 from ._measurement import Measurement, RequestSample
-from ._prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
+from ._prompts import encode_prompts, load_probe, prompts_sha256, references_sha256, resolve_tokenizer
+from ._quality import Scorer, resolve_scorer, score_outputs
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
 
@@ -122,6 +123,8 @@ def validate_probe(
     max_new_tokens: int = 128,
     generation_kwargs: Mapping[str, Any] | None = None,
     apply_chat_template: bool = False,
+    references: Sequence[str | None] | None = None,
+    scorer: str | Scorer | None = None,
 ) -> None:
     """Check, without generating, everything :func:`measure` would reject about this probe.
 
@@ -132,7 +135,17 @@ def validate_probe(
         ConfigError, PromptError, ModelError: as :func:`measure` would.
     """
     _check_int("max_new_tokens", max_new_tokens, 1)
-    _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template, name_rejected=True)
+    _prepare(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        generation_kwargs,
+        apply_chat_template,
+        name_rejected=True,
+        references=references,
+        scorer=scorer,
+    )
 
 
 @dataclass
@@ -148,6 +161,40 @@ class _Probe:
     base_config: GenerationConfig
     call_kwargs: dict[str, Any]
     do_sample: bool
+    references: tuple[str | None, ...] | None = None
+    scorer: tuple[str, Scorer] | None = None
+
+
+def _references(
+    carried: tuple[str | None, ...] | None,
+    references: Sequence[str | None] | None,
+    scorer: str | Scorer | None,
+    n: int,
+) -> tuple[tuple[str | None, ...] | None, tuple[str, Scorer] | None]:
+    """The references to score against (explicit ones win over those the prompts carry) and the scorer."""
+    if references is not None:
+        if isinstance(references, (str, bytes)) or not isinstance(references, Sequence):
+            raise ConfigError(
+                f"`references` must be a list with one reference (str or None) per prompt, "
+                f"got {type(references).__name__}"
+            )
+        if len(references) != n:
+            raise ConfigError(f"`references` must have one entry per prompt, got {len(references)} for {n} prompts")
+        for i, ref in enumerate(references):
+            if ref is not None and not isinstance(ref, str):
+                raise ConfigError(
+                    f"`references[{i}]` must be a str or None, got {type(ref).__name__} ({ref!r:.60})"
+                )
+        carried = tuple(references) if any(r is not None for r in references) else None
+    if carried is None:
+        if scorer is not None:
+            raise ConfigError(
+                "`scorer` is set but no prompt has a reference to score against; pass references=[...] "
+                'or prompts with references ({"prompt": ..., "reference": ...} lines, a reference column, '
+                "or (prompt, reference) pairs)"
+            )
+        return None, None
+    return carried, resolve_scorer(scorer)
 
 
 def _prepare(
@@ -159,6 +206,8 @@ def _prepare(
     apply_chat_template: bool,
     *,
     name_rejected: bool = False,
+    references: Sequence[str | None] | None = None,
+    scorer: str | Scorer | None = None,
 ) -> _Probe:
     """Validate and prepare a probe.
 
@@ -174,7 +223,9 @@ def _prepare(
     user_kwargs = dict(generation_kwargs or {})
     check_generation_kwargs(user_kwargs)
     tokenizer = resolve_tokenizer(tokenizer)
-    prompt_list = load_prompts(prompts)
+    probe_prompts = load_probe(prompts)
+    prompt_list = list(probe_prompts.prompts)
+    refs, resolved_scorer = _references(probe_prompts.references, references, scorer, len(prompt_list))
     target = unwrap_model(model)
     _check_can_generate(target)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -198,7 +249,19 @@ def _prepare(
             ) from exc
     _check_context(target, encoded, max_new_tokens)
     base_config, call_kwargs, do_sample = _generation_setup(target, tokenizer, user_kwargs, pad_id)
-    return _Probe(tokenizer, prompt_list, target, pad_id, encoded, user_kwargs, base_config, call_kwargs, do_sample)
+    return _Probe(
+        tokenizer,
+        prompt_list,
+        target,
+        pad_id,
+        encoded,
+        user_kwargs,
+        base_config,
+        call_kwargs,
+        do_sample,
+        refs,
+        resolved_scorer,
+    )
 
 
 def measure(
@@ -216,6 +279,8 @@ def measure(
     num_sample_outputs: int = 3,
     on_batch_end: Callable[[], Any] | None = None,
     synced_gpus: bool | None = None,
+    references: Sequence[str | None] | None = None,
+    scorer: str | Scorer | None = None,
 ) -> Measurement:
     """Measure latency and output length of ``model.generate`` on a probe of prompts.
 
@@ -240,6 +305,12 @@ def measure(
         num_sample_outputs: how many decoded responses (the first prompts, last repeat) to keep.
         on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
+        references: one reference answer (or None) per prompt; overrides references the prompts carry.
+            With references, every prompt's response of the last repeat is decoded and scored (no extra
+            ``generate`` call): ``Measurement.quality_scores`` and ``Measurement.quality``.
+        scorer: how a response is scored against its reference: ``"exact"`` (default), ``"contains"``,
+            ``"regex"``, ``"numeric"`` or a callable ``score(prompt, output, reference) -> float``
+            (see :mod:`ftcallback._quality`).
 
     Returns:
         A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples.
@@ -266,10 +337,20 @@ def measure(
     _check_int("seed", seed, None)
     if on_batch_end is not None and not callable(on_batch_end):
         raise ConfigError(f"`on_batch_end` must be callable or None, got {type(on_batch_end).__name__}")
-    probe = _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template)
+    probe = _prepare(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        generation_kwargs,
+        apply_chat_template,
+        references=references,
+        scorer=scorer,
+    )
     tokenizer, prompt_list, target, pad_id = probe.tokenizer, probe.prompts, probe.target, probe.pad_id
     encoded, user_kwargs = probe.encoded, probe.user_kwargs
     base_config, call_kwargs, do_sample = probe.base_config, probe.call_kwargs, probe.do_sample
+    scoring = probe.references is not None
     device = _model_device(target)
 
     settings_kwargs = _json_safe(user_kwargs)
@@ -344,11 +425,21 @@ def measure(
                     )
                     ttft = (timer.times[0] if timer.times else end) - start
                     samples.append(RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished))
-                    if r == repeats - 1 and prompt_index < num_sample_outputs:
+                    if r == repeats - 1 and (scoring or prompt_index < num_sample_outputs):
                         last_outputs[prompt_index] = row[:n_out]
                 if on_batch_end is not None:
                     on_batch_end()
         peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+
+    decoded = {i: tokenizer.decode(ids, skip_special_tokens=True) for i, ids in sorted(last_outputs.items())}
+    quality_settings: dict[str, Any] = {}
+    quality_scores: tuple[float, ...] = ()
+    if probe.references is not None and probe.scorer is not None:
+        scorer_name = probe.scorer[0]
+        quality_scores = score_outputs(
+            prompt_list, [decoded[i] for i in range(len(prompt_list))], probe.references, probe.scorer[1]
+        )
+        quality_settings = {"scorer": scorer_name, "references_sha256": references_sha256(probe.references)}
 
     measurement = Measurement(
         samples=tuple(samples),
@@ -362,19 +453,18 @@ def measure(
             "num_prompts": len(prompt_list),
             "prompts_sha256": prompts_sha256(prompt_list, apply_chat_template),
             "seed": seed,
+            **quality_settings,
         },
         model=_model_info(target, device),
         environment=_environment(model, target, device, synced_gpus),
         warmup_latencies_s=tuple(warmup_latencies),
         peak_memory_bytes=peak,
         sample_outputs=tuple(
-            {
-                "prompt_index": i,
-                "prompt": prompt_list[i],
-                "output": tokenizer.decode(ids, skip_special_tokens=True),
-            }
-            for i, ids in sorted(last_outputs.items())
+            {"prompt_index": i, "prompt": prompt_list[i], "output": text}
+            for i, text in decoded.items()
+            if i < num_sample_outputs
         ),
+        quality_scores=quality_scores,
         wall_time_s=clock() - wall_start,
         created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
@@ -792,6 +882,13 @@ def _log_result(m: Measurement) -> None:
         100.0 * m.eos_fraction,
         m.noise_cv,
     )
+    if m.has_quality:
+        logger.info(
+            "quality %.3f (%s, mean over %d prompts with a reference)",
+            m.quality,
+            m.settings.get("scorer"),
+            sum(math.isfinite(s) for s in m.quality_scores),
+        )
     if m.noise_cv > _NOISE_CV_LIMIT:
         # A Python warning, not a log record: it says so where the user looks (stderr, pytest's
         # warnings summary) without adding WARNING records next to the callback's stop line.

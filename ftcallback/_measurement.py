@@ -28,6 +28,11 @@ SCHEMA_VERSION = 1
 
 #: Settings that must agree between a baseline and a later measurement for a comparison to be fair.
 COMPARABLE_SETTINGS = ("prompts_sha256", "num_prompts", "max_new_tokens", "generation_kwargs", "apply_chat_template")
+#: Settings that must also agree for two quality figures to be comparable.
+QUALITY_SETTINGS = ("references_sha256", "scorer")
+# Relative tolerance when checking a saved summary against the one its samples give (JSON keeps floats
+# exactly; this only absorbs a last-bit difference from another platform's libm).
+_SUMMARY_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -83,6 +88,9 @@ class Measurement:
         warmup_latencies_s: wall time of each untimed warm-up call, the first call apart.
         peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
         sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
+        quality_scores: one score per prompt (index = prompt index) of the last repeat's response
+            against the prompt's reference, NaN for a prompt without one; empty when not scored
+            (see :mod:`ftcallback._quality`).
         wall_time_s: wall time of the whole measurement, warm-up included.
         created_at: ISO-8601 UTC timestamp.
         schema_version: JSON layout version.
@@ -100,6 +108,7 @@ class Measurement:
     warmup_latencies_s: tuple[float, ...] = ()
     peak_memory_bytes: int | None = None
     sample_outputs: tuple[Mapping[str, Any], ...] = ()
+    quality_scores: tuple[float, ...] = ()
     wall_time_s: float = math.nan
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -148,6 +157,18 @@ class Measurement:
         return 1.0 - self.eos_fraction if self.samples else math.nan
 
     @property
+    def quality(self) -> float:
+        """Mean quality score over the prompts with a reference; NaN when nothing was scored."""
+        from ._quality import mean_quality
+
+        return mean_quality(self.quality_scores)
+
+    @property
+    def has_quality(self) -> bool:
+        """True when at least one response was scored against a reference."""
+        return any(math.isfinite(s) for s in self.quality_scores)
+
+    @property
     def noise_cv(self) -> float:
         """Timing noise: median over prompts of the coefficient of variation of latency across repeats.
 
@@ -192,6 +213,8 @@ class Measurement:
         out["noise_cv"] = self.noise_cv
         if self.peak_memory_bytes is not None:
             out["peak_memory_mb"] = self.peak_memory_bytes / 2**20
+        if self.has_quality:
+            out["quality"] = self.quality
         return out
 
     def __repr__(self) -> str:
@@ -204,9 +227,16 @@ class Measurement:
 
     # ----------------------------------------------------------------- comparison
     def incompatibilities(self, other: Measurement) -> list[str]:
-        """Settings that differ between ``self`` and ``other``, as readable lines (empty when comparable)."""
+        """Settings that differ between ``self`` and ``other``, as readable lines (empty when comparable).
+
+        The references and the scorer count only when both measurements were scored for quality:
+        latency and length stay comparable when one side has no references.
+        """
         problems = []
-        for key in COMPARABLE_SETTINGS:
+        keys = COMPARABLE_SETTINGS
+        if self.has_quality and other.has_quality:
+            keys = (*keys, *QUALITY_SETTINGS)
+        for key in keys:
             mine, theirs = self.settings.get(key), other.settings.get(key)
             if mine != theirs:
                 problems.append(f"{key}: {theirs!r} here, {mine!r} in the baseline")
@@ -227,6 +257,7 @@ class Measurement:
             "peak_memory_bytes": self.peak_memory_bytes,
             "summary": {k: json_float(v) for k, v in self.summary().items()},
             "sample_outputs": [dict(o) for o in self.sample_outputs],
+            "quality_scores": [json_float(v) for v in self.quality_scores],
             # Columnar: compact, and readable with one line of pandas.
             "samples": {c: [json_float(getattr(s, c)) for s in self.samples] for c in cols},
         }
@@ -235,8 +266,12 @@ class Measurement:
     def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
         """Rebuild a measurement written by :meth:`to_dict`.
 
+        The saved ``summary`` (written for people and other tools) must agree with what the samples
+        give: a summary edited by hand is rejected, never silently replaced by recomputed figures.
+
         Raises:
-            BaselineError: the data is not a measurement or has another schema version.
+            BaselineError: the data is not a measurement, has another schema version, or its summary
+                disagrees with its samples.
         """
         if not isinstance(data, Mapping) or "samples" not in data:
             raise BaselineError("not an ftcallback measurement: no 'samples' field")
@@ -261,7 +296,7 @@ class Measurement:
                 )
                 for i in range(n)
             )
-            return cls(
+            measurement = cls(
                 samples=samples,
                 settings=dict(data.get("settings", {})),
                 model=dict(data.get("model", {})),
@@ -269,11 +304,14 @@ class Measurement:
                 warmup_latencies_s=tuple(_fromjson_float(v) for v in data.get("warmup_latencies_s", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
+                quality_scores=tuple(_fromjson_float(v) for v in data.get("quality_scores", [])),
                 wall_time_s=_fromjson_float(data.get("wall_time_s")),
                 created_at=str(data.get("created_at", "")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BaselineError(f"corrupt measurement: {type(exc).__name__}: {exc}") from exc
+        _check_summary(data.get("summary"), measurement.summary())
+        return measurement
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the measurement as JSON, atomically (a crash leaves the previous file whole)."""
@@ -300,6 +338,37 @@ class Measurement:
             return cls.from_dict(data)
         except BaselineError as exc:
             raise BaselineError(f"{what} {str(path)!r}: {exc}") from exc
+
+
+def _check_summary(saved: Any, derived: Mapping[str, float]) -> None:
+    """Raise when a saved summary states a figure its samples do not give.
+
+    Keys only one side has are skipped: an older file lacks newer keys, a newer one may carry keys this
+    version does not compute.
+    """
+    if saved is None:
+        return
+    if not isinstance(saved, Mapping):
+        raise BaselineError(f"'summary' must be an object, got {type(saved).__name__}")
+    for key, value in derived.items():
+        if key not in saved:
+            continue
+        stated = saved[key]
+        try:
+            stated_f = _fromjson_float(stated)
+        except (TypeError, ValueError):
+            stated_f = None
+        same = stated_f is not None and (
+            (math.isnan(stated_f) and math.isnan(value))
+            or stated_f == value
+            or math.isclose(stated_f, value, rel_tol=_SUMMARY_RTOL, abs_tol=1e-12)
+        )
+        if not same:
+            raise BaselineError(
+                f"field 'summary.{key}' is {stated!r} but the samples give {json_float(value)!r}; the summary "
+                "was edited or the samples were changed. Measure again, or delete 'summary' from the file "
+                "to use the samples as they are"
+            )
 
 
 def json_float(value: Any) -> Any:
