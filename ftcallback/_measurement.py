@@ -233,7 +233,7 @@ class Measurement:
         latency and length stay comparable when one side has no references.
         """
         problems = []
-        keys = COMPARABLE_SETTINGS
+        keys: tuple[str, ...] = COMPARABLE_SETTINGS
         if self.has_quality and other.has_quality:
             keys = (*keys, *QUALITY_SETTINGS)
         for key in keys:
