@@ -27,7 +27,8 @@ from typing import Any, NamedTuple
 
 from ._budget import Budget, BudgetCheck, Verdict, _significant, evaluate
 from ._errors import BaselineError, ConfigError
-from ._measurement import Measurement, json_float
+from ._json import json_float
+from ._measurement import Measurement
 
 __all__ = ["LENGTH_REMEDIES", "SPEED_REMEDIES", "Comparison", "LatencyCause", "Row", "compare", "latency_cause"]
 
