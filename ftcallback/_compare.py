@@ -1,10 +1,22 @@
 """Ship or do not ship: a base model and its fine-tuned version, side by side, against a budget.
 
-:func:`compare` is the core of ``ftcallback compare BASE FINETUNED``. It evaluates the
-fine-tuned measurement against the budget with the base as baseline, lays the main
-figures side by side, states the trade-off in one sentence (accuracy gained against
-latency and length paid) and, when a budget is breached, lists remedies that fit what
-was breached.
+:func:`compare` is the core of ``ftcallback compare BASE FINETUNED``. It refuses two
+measurements taken with different prompts or settings (unless ``allow_mismatch``),
+evaluates the fine-tuned measurement against the budget with the base as baseline, lays
+the main figures side by side, and explains itself:
+
+* every budget's status, passing ones included (``monthly cost 4200 within 5000, unchanged
+  vs base 4200``);
+* the cause of each violation: the latency change is split into output-token change and
+  per-token time change (:func:`latency_cause`), token cost follows length, self-hosted cost
+  follows latency;
+* remedies chosen by that cause (:data:`SPEED_REMEDIES`, :data:`LENGTH_REMEDIES`); a lower
+  ``max_new_tokens`` only when responses run to the cap without EOS, since with EOS it would
+  cut real answers;
+* the trade-off in one sentence, naming the budget it breaks.
+
+The accuracy is the one given, else the measured quality when both sides were scored on
+references.
 
 Example:
     >>> from ftcallback._measurement import Measurement, RequestSample
@@ -14,8 +26,8 @@ Example:
     >>> c.ship, c.violations
     (False, ['output_tokens_mean 57.0 exceeds budget 44.4 (baseline 37.0, +54%)'])
     >>> print(c.tradeoff)  # doctest: +NORMALIZE_WHITESPACE
-    +4.0 points of accuracy for +50% latency (p95 600 ms against 400 ms before)
-    and +54% output tokens (mean 57.0 against 37.0)
+    +4.0 points of accuracy for +50% latency (p95 600 ms, was 400 ms) and +54% output tokens
+    (mean 57.0, was 37.0): breaks the mean output tokens budget of 44.4 (base +20%)
 """
 
 from __future__ import annotations
@@ -209,7 +221,7 @@ class Comparison:
             ``allow_mismatch=True``).
         accuracy: ``(before, after)``: given, or the measured quality when both sides have references.
         statuses: one line per budget, passing ones included, e.g.
-            ``"monthly cost 4200 within 5000 (base 4200, unchanged)"``.
+            ``"monthly cost 4200 within 5000, unchanged vs base 4200"``.
         causes: one line per violation saying what caused it.
         cause: the split of the latency change into length and speed.
         accuracy_source: ``"given"``, ``"measured"`` (quality scored on references) or ``None``.
@@ -403,11 +415,11 @@ def _versus_base(check: BudgetCheck) -> str:
     else:
         ratio = check.ratio if check.ratio is not None else (check.value / base if base else math.nan)
         change = "unchanged" if math.isfinite(ratio) and abs(ratio - 1) < _UNCHANGED else _pct(ratio - 1)
-    return f" (base {_value(check.metric, base)}, {change})"
+    return f", {change} vs base {_value(check.metric, base)}"
 
 
 def _status(check: BudgetCheck, budget: Budget, token_note: str) -> str:
-    """One line per budget: ``monthly cost 4200 within 5000 (base 4200, unchanged)``."""
+    """One line per budget: ``monthly cost 4200 within 5000, unchanged vs base 4200``."""
     label = _label(check, budget)
     if check.passed is None:
         detail = check.detail or "unknown reason"

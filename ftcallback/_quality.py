@@ -159,7 +159,7 @@ def resolve_scorer(scorer: str | Scorer | None) -> tuple[str, Scorer]:
         scorer: a name from :data:`SCORERS` or a callable ``score(prompt, output, reference) -> float``.
 
     Returns:
-        ``(name, callable)``; a callable is named after its ``__qualname__`` (or its class).
+        ``(name, callable)``; a callable is named after its ``__name__`` (or its class).
 
     Raises:
         ConfigError: an unknown name or something neither a name nor callable.
@@ -180,7 +180,7 @@ def resolve_scorer(scorer: str | Scorer | None) -> tuple[str, Scorer]:
         )
     if isinstance(scorer, NumericMatch):
         return f"numeric(tolerance={scorer.tolerance!r})", scorer
-    name = getattr(scorer, "__qualname__", None) or type(scorer).__qualname__
+    name = getattr(scorer, "__name__", None) or type(scorer).__name__
     return str(name), scorer
 
 
