@@ -27,10 +27,15 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "_errors",
     "EfficiencyCallback": "_callback",
     "FTCallbackError": "_errors",
+    "LatencyCause": "_compare",
     "Measurement": "_measurement",
     "MeasurementError": "_errors",
     "ModelError": "_errors",
     "NoisyMeasurementWarning": "_errors",
+    "NumericMatch": "_quality",
+    "ParetoFront": "_pareto",
+    "ParetoPoint": "_pareto",
+    "ProbePrompts": "_prompts",
     "PromptError": "_errors",
     "RatioEstimate": "_stats",
     "ReportError": "_errors",
@@ -42,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "compare": "_compare",
     "evaluate": "_budget",
     "measure": "_measure",
+    "pareto": "_pareto",
     "plot_report": "_plot",
     "shutdown_distributed": "_distributed",
 }
@@ -55,10 +61,15 @@ __all__ = [
     "ConfigError",
     "EfficiencyCallback",
     "FTCallbackError",
+    "LatencyCause",
     "Measurement",
     "MeasurementError",
     "ModelError",
     "NoisyMeasurementWarning",
+    "NumericMatch",
+    "ParetoFront",
+    "ParetoPoint",
+    "ProbePrompts",
     "PromptError",
     "RatioEstimate",
     "ReportError",
@@ -71,6 +82,7 @@ __all__ = [
     "compare",
     "evaluate",
     "measure",
+    "pareto",
     "plot_report",
     "shutdown_distributed",
 ]
@@ -95,7 +107,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the names eagerly
     from ._budget import Budget, BudgetCheck, Verdict, evaluate
     from ._callback import EfficiencyCallback
-    from ._compare import Comparison, compare
+    from ._compare import Comparison, LatencyCause, compare
     from ._distributed import shutdown as shutdown_distributed
     from ._errors import (
         BaselineError,
@@ -109,6 +121,9 @@ if TYPE_CHECKING:  # static checkers and IDEs see the names eagerly
     )
     from ._measure import measure
     from ._measurement import SCHEMA_VERSION, Measurement, RequestSample
+    from ._pareto import ParetoFront, ParetoPoint, pareto
     from ._plot import plot_report
+    from ._prompts import ProbePrompts
+    from ._quality import NumericMatch
     from ._report import CheckRecord, RunReport
     from ._stats import RatioEstimate, Stats
