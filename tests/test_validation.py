@@ -79,7 +79,7 @@ def _baseline_for(cb: EfficiencyCallback, **settings_override) -> Measurement:
         for i in range(len(cb.prompts))
         for r in range(2)
     )
-    return Measurement(samples=samples, settings={**cb.probe_settings(), **settings_override})
+    return Measurement(samples=samples, settings={**cb.spec.settings(), **settings_override})
 
 
 # ----------------------------------------------------------------- prompts (construction)
@@ -212,7 +212,7 @@ def test_bad_budget_fails_at_construction(budget, match):
         ({"stop_training": "yes"}, r"`stop_training` must be True or False, got 'yes'"),
         (
             {"budget": "tight"},
-            r"`budget` must be an ftcallback.Budget, a dict of its fields, or None, got str",
+            r"`budget` must be an ftcallback.Budget, a dict of its fields, a path to a budget file, or None, got str",
         ),
         (
             {"generation_kwargs": ["do_sample"]},
