@@ -81,7 +81,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     Args:
         prompts: probe prompts: a list of strings, a ``datasets.Dataset`` (column ``"prompt"`` or
             ``"text"``), or a path to a ``.txt`` (one per line) or ``.jsonl`` file.
-        budget: a :class:`~ftcallback._budget.Budget` (or its ``to_dict()`` form); ``None`` only monitors.
+        budget: a :class:`~ftcallback._budget.Budget`, its ``to_dict()`` form, or the path of a ``.toml`` /
+            ``.json`` file of its fields (:meth:`Budget.from_file`); ``None`` only monitors.
         tokenizer: the tokenizer for the probe; defaults to the Trainer's ``processing_class``
             (a processor's ``.tokenizer`` is used).
         max_new_tokens: generation cap per response.
@@ -119,7 +120,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self,
         prompts: Sequence[str] | Any,
         *,
-        budget: Budget | Mapping[str, Any] | None = None,
+        budget: Budget | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         tokenizer: Any = None,
         max_new_tokens: int = 128,
         generation_kwargs: Mapping[str, Any] | None = None,
@@ -141,9 +142,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             budget = Budget()
         elif isinstance(budget, Mapping):
             budget = Budget.from_dict(budget)
+        elif isinstance(budget, (str, os.PathLike)):
+            budget = Budget.from_file(budget)
         elif not isinstance(budget, Budget):
             raise ConfigError(
-                f"`budget` must be an ftcallback.Budget, a dict of its fields, or None, got {type(budget).__name__}"
+                "`budget` must be an ftcallback.Budget, a dict of its fields, a .toml/.json file path, "
+                f"or None, got {type(budget).__name__}"
             )
         self.budget: Budget = budget
         self.tokenizer = tokenizer

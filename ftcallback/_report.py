@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ReportError
+from ._format import finite_float as _finite_float
+from ._format import number
 from ._measurement import Measurement, read_json, write_json_atomic
 
 __all__ = [
@@ -99,14 +101,6 @@ def _float_dict(data: Any) -> dict[str, float]:
     return {str(k): _float(v) for k, v in (data or {}).items()}
 
 
-def _finite_float(value: Any) -> float | None:
-    """``float(value)`` for a finite real number (bools excluded), else None."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
 @dataclass(kw_only=True)
 class CheckRecord:
     """One check of the run: the measurement's summary, the ratios and cost, and the budget's verdict.
@@ -125,6 +119,8 @@ class CheckRecord:
         breached: True when the budget was breached at this check.
         consecutive_breaches: breaching checks in a row, this one included (what ``patience`` counts).
         measurement: the full :meth:`Measurement.to_dict`, or None when not kept.
+        loss: the training loss last logged at or before this check's step, when the recorder knew
+            it (``ftcallback report`` shows it when the run left no ``trainer_state.json``).
         time: when the check ended, ISO-8601 UTC.
 
     Example:
@@ -149,6 +145,7 @@ class CheckRecord:
     consecutive_breaches: int = 0
     measurement: dict[str, Any] | None = None
     time: str = field(default_factory=_utcnow)
+    loss: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CHECK_KINDS:
@@ -181,6 +178,7 @@ class CheckRecord:
                 "consecutive_breaches": self.consecutive_breaches,
                 "measurement": self.measurement,
                 "time": self.time,
+                "loss": self.loss,
             }
         )
         return out
@@ -213,6 +211,7 @@ class CheckRecord:
                 consecutive_breaches=int(data.get("consecutive_breaches", 0)),
                 measurement=None if measurement is None else dict(measurement),
                 time=str(data.get("time", "")),
+                loss=_finite_float(data.get("loss")),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):
@@ -518,8 +517,7 @@ def _logged_value(history: Sequence[Mapping[str, Any]], key: str, step: int) -> 
 
 
 def _fmt(value: Any, spec: str) -> str:
-    number = _finite_float(value)
-    return "-" if number is None else format(number, spec)
+    return number(value, spec, missing="-")  # a table cell: "-" reads as "nothing here"
 
 
 def _verdict_text(check: CheckRecord) -> str:

@@ -211,9 +211,11 @@ def test_bad_budget_fails_at_construction(budget, match):
         ({"num_sample_outputs": -1}, r"`num_sample_outputs` must be an integer >= 0"),
         ({"stop_training": "yes"}, r"`stop_training` must be True or False, got 'yes'"),
         (
-            {"budget": "tight"},
-            r"`budget` must be an ftcallback.Budget, a dict of its fields, or None, got str",
+            {"budget": 42},
+            r"`budget` must be an ftcallback.Budget, a dict of its fields, a .toml/.json file path, "
+            r"or None, got int",
         ),
+        ({"budget": "tight"}, r"budget file 'tight' must end with \.toml or \.json"),
         (
             {"generation_kwargs": ["do_sample"]},
             r"`generation_kwargs` must be a dict of generate\(\) arguments",
