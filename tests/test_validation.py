@@ -466,3 +466,10 @@ def test_errors_are_also_builtin_exceptions():
     with pytest.raises(ValueError):
         EfficiencyCallback(PROMPTS, patience=0)
     assert issubclass(ModelError, TypeError)
+
+
+def test_budget_may_be_a_file_path(tmp_path):
+    path = tmp_path / "budget.toml"
+    path.write_text("max_token_increase = 0.25\n", encoding="utf-8")
+    assert EfficiencyCallback(["a prompt"], budget=path).budget == Budget(max_token_increase=0.25)
+    assert EfficiencyCallback(["a prompt"], budget=str(path)).budget == Budget(max_token_increase=0.25)
