@@ -34,11 +34,12 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
 from ._format import metric_value, percent_change
+from ._json import float_from_json, json_float
 
 if TYPE_CHECKING:
     from ._measurement import Measurement
 
-# `_measurement` and `_stats` pull in numpy; they are imported where used so that the CLI can build
+# `_measurement` and `_stats` pull in numpy: `_stats` is imported where used, so that the CLI can build
 # its budget flags from this module without paying for numpy (``ftcallback --help`` stays instant).
 
 __all__ = ["LATENCY_STATS", "Budget", "BudgetCheck", "Verdict", "evaluate"]
@@ -346,10 +347,6 @@ class Budget:
 
 
 # --------------------------------------------------------------------- checks
-def _fromjson_float(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
 @dataclass(frozen=True)
 class BudgetCheck:
     """The outcome of one budget against one measurement.
@@ -418,8 +415,6 @@ class BudgetCheck:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict (NaN as null); inverse of :meth:`from_dict`."""
-        from ._measurement import json_float
-
         return {
             "budget": self.budget,
             "metric": self.metric,
@@ -446,15 +441,15 @@ class BudgetCheck:
             return cls(
                 budget=str(data["budget"]),
                 metric=str(data["metric"]),
-                value=_fromjson_float(data["value"]),
-                limit=_fromjson_float(data["limit"]),
+                value=float_from_json(data["value"]),
+                limit=float_from_json(data["limit"]),
                 baseline=None if baseline is None else float(baseline),
                 passed=None if passed is None else bool(passed),
                 detail=str(data.get("detail", "")),
                 ratio=None if ratio is None else float(ratio),
                 interval=None
                 if interval is None
-                else (_fromjson_float(interval[0]), _fromjson_float(interval[1])),
+                else (float_from_json(interval[0]), float_from_json(interval[1])),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ConfigError(f"not a budget check: {type(exc).__name__}: {exc}") from exc

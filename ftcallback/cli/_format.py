@@ -30,9 +30,9 @@ def width() -> int:
 
 def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON: NaN as null, infinities as ``"inf"``, as in every ftcallback file."""
-    from .._report import _jsonable
+    from .._json import jsonable
 
-    print(json.dumps(_jsonable(data), indent=2, allow_nan=False))
+    print(json.dumps(jsonable(data), indent=2, allow_nan=False))
 
 
 def wrap_field(label: str, text: str) -> str:

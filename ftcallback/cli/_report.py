@@ -136,7 +136,8 @@ def report_summary(
         ``{"report", "output_dir", "budget", "baseline_source", "baseline", "checks", "checkpoints",
         "stopped", "last_within_budget_checkpoint"}``; each check holds its key numbers.
     """
-    from .._report import _eval_metric_key, _jsonable
+    from .._json import jsonable
+    from .._report import _eval_metric_key
 
     if trainer_state is not None:
         history: list[Any] | None = list(trainer_state.get("log_history") or [])
@@ -145,7 +146,7 @@ def report_summary(
     eval_key = _eval_metric_key(history) if history else None
     baseline = report.baseline or {}
     base_summary = baseline.get("summary") if isinstance(baseline, Mapping) else None
-    summary: dict[str, Any] = _jsonable(
+    summary: dict[str, Any] = jsonable(
         {
             "report": report_file,
             "output_dir": report.output_dir,
