@@ -62,13 +62,10 @@ def _resolve_budget(budget: Any) -> Budget:
     if isinstance(budget, Mapping):
         return Budget.from_dict(budget)
     if isinstance(budget, (str, os.PathLike)):
-        from_file = getattr(Budget, "from_file", None)
-        if from_file is not None:
-            result: Budget = from_file(budget)
-            return result
+        return Budget.from_file(budget)
     raise ConfigError(
-        "`budget` must be an ftcallback.Budget, a dict of its fields, a path to a budget file, or None, "
-        f"got {type(budget).__name__}"
+        "`budget` must be an ftcallback.Budget, a dict of its fields, a .toml/.json file path, "
+        f"or None, got {type(budget).__name__}"
     )
 
 
@@ -86,8 +83,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     Args:
         prompts: probe prompts: a list of strings, a ``datasets.Dataset`` (column ``"prompt"`` or
             ``"text"``), or a path to a ``.txt`` (one per line) or ``.jsonl`` file.
-        budget: a :class:`~ftcallback.Budget`, a dict of its fields, or a path to a budget file;
-            ``None`` only monitors.
+        budget: a :class:`~ftcallback.Budget`, its ``to_dict()`` form, or the path of a ``.toml`` /
+            ``.json`` file of its fields (:meth:`Budget.from_file`); ``None`` only monitors.
         tokenizer: the tokenizer for the probe; defaults to the Trainer's ``processing_class``
             (a processor's ``.tokenizer`` is used).
         max_new_tokens: generation cap per response.

@@ -10,8 +10,6 @@ and :meth:`RunReport.from_dict` gives defaults for missing keys, so an older rep
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -21,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ReportError
+from ._format import finite_float as _finite_float
+from ._format import number
 from ._json import float_from_json, jsonable, read_json, write_json_atomic
 from ._measurement import Measurement
 
@@ -61,14 +61,6 @@ def _float_dict(data: Any) -> dict[str, float]:
     return {str(k): float_from_json(v) for k, v in (data or {}).items()}
 
 
-def _finite_float(value: Any) -> float | None:
-    """``float(value)`` for a finite real number (bools excluded), else None."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
 @dataclass(kw_only=True)
 class CheckRecord:
     """One check of the run: the measurement's summary, the ratios and cost, and the budget's verdict.
@@ -90,7 +82,8 @@ class CheckRecord:
         time: when the check ended, ISO-8601 UTC.
         run: which ``train()`` call of the callback the check belongs to (0 for the first; a callback reused
             for a second ``train()`` keeps its first baseline and numbers steps from 0 again).
-        loss: the training loss last logged at or before the check's step, when the Trainer logged one.
+        loss: the training loss last logged at or before the check's step, when the Trainer logged one
+            (``ftcallback report`` shows it when the run left no ``trainer_state.json``).
 
     Example:
         >>> rec = CheckRecord(index=1, kind="epoch", epoch=1.0, step=10, summary={"latency_ms_p50": 41.0})
@@ -441,7 +434,7 @@ class RunReport:
             >>> RunReport.load("/nonexistent")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             ...
-            ftcallback.errors.ReportError: cannot read report '/nonexistent...': No such file or directory
+            ftcallback.ReportError: cannot read report '/nonexistent...': No such file or directory
         """
         target = Path(path)
         if target.is_dir():
@@ -502,8 +495,7 @@ def _logged_value(history: Sequence[Mapping[str, Any]], key: str, step: int) -> 
 
 
 def _fmt(value: Any, spec: str) -> str:
-    number = _finite_float(value)
-    return "-" if number is None else format(number, spec)
+    return number(value, spec, missing="-")  # a table cell: "-" reads as "nothing here"
 
 
 def _verdict_text(check: CheckRecord) -> str:

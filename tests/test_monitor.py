@@ -77,7 +77,9 @@ def test_the_baseline_never_breaches_but_says_so(caplog):
     with caplog.at_level(logging.WARNING, logger="ftcallback"):
         (base,) = run(mon)
     assert not base.record.breached and not base.decision.stop
-    assert caplog.records[0].getMessage().startswith("the baseline already breaches the budget: output_tokens_mean 10.0")
+    assert caplog.records[0].getMessage().startswith(
+        "the baseline already breaches the budget: output_tokens_mean 10.0"
+    )
 
 
 def test_the_reported_latency_ratio_is_the_one_that_decided():
