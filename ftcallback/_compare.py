@@ -37,10 +37,12 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ._budget import Budget, BudgetCheck, Verdict, _significant, evaluate
+from ._budget import Budget, BudgetCheck, Verdict, evaluate
 from ._errors import BaselineError, ConfigError
+from ._format import percent_change, significant
 from ._json import json_float
 from ._measurement import Measurement
+from ._probe import latency_incompatibilities
 
 __all__ = ["LENGTH_REMEDIES", "SPEED_REMEDIES", "Comparison", "LatencyCause", "Row", "compare", "latency_cause"]
 
@@ -100,10 +102,6 @@ def _change(base: float, new: float) -> float:
     return math.nan
 
 
-def _pct(change: float) -> str:
-    return f"{change * 100:+.0f}%" if math.isfinite(change) else "n/a"
-
-
 def _accuracy_points(accuracy: tuple[float, float]) -> float:
     """Accuracy gain in percentage points: values <= 1 are fractions, larger ones already percentages."""
     before, after = accuracy
@@ -158,10 +156,10 @@ class LatencyCause:
     def sentence(self, base: Measurement, new: Measurement) -> str:
         """One sentence for people, with the figures."""
         tokens = (
-            f"output tokens {_pct(self.token_change)}, "
+            f"output tokens {percent_change(self.token_change)}, "
             f"{base.output_tokens.mean:.1f} -> {new.output_tokens.mean:.1f}"
         )
-        per_token = f"time per output token {_pct(self.per_token_change)}"
+        per_token = f"time per output token {percent_change(self.per_token_change)}"
         if self.kind == "speed":
             return (
                 f"answers are as long as before ({tokens}) but each token is slower ({per_token}): "
@@ -323,7 +321,7 @@ def _fmt_cell(metric: str, unit: str, value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
     if "cost" in metric:
-        return _significant(value, 4)
+        return significant(value, 4)
     if unit == "" or metric in ("accuracy", "quality"):
         return f"{value:.3f}" if value <= 1.0 else f"{value:.1f}"
     return f"{value:.1f}"
@@ -380,7 +378,7 @@ def _value(metric: str, value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
     if "cost" in metric and "ratio" not in metric:
-        return _significant(value, 4)
+        return significant(value, 4)
     if metric.startswith("latency_ms"):
         return f"{value:.0f} ms"
     if metric in ("quality", "token_cost_ratio"):
@@ -414,7 +412,7 @@ def _versus_base(check: BudgetCheck) -> str:
         change = "unchanged" if abs(diff) < 5e-4 else f"{diff:+.3f}"
     else:
         ratio = check.ratio if check.ratio is not None else (check.value / base if base else math.nan)
-        change = "unchanged" if math.isfinite(ratio) and abs(ratio - 1) < _UNCHANGED else _pct(ratio - 1)
+        change = "unchanged" if math.isfinite(ratio) and abs(ratio - 1) < _UNCHANGED else percent_change(ratio - 1)
     return f", {change} vs base {_value(check.metric, base)}"
 
 
@@ -449,7 +447,10 @@ def _token_cost_note(base: Measurement, new: Measurement) -> str:
     if all(abs(r) < _UNCHANGED for r in ratios):
         return "token cost per request is unchanged whatever the prices (same input and output tokens)"
     low, high = min(ratios), max(ratios)
-    return f"under any token prices the cost per request changes by between {_pct(low)} and {_pct(high)}"
+    return (
+        "under any token prices the cost per request changes by between "
+        f"{percent_change(low)} and {percent_change(high)}"
+    )
 
 
 # --------------------------------------------------------------------- causes and remedies
@@ -479,7 +480,7 @@ def _causes(
             token_change = _change(base.output_tokens.mean, new.output_tokens.mean)
             what = "token cost follows length; " if check.budget in _COST_BUDGETS else ""
             lines.append(
-                f"{label}: {what}answers are longer (output tokens {_pct(token_change)}, "
+                f"{label}: {what}answers are longer (output tokens {percent_change(token_change)}, "
                 f"{base.output_tokens.mean:.1f} -> {new.output_tokens.mean:.1f})"
             )
             length = True
@@ -532,7 +533,7 @@ def _tradeoff(
     stat = budget.latency_stat
     b_lat, n_lat = base.latency_ms.get(stat), new.latency_ms.get(stat)
     if math.isfinite(n_lat) and math.isfinite(b_lat):
-        latency = f"{_pct(_change(b_lat, n_lat))} latency ({stat} {n_lat:.0f} ms, was {b_lat:.0f} ms)"
+        latency = f"{percent_change(_change(b_lat, n_lat))} latency ({stat} {n_lat:.0f} ms, was {b_lat:.0f} ms)"
     elif math.isfinite(n_lat):
         latency = f"latency {stat} {n_lat:.0f} ms (no baseline figure)"
     else:
@@ -540,7 +541,7 @@ def _tradeoff(
     b_tok, n_tok = base.output_tokens.mean, new.output_tokens.mean
     token_change = _change(b_tok, n_tok)
     if math.isfinite(token_change):
-        tokens = f"{_pct(token_change)} output tokens (mean {n_tok:.1f}, was {b_tok:.1f})"
+        tokens = f"{percent_change(token_change)} output tokens (mean {n_tok:.1f}, was {b_tok:.1f})"
     else:
         tokens = "output tokens not measured"
     # An unchanged length is noise in the sentence; name it only when it moved.
@@ -583,7 +584,7 @@ def _answer(
     cost_ok = [c for c in cost_checks if c.passed is True]
     neutral = abs(cause.token_change) < _NEGLIGIBLE if math.isfinite(cause.token_change) else False
     if neutral and not budget.gpu_price_per_hour:
-        tokens = f"output tokens {_pct(cause.token_change)}"
+        tokens = f"output tokens {percent_change(cause.token_change)}"
         if cost_ok and not (breached & _COST_BUDGETS):
             parts.append(f"Token efficiency is neutral ({tokens}), so cost is unchanged and within budget.")
         elif token_note and not (breached & _COST_BUDGETS):
@@ -635,7 +636,7 @@ def compare(
         True
     """
     accuracy = _validate_accuracy(accuracy)
-    incompatible = base.incompatibilities(new)
+    incompatible = base.incompatibilities(new) + latency_incompatibilities(base.settings, new.settings)
     if incompatible and not allow_mismatch:
         raise BaselineError(
             "the measurements cannot be compared: they were taken with different prompts or settings ("

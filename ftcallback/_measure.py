@@ -40,9 +40,9 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
-from ._json import jsonable
 from ._measurement import Measurement, RequestSample
-from ._prompts import encode_prompts, load_probe, prompts_sha256, references_sha256, resolve_tokenizer
+from ._probe import probe_settings
+from ._prompts import encode_prompts, load_probe, resolve_tokenizer
 from ._quality import Scorer, resolve_scorer, score_outputs
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
@@ -353,7 +353,6 @@ def measure(
     scoring = probe.references is not None
     device = _model_device(target)
 
-    settings_kwargs = jsonable(user_kwargs)
     eos_ids = _eos_ids(base_config, tokenizer)
     sync = _synchronizer(device)
     timer = _StepTimer(clock, sync)
@@ -432,29 +431,26 @@ def measure(
         peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
 
     decoded = {i: tokenizer.decode(ids, skip_special_tokens=True) for i, ids in sorted(last_outputs.items())}
-    quality_settings: dict[str, Any] = {}
     quality_scores: tuple[float, ...] = ()
     if probe.references is not None and probe.scorer is not None:
-        scorer_name = probe.scorer[0]
         quality_scores = score_outputs(
             prompt_list, [decoded[i] for i in range(len(prompt_list))], probe.references, probe.scorer[1]
         )
-        quality_settings = {"scorer": scorer_name, "references_sha256": references_sha256(probe.references)}
 
     measurement = Measurement(
         samples=tuple(samples),
-        settings={
-            "max_new_tokens": max_new_tokens,
-            "generation_kwargs": settings_kwargs,
-            "warmup": warmup,
-            "repeats": repeats,
-            "batch_size": batch_size,
-            "apply_chat_template": bool(apply_chat_template),
-            "num_prompts": len(prompt_list),
-            "prompts_sha256": prompts_sha256(prompt_list, apply_chat_template),
-            "seed": seed,
-            **quality_settings,
-        },
+        settings=probe_settings(
+            prompt_list,
+            max_new_tokens=max_new_tokens,
+            generation_kwargs=user_kwargs,
+            warmup=warmup,
+            repeats=repeats,
+            batch_size=batch_size,
+            apply_chat_template=apply_chat_template,
+            seed=seed,
+            references=probe.references,
+            scorer=probe.scorer[0] if probe.scorer is not None else None,
+        ),
         model=_model_info(target, device),
         environment=_environment(model, target, device, synced_gpus),
         warmup_latencies_s=tuple(warmup_latencies),

@@ -25,14 +25,9 @@ __all__ = ["SCHEMA_VERSION", "Measurement", "RequestSample"]
 #: Version of the JSON layout written by :meth:`Measurement.to_dict`. Bumped on incompatible changes.
 SCHEMA_VERSION = 1
 
-#: Settings that must agree between a baseline and a later measurement for a comparison to be fair.
-COMPARABLE_SETTINGS = ("prompts_sha256", "num_prompts", "max_new_tokens", "generation_kwargs", "apply_chat_template")
-#: Settings that must also agree for two quality figures to be comparable.
-QUALITY_SETTINGS = ("references_sha256", "scorer")
 # Relative tolerance when checking a saved summary against the one its samples give (JSON keeps floats
 # exactly; this only absorbs a last-bit difference from another platform's libm).
 _SUMMARY_RTOL = 1e-9
-
 
 @dataclass(frozen=True)
 class RequestSample:
@@ -231,14 +226,11 @@ class Measurement:
         The references and the scorer count only when both measurements were scored for quality:
         latency and length stay comparable when one side has no references.
         """
-        problems = []
-        keys: tuple[str, ...] = COMPARABLE_SETTINGS
+        from ._probe import quality_incompatibilities, settings_incompatibilities  # keep this module light
+
+        problems = settings_incompatibilities(self.settings, other.settings)
         if self.has_quality and other.has_quality:
-            keys = (*keys, *QUALITY_SETTINGS)
-        for key in keys:
-            mine, theirs = self.settings.get(key), other.settings.get(key)
-            if mine != theirs:
-                problems.append(f"{key}: {theirs!r} here, {mine!r} in the baseline")
+            problems += quality_incompatibilities(self.settings, other.settings)
         return problems
 
     # ----------------------------------------------------------------- JSON
