@@ -232,20 +232,20 @@ def test_mismatched_measurements_are_refused_naming_each_difference():
     with pytest.raises(BaselineError, match=r"cannot be compared") as info:
         compare(make(0.4), new, Budget(latency_ms=500))
     message = str(info.value)
-    assert "prompts_sha256: 'def' here, 'abc' in the baseline" in message
-    assert "max_new_tokens: 128 here, 64 in the baseline" in message
+    assert "prompts_sha256 is 'abc' in the baseline but 'def' here" in message
+    assert "max_new_tokens is 64 in the baseline but 128 here" in message
     assert "allow_mismatch=True" in message
 
 
 def test_allow_mismatch_compares_with_a_warning():
     new = make(0.4, settings={**SETTINGS, "max_new_tokens": 128})
     comparison = compare(make(0.4), new, Budget(latency_ms=500), allow_mismatch=True)
-    assert comparison.incompatible == ["max_new_tokens: 128 here, 64 in the baseline"]
+    assert comparison.incompatible == ["max_new_tokens is 64 in the baseline but 128 here"]
     assert comparison.ship
     table = comparison.format_table()
     assert table.startswith("WARNING: the measurements were taken with different settings")
-    assert "max_new_tokens: 128 here, 64 in the baseline" in table
-    assert comparison.to_dict()["incompatible"] == ["max_new_tokens: 128 here, 64 in the baseline"]
+    assert "max_new_tokens is 64 in the baseline but 128 here" in table
+    assert comparison.to_dict()["incompatible"] == ["max_new_tokens is 64 in the baseline but 128 here"]
 
 
 def test_format_table_fits_80_columns_and_ends_with_the_verdict():

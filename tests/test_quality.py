@@ -279,7 +279,7 @@ def test_a_file_without_summary_or_quality_scores_still_loads():
 # ----------------------------------------------------------------- references must match to compare quality
 def test_quality_settings_count_only_when_both_sides_are_scored():
     a, b = _scored([1.0]), _scored([1.0], references_sha256="other")
-    assert a.incompatibilities(b) == ["references_sha256: 'other' here, 'ref' in the baseline"]
+    assert a.incompatibilities(b) == ["references_sha256 is 'ref' in the baseline but 'other' here"]
     unscored = Measurement(samples=a.samples, settings={"prompts_sha256": "abc"})
     assert a.incompatibilities(unscored) == []
 
