@@ -281,11 +281,16 @@ class Comparison:
             "verdict": self.verdict.to_dict(),
         }
 
-    def format_table(self, width: int = 80) -> str:
-        """The table and the verdict block as plain text that fits a ``width``-column terminal."""
+    def format_table(self, width: int = 80, *, warnings: bool = True) -> str:
+        """The table and the verdict block as plain text that fits a ``width``-column terminal.
+
+        Args:
+            width: the widest a line may be.
+            warnings: start with the settings that differ (the CLI prints them on stderr instead).
+        """
         wrap = textwrap.TextWrapper(width=width, subsequent_indent="    ")
         lines: list[str] = []
-        if self.incompatible:
+        if self.incompatible and warnings:
             lines.append("WARNING: the measurements were taken with different settings; compared anyway:")
             lines += [wrap.fill(f"  - {p}") for p in self.incompatible]
             lines.append("")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import FTCallbackError
+from .._errors import BaselineError, FTCallbackError
 from ._errors import EXIT_DO_NOT_SHIP, EXIT_OK, UsageError
 from ._format import budget_text, print_json, width, wrap_field
 from ._models import (
@@ -19,7 +20,7 @@ from ._models import (
     load_prompts,
     measure_model,
 )
-from ._parser import budget_from_args
+from ._parser import budget_from_args, name_flags
 
 if TYPE_CHECKING:
     from .._measurement import Measurement
@@ -88,18 +89,26 @@ def run(args: argparse.Namespace) -> int:
             batch_size=_pick(args.batch_size, reference, "batch_size", int),
             dtype=args.dtype,
             device=args.device,
+            scorer=args.scorer,
         )
         for role in to_measure:
             measurements[role] = measure_model(sides[role], settings)
 
     base, new = measurements["BASE"], measurements["FINETUNED"]
-    comparison = compare(base, new, budget, accuracy=accuracy)
+    try:
+        comparison = compare(base, new, budget, accuracy=accuracy, allow_mismatch=args.allow_mismatch)
+    except BaselineError as exc:
+        raise UsageError(name_flags(str(exc))) from exc
+    warnings = [f"compared anyway (--allow-mismatch): {p}" for p in comparison.incompatible]
+    for line in warnings:  # on stderr, so that stdout stays the table (or the JSON) a script reads
+        print(f"ftcallback: warning: {line}", file=sys.stderr)
     if args.json:
         print_json(
             {
                 "base": sides["BASE"],
                 "finetuned": sides["FINETUNED"],
                 "budget": budget.to_dict(),
+                "warnings": warnings,
                 **comparison.to_dict(),
             }
         )
@@ -107,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         print(wrap_field("base:      ", _describe(sides["BASE"], base, "BASE" in to_measure)))
         print(wrap_field("finetuned: ", _describe(sides["FINETUNED"], new, "FINETUNED" in to_measure)))
         print(wrap_field("budget:    ", budget_text(budget.to_dict())))
+        for line in budget.unevaluable:
+            logger.warning("%s", name_flags(line))
         print()
-        print(comparison.format_table(width=width()))
+        print(name_flags(comparison.format_table(width=width(), warnings=False)))
     return EXIT_OK if comparison.ship else EXIT_DO_NOT_SHIP

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         dtype=args.dtype,
         device=args.device,
+        scorer=args.scorer,
     )
     if args.json is not None and not is_measurement_file(args.json):
         raise UsageError(f"--json {args.json!r}: the file name must end with .json (compare relies on it)")

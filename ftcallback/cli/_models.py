@@ -53,9 +53,12 @@ MEASURE_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """How a model is measured from the CLI (the arguments of :func:`ftcallback._measure.measure`)."""
+    """How a model is measured from the CLI (the arguments of :func:`ftcallback._measure.measure`).
 
-    prompts: list[str]
+    ``prompts`` is a :class:`~ftcallback._prompts.ProbePrompts`: prompts with the references they carry.
+    """
+
+    prompts: Any
     max_new_tokens: int
     apply_chat_template: bool
     repeats: int
@@ -63,6 +66,7 @@ class MeasureSettings:
     batch_size: int
     dtype: str
     device: str | None
+    scorer: str | None = None
 
 
 def resolve_device(device: str | None) -> str:
@@ -156,7 +160,7 @@ def measure_model(name: str, settings: MeasureSettings) -> Measurement:
     logger.info(
         "measuring %s: %d prompts x %d repeats (+%d warm-up), max_new_tokens %d",
         name,
-        len(settings.prompts),
+        len(settings.prompts.prompts),
         settings.repeats,
         settings.warmup,
         settings.max_new_tokens,
@@ -171,6 +175,7 @@ def measure_model(name: str, settings: MeasureSettings) -> Measurement:
             repeats=settings.repeats,
             batch_size=settings.batch_size,
             apply_chat_template=settings.apply_chat_template,
+            scorer=settings.scorer,
         )
     finally:
         # The second model of a compare must not share memory (or the allocator's cache) with the first.
@@ -185,9 +190,10 @@ def measure_model(name: str, settings: MeasureSettings) -> Measurement:
     return replace(m, model={**m.model, "name_or_path": name})
 
 
-def load_prompts(path: str | None) -> list[str]:
-    """The prompts of ``--prompts FILE``; every error names the file."""
-    from .._prompts import load_prompts as load
+def load_prompts(path: str | None) -> Any:
+    """The prompts of ``--prompts FILE`` with the references they carry (a ``ProbePrompts``); every error
+    names the file."""
+    from .._prompts import load_probe as load
 
     if path is None:
         raise UsageError("--prompts FILE is required to measure a model")
@@ -199,7 +205,7 @@ def load_prompts(path: str | None) -> list[str]:
         if _holds_no_text(path):
             raise UsageError(
                 f"prompts file {path!r} holds no prompts; write one prompt per line (.txt) or one "
-                '{"prompt": ...} object per line (.jsonl)'
+                '{"prompt": ...} object (with an optional "reference") per line (.jsonl)'
             ) from exc
         # The library words its messages for the Python API (`prompts[3]`); say which file it was.
         raise UsageError(f"prompts file {path!r}: {one_line(exc)}") from exc
