@@ -57,13 +57,15 @@ _NEGLIGIBLE = 0.05
 # Below this (0.5%) a figure is "unchanged" in a status line.
 _UNCHANGED = 0.005
 
-#: Remedies for slower tokens (same length, more time per token): serve the model faster.
+_SMALLER_DTYPE = "Serve in a smaller dtype (bfloat16 or float16 instead of float32)."
+#: Remedies for slower tokens (same length, more time per token): serve the model faster. The dtype one is
+#: left out when the model was measured in half precision already.
 SPEED_REMEDIES = (
     "Quantize the served model (int8 or 4-bit, e.g. torchao, bitsandbytes, GPTQ or AWQ).",
     "Prune layers (drop or merge the least useful decoder layers) or distil into a smaller model.",
     "Merge LoRA adapters into the base weights before serving (`model.merge_and_unload()`): "
     "unmerged adapters add matmuls to every adapted layer.",
-    "Serve in a smaller dtype (bfloat16 or float16 instead of float32).",
+    _SMALLER_DTYPE,
 )
 #: Remedies for longer answers (more tokens per response): teach the model to stop.
 LENGTH_REMEDIES = (
@@ -505,13 +507,14 @@ def _causes(
             "the runaway answers."
         )
     if speed:
-        remedies += SPEED_REMEDIES
         dtype = str(new.model.get("dtype", ""))
-        if dtype == "float32":
-            remedies = [
-                r if not r.startswith("Serve in a smaller dtype") else f"{r[:-1]}: it was measured in float32."
-                for r in remedies
-            ]
+        for remedy in SPEED_REMEDIES:
+            if remedy is _SMALLER_DTYPE:
+                if dtype == "float32":
+                    remedy = f"{remedy[:-1]}: it was measured in float32."
+                elif dtype:  # already half precision (or smaller): quantization is the next step
+                    continue
+            remedies.append(remedy)
     if quality:
         remedies += QUALITY_REMEDIES
     return lines, list(dict.fromkeys(remedies))
