@@ -15,8 +15,6 @@ from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
-    Trainer,
-    TrainingArguments,
 )
 
 from ftcallback import Budget, EfficiencyCallback
@@ -306,19 +304,12 @@ def test_encoder_only_sequence_classifier_is_rejected(tmp_path):
         num_labels=2,
     )
     rows = [{**r, "labels": 0} for r in token_rows(tok, n=8)]
-    trainer = Trainer(
-        model=BertForSequenceClassification(config),
-        args=TrainingArguments(
-            output_dir=str(tmp_path / "out"),
-            num_train_epochs=1,
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
-            save_strategy="no",
-        ),
-        train_dataset=rows,
-        processing_class=tok,
-        callbacks=[EfficiencyCallback(PROMPTS, max_new_tokens=4)],
+    trainer = make_trainer(
+        BertForSequenceClassification(config),
+        training_args(tmp_path / "out", num_train_epochs=1),
+        rows,
+        tok,
+        [EfficiencyCallback(PROMPTS, max_new_tokens=4)],
     )
     _raises_before_any_step(
         trainer, ModelError, r"BertForSequenceClassification cannot generate text; .*AutoModelForCausalLM"
