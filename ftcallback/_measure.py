@@ -42,7 +42,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
 from ._measurement import Measurement, RequestSample
 from ._probe import probe_settings
-from ._prompts import encode_prompts, load_probe, resolve_tokenizer
+from ._prompts import encode_prompts, load_probe, resolve_tokenizer, validate_references
 from ._quality import Scorer, resolve_scorer, score_outputs
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
@@ -178,13 +178,7 @@ def _references(
                 f"`references` must be a list with one reference (str or None) per prompt, "
                 f"got {type(references).__name__}"
             )
-        if len(references) != n:
-            raise ConfigError(f"`references` must have one entry per prompt, got {len(references)} for {n} prompts")
-        for i, ref in enumerate(references):
-            if ref is not None and not isinstance(ref, str):
-                raise ConfigError(
-                    f"`references[{i}]` must be a str or None, got {type(ref).__name__} ({ref!r:.60})"
-                )
+        validate_references(references, n)
         carried = tuple(references) if any(r is not None for r in references) else None
     if carried is None:
         if scorer is not None:

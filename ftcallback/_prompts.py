@@ -37,6 +37,7 @@ __all__ = [
     "prompts_sha256",
     "references_sha256",
     "resolve_tokenizer",
+    "validate_references",
 ]
 
 #: Dataset columns / JSON keys read as the prompt text, in order of preference.
@@ -87,7 +88,7 @@ def load_probe(source: Any) -> ProbePrompts:
     if isinstance(source, ProbePrompts):
         _validate(source.prompts)
         if source.references is not None:
-            _validate_references(list(source.references), len(source.prompts))
+            validate_references(list(source.references), len(source.prompts))
         return source
     if isinstance(source, (str, os.PathLike)):
         prompts, references = _load_file(Path(source))
@@ -106,7 +107,7 @@ def load_probe(source: Any) -> ProbePrompts:
             f"got {type(source).__name__}"
         )
     _validate(prompts)
-    _validate_references(references, len(prompts))
+    validate_references(references, len(prompts))
     has_any = any(r is not None for r in references)
     return ProbePrompts(tuple(prompts), tuple(references) if has_any else None)
 
@@ -134,7 +135,8 @@ def _split_items(items: Sequence[Any]) -> tuple[list[Any], list[Any]]:
     return prompts, references
 
 
-def _validate_references(references: Sequence[Any], n: int) -> None:
+def validate_references(references: Sequence[Any], n: int) -> None:
+    """Raise :class:`PromptError` unless ``references`` holds one str (or None) per prompt of ``n``."""
     if len(references) != n:
         raise PromptError(f"`references` must have one entry per prompt, got {len(references)} for {n} prompts")
     for i, ref in enumerate(references):
