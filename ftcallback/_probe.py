@@ -16,7 +16,8 @@ from typing import Any
 
 from ._errors import ConfigError
 from ._json import jsonable
-from ._prompts import prompts_sha256, references_sha256
+from ._prompts import prompts_sha256, references_sha256, validate_references
+from ._quality import SCORERS, Scorer, resolve_scorer
 
 __all__ = ["COMPARABLE_SETTINGS", "ProbeSpec", "probe_settings", "settings_incompatibilities"]
 
@@ -119,6 +120,11 @@ class ProbeSpec:
         seed: seed for sampling and for the bootstrap.
         apply_chat_template: wrap each prompt in the tokenizer's chat template.
         num_sample_outputs: decoded responses kept per measurement.
+        references: one reference answer (or None) per prompt, to score quality on the same generations
+            (see :func:`ftcallback._prompts.load_probe`); None: quality is not scored.
+        scorer: how a response is scored against its reference: a built-in name (``"exact"``, the default
+            with references; ``"contains"``, ``"regex"``, ``"numeric"``) or a callable
+            ``score(prompt, output, reference) -> float`` (see :mod:`ftcallback._quality`).
 
     Example:
         >>> spec = ProbeSpec(prompts=("What is 2 + 2?",), max_new_tokens=16)
@@ -135,9 +141,22 @@ class ProbeSpec:
     seed: int = 0
     apply_chat_template: bool = False
     num_sample_outputs: int = 3
+    references: tuple[str | None, ...] | None = None
+    scorer: str | Scorer | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
+        if self.references is not None:
+            validate_references(list(self.references), len(self.prompts))
+            refs = tuple(self.references)
+            object.__setattr__(self, "references", refs if any(r is not None for r in refs) else None)
+        if self.scorer is not None:
+            resolve_scorer(self.scorer)  # an unknown name fails here, not at the first measurement
+            if self.references is None:
+                raise ConfigError(
+                    "`scorer` is set but no prompt has a reference to score against; give references "
+                    '({"prompt": ..., "reference": ...} lines, a reference column, or (prompt, reference) pairs)'
+                )
         _int("max_new_tokens", self.max_new_tokens, 1)
         if not isinstance(self.generation_kwargs, Mapping):
             raise ConfigError(
@@ -165,7 +184,14 @@ class ProbeSpec:
             batch_size=self.batch_size,
             apply_chat_template=self.apply_chat_template,
             seed=self.seed,
+            references=self.references,
+            scorer=self.scorer_name,
         )
+
+    @property
+    def scorer_name(self) -> str | None:
+        """The name recorded for the scorer (None without references)."""
+        return None if self.references is None else resolve_scorer(self.scorer)[0]
 
     def fingerprint(self) -> str:
         """A short hash of what makes two measurements comparable (prompts and generation settings)."""
@@ -188,10 +214,20 @@ class ProbeSpec:
             "apply_chat_template": self.apply_chat_template,
             "seed": self.seed,
             "num_sample_outputs": self.num_sample_outputs,
+            "references": None if self.references is None else list(self.references),
+            "scorer": self.scorer,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (prompts included), the inverse of :meth:`from_dict`."""
+        """JSON form (prompts included), the inverse of :meth:`from_dict`.
+
+        ``references`` and ``scorer`` appear only when quality is scored, so a spec without them keeps the
+        keys (the callback's constructor arguments) it always had.
+        """
+        quality: dict[str, Any] = {}
+        if self.references is not None:
+            # A callable scorer is recorded by name; from_dict rebuilds built-in scorers only.
+            quality = {"references": list(self.references), "scorer": self.scorer_name}
         return {
             "prompts": list(self.prompts),
             "max_new_tokens": self.max_new_tokens,
@@ -202,10 +238,13 @@ class ProbeSpec:
             "seed": self.seed,
             "apply_chat_template": self.apply_chat_template,
             "num_sample_outputs": self.num_sample_outputs,
+            **quality,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProbeSpec:
         """Rebuild a spec from :meth:`to_dict`; missing keys take their defaults."""
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if known.get("scorer") is not None and known["scorer"] not in SCORERS:
+            del known["scorer"]  # a user callable: the caller passes it again
         return cls(**known)
