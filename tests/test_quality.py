@@ -313,3 +313,24 @@ def test_pareto_without_quality_or_within_budget_checks():
     none = pareto([_p(1, 0.9, 900, False)])
     assert none.recommended is None and none.recommended_step is None and none.reason == "no check is within budget"
     assert pareto([]).recommended is None
+
+
+# ----------------------------------------------------------------- the probe spec carries references
+def test_probe_spec_with_references_records_and_passes_them():
+    from ftcallback._probe import ProbeSpec
+
+    spec = ProbeSpec(prompts=("2 + 2 =", "Say hi."), references=("4", None), scorer="numeric")
+    settings = spec.settings()
+    assert settings["scorer"] == "numeric" and len(settings["references_sha256"]) == 64
+    assert spec.measure_kwargs()["references"] == ["4", None] and spec.measure_kwargs()["scorer"] == "numeric"
+    assert ProbeSpec.from_dict(spec.to_dict()) == spec
+    assert ProbeSpec(prompts=("a",), references=(None,)).references is None  # no reference at all: not scored
+    plain = ProbeSpec(prompts=("a",))
+    assert "references" not in plain.to_dict() and "scorer" not in plain.settings()
+    assert ProbeSpec(prompts=("a",), references=("x",)).scorer_name == "exact"
+    with pytest.raises(ConfigError, match=r"`scorer` is set but no prompt has a reference"):
+        ProbeSpec(prompts=("a",), scorer="exact")
+    with pytest.raises(PromptError, match=r"`references` must have one entry per prompt, got 2 for 1 prompts"):
+        ProbeSpec(prompts=("a",), references=("x", "y"))
+    with pytest.raises(ConfigError, match=r"`scorer` must be one of"):
+        ProbeSpec(prompts=("a",), references=("x",), scorer="bleu")
