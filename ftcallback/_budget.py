@@ -738,6 +738,9 @@ def _token_cost_change(fraction: float, measurement: Measurement, baseline: Meas
     ratios = []
     for stats_of in (lambda m: m.input_tokens.mean, lambda m: m.output_tokens.mean):
         base, new = stats_of(baseline), stats_of(measurement)
+        if base == new == 0:  # no such tokens on either side: that price does not matter
+            ratios.append(1.0)
+            continue
         if not (math.isfinite(base) and math.isfinite(new)) or base <= 0:
             return BudgetCheck(
                 "max_cost_increase", metric, math.nan, limit, 1.0, None, f"needs a price ({PRICE_FIELDS_TEXT})"

@@ -101,7 +101,7 @@ class Row(NamedTuple):
 def _change(base: float, new: float) -> float:
     if math.isfinite(base) and math.isfinite(new) and base != 0:
         return (new - base) / base
-    return math.nan
+    return 0.0 if base == new == 0 else math.nan
 
 
 def _accuracy_points(accuracy: tuple[float, float]) -> float:

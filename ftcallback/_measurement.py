@@ -107,6 +107,54 @@ class Measurement:
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    # ----------------------------------------------------------------- from figures
+    @classmethod
+    def from_figures(
+        cls,
+        *,
+        latency_ms: float,
+        output_tokens: int,
+        input_tokens: int = 0,
+        ttft_ms: float | None = None,
+        quality: float | None = None,
+        finished: bool = True,
+        dtype: str | None = None,
+    ) -> Measurement:
+        """A measurement stated as figures rather than measured: every request takes ``latency_ms``.
+
+        For comparing what is known ("200 ms and 150 tokens before, 800 ms after") without saved files.
+        Three identical requests stand for the figures, so every budget, relative ones included, can be
+        judged (an identical slowdown is certain, not noise).
+
+        Raises:
+            ConfigError: a figure is not a finite positive number (tokens: a positive integer).
+
+        Example:
+            >>> m = Measurement.from_figures(latency_ms=200, output_tokens=150, quality=0.87)
+            >>> m.latency_ms.p95, m.output_tokens.mean, m.quality
+            (200.0, 150.0, 0.87)
+        """
+        from ._errors import ConfigError
+
+        def positive(name: str, value: Any, kind: type = float) -> Any:
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not ok or value < 0 or (kind is int and value != int(value)):
+                raise ConfigError(f"`{name}` must be a finite number >= 0, got {value!r}")
+            return kind(value)
+
+        latency_s = positive("latency_ms", latency_ms) / 1000.0
+        ttft_s = latency_s if ttft_ms is None else positive("ttft_ms", ttft_ms) / 1000.0
+        n_in, n_out = positive("input_tokens", input_tokens, int), positive("output_tokens", output_tokens, int)
+        repeats = 3
+        samples = tuple(RequestSample(0, r, latency_s, ttft_s, n_in, n_out, bool(finished)) for r in range(repeats))
+        settings: dict[str, Any] = {"source": "figures"}
+        scores: tuple[float, ...] = ()
+        if quality is not None:
+            scores = (positive("quality", quality),)
+            settings.update(scorer="given", references_sha256="given")
+        model = {"dtype": dtype} if dtype else {}
+        return cls(samples=samples, settings=settings, model=model, quality_scores=scores)
+
     # ----------------------------------------------------------------- summaries
     @cached_property
     def latency_ms(self) -> Stats:

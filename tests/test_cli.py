@@ -685,3 +685,18 @@ def test_measure_scores_references_from_a_jsonl_probe(
     assert main(["compare", str(out_json), str(out_json), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["accuracy"] == [0.0, 0.0] and data["accuracy_source"] == "measured"
+
+
+def test_compare_from_figures_without_files(capsys: pytest.CaptureFixture[str]) -> None:
+    base, new = "latency_ms=200,output_tokens=150", "latency_ms=800, output_tokens=150"
+    argv = ["compare", base, new, "--latency-ms", "400", "--max-cost-increase", "0.05", "--accuracy", "0.87", "0.91"]
+    assert main(argv) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "latency p95 breaks the 400 ms SLA (800 ms > 400 ms)" in out
+    assert "so cost is unchanged and within budget" in out
+    assert main(["compare", "latency=200", new]) == 2
+    assert "BASE 'latency=200': unknown figure 'latency'" in _error_line(capsys)
+    assert main(["compare", "latency_ms=200", new]) == 2
+    assert "output_tokens missing" in _error_line(capsys)
+    assert main(["compare", "latency_ms=fast,output_tokens=3", new]) == 2
+    assert "latency_ms must be a number, got 'fast'" in _error_line(capsys)

@@ -334,3 +334,14 @@ def test_probe_spec_with_references_records_and_passes_them():
         ProbeSpec(prompts=("a",), references=("x", "y"))
     with pytest.raises(ConfigError, match=r"`scorer` must be one of"):
         ProbeSpec(prompts=("a",), references=("x",), scorer="bleu")
+
+
+def test_measurement_from_figures():
+    m = Measurement.from_figures(latency_ms=800, output_tokens=150, input_tokens=40, ttft_ms=50, quality=0.91)
+    assert (m.latency_ms.p95, m.ttft_ms.p50, m.input_tokens.mean, m.quality) == (800.0, 50.0, 40.0, 0.91)
+    base = Measurement.from_figures(latency_ms=200, output_tokens=150, input_tokens=40, ttft_ms=50, quality=0.87)
+    assert base.incompatibilities(m) == []
+    check = evaluate(Budget(max_latency_increase=0.5), m, base).checks[0]
+    assert check.passed is False  # an identical slowdown on every request is certain, not noise
+    with pytest.raises(ConfigError, match=r"`output_tokens` must be a finite number >= 0, got 1\.5"):
+        Measurement.from_figures(latency_ms=200, output_tokens=1.5)  # type: ignore[arg-type]

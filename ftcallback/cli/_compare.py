@@ -16,6 +16,8 @@ from ._models import (
     MEASURE_DEFAULTS,
     MeasureSettings,
     check_model_name,
+    figures_measurement,
+    is_figures,
     is_measurement_file,
     load_measurement,
     load_prompts,
@@ -69,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     sides = {"BASE": args.base, "FINETUNED": args.finetuned}
     measurements: dict[str, Measurement] = {}
     for role, path in sides.items():
-        if is_measurement_file(path):
+        if is_figures(path):
+            measurements[role] = figures_measurement(path, role)
+        elif is_measurement_file(path):
             measurements[role] = load_measurement(path, role)
     to_measure = [role for role in sides if role not in measurements]
     given = [f"--{f.replace('_', '-')}" for f in _MEASURE_FLAGS if getattr(args, f) is not None]

@@ -297,11 +297,16 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="ship or do not ship: a fine-tuned model against its base and a budget",
         description="Compare a fine-tuned model with its base model against a budget. BASE and FINETUNED "
-        "are saved measurements (files ending .json) or models (then both are measured with the same "
-        "--prompts and settings). Exit code 0: ship; 1: do not ship; 2: usage or input error.",
+        "are saved measurements (files ending .json), models (then both are measured with the same "
+        "--prompts and settings) or figures. Exit code 0: ship; 1: do not ship; 2: usage or input error.",
     )
-    p.add_argument("base", metavar="BASE", help="measurement .json, or a model (name, hub id or folder)")
-    p.add_argument("finetuned", metavar="FINETUNED", help="measurement .json, or a model")
+    p.add_argument(
+        "base",
+        metavar="BASE",
+        help="measurement .json, a model (name, hub id or folder), or figures: latency_ms=200,output_tokens=150 "
+        "(also input_tokens, ttft_ms, quality)",
+    )
+    p.add_argument("finetuned", metavar="FINETUNED", help="measurement .json, a model, or figures")
     _add_budget_options(p, title="budget (all optional; none set = monitor only, always ship)")
     p.add_argument(
         "--accuracy",
