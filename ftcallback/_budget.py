@@ -125,7 +125,7 @@ class Budget:
         output_price_per_1k: API pricing: price of 1000 output tokens.
         gpu_price_per_hour: self-hosted pricing: price of one accelerator hour; cost per request =
             mean latency (s) x ``gpu_price_per_hour`` / 3600 / ``concurrency``. Not with token prices.
-        concurrency: self-hosted pricing: requests one accelerator serves at once (default 1).
+        concurrency: self-hosted pricing: requests one accelerator serves at once.
         requests_per_month: expected traffic, to project a monthly cost.
         monthly_cost: cap on cost per request x ``requests_per_month``.
         cost_per_request: cap on mean cost per request.

@@ -203,7 +203,8 @@ def _add_measure_options(parser: argparse.ArgumentParser, *, for_compare: bool) 
         "--prompts",
         metavar="FILE",
         required=not for_compare,
-        help='probe prompts: a .txt file (one per line) or a .jsonl file ({"prompt": ...} per line)',
+        help='probe prompts: a .txt file (one per line) or a .jsonl file ({"prompt": ...} per line, with an '
+        'optional "reference" answer to score quality)',
     )
 
     def default(key: str) -> Any:
