@@ -521,14 +521,14 @@ def _causes(
 
 
 # --------------------------------------------------------------------- trade-off and answer
-def _breach_phrase(check: BudgetCheck, budget: Budget) -> str:
+def _breach_phrase(check: BudgetCheck, budget: Budget, *, named: bool = True) -> str:
+    """``the 400 ms SLA``; with ``named=False`` (after the metric's label) ``its budget of 44.4``."""
     if check.budget == "latency_ms":
         return f"the {_value(check.metric, check.limit)} SLA"
-    if check.budget == "monthly_cost":
-        return f"the monthly cost budget of {_value(check.metric, check.limit)}"
     if check.is_minimum:
-        return f"the quality minimum of {_value(check.metric, check.limit)}"
-    return f"the {_label(check, budget)} budget of {_limit_phrase(check, budget)}"
+        return f"{'the quality' if named else 'its'} minimum of {_value(check.metric, check.limit)}"
+    what = f"the {_label(check, budget)}" if named else "its"
+    return f"{what} budget of {_limit_phrase(check, budget)}"
 
 
 def _tradeoff(
@@ -554,15 +554,15 @@ def _tradeoff(
         tokens = "output tokens not measured"
     # An unchanged length is noise in the sentence; name it only when it moved.
     paid = latency if abs(token_change) < 0.01 else f"{latency} and {tokens}"
-    if accuracy is None:
-        text = f"{paid}; no accuracy given to weigh them against"
-    else:
-        text = f"{_accuracy_points(accuracy):+.1f} points of accuracy for {paid}"
+    text = paid if accuracy is None else f"{_accuracy_points(accuracy):+.1f} points of accuracy for {paid}"
     breaks = [_breach_phrase(c, budget) for c in verdict.breaches]
     if breaks:
-        text += ": breaks " + " and ".join(breaks)
+        listed = breaks[0] if len(breaks) == 1 else ", ".join(breaks[:-1]) + " and " + breaks[-1]
+        text += f": breaks {listed}"
     elif any(c.passed is True for c in verdict.checks):
         text += ": within every budget that could be evaluated"
+    if accuracy is None:
+        text += "; no accuracy given to weigh them against"
     return text
 
 
@@ -585,7 +585,7 @@ def _answer(
     for c in breaches:
         relation = "<" if c.is_minimum else ">"
         figures = f"{_value(c.metric, c.value)} {relation} {_value(c.metric, c.limit)}"
-        said.append(f"{_label(c, budget)} breaks {_breach_phrase(c, budget)} ({figures})")
+        said.append(f"{_label(c, budget)} breaks {_breach_phrase(c, budget, named=False)} ({figures})")
     parts = ["Do not ship: " + "; ".join(said) + "."]
     breached = {c.budget for c in breaches}
     cost_checks = [c for c in verdict.checks if c.budget in _COST_BUDGETS]

@@ -204,8 +204,12 @@ def test_tradeoff_names_length_and_says_when_there_is_no_accuracy():
         "+50% latency (p95 600 ms, was 400 ms) and +54% output tokens (mean 57.0, was 37.0); "
         "no accuracy given to weigh them against"
     )
-    assert compare(base, new, Budget(latency_ms=700)).tradeoff.endswith(
+    assert compare(base, new, Budget(latency_ms=700), accuracy=(0.8, 0.84)).tradeoff.endswith(
         ": within every budget that could be evaluated"
+    )
+    assert compare(base, new, Budget(latency_ms=500, output_tokens=40)).tradeoff == (
+        "+50% latency (p95 600 ms, was 400 ms) and +54% output tokens (mean 57.0, was 37.0): breaks the 500 ms "
+        "SLA and the mean output tokens budget of 40.0; no accuracy given to weigh them against"
     )
 
 
