@@ -433,8 +433,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 lambda beat: self._measure_and_decide(kind, args, state, model, beat, None), is_main=is_main
             )
         else:
-            # Sharded parameters: every rank must take part in every forward pass.
-            decision = self._measure_and_decide(kind, args, state, model, lambda: None, mode)
+            # Sharded parameters: every rank must take part in every forward pass (the main process alone logs).
+            with distributed.main_process_logs(is_main):
+                decision = self._measure_and_decide(kind, args, state, model, lambda: None, mode)
             if not is_main:
                 decision = None
         decision = distributed.broadcast_from_main(decision)
