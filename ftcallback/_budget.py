@@ -31,7 +31,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ._errors import ConfigError
-from ._measurement import Measurement, json_float
+from ._json import float_from_json, json_float
+from ._measurement import Measurement
 from ._stats import paired_ratio
 
 __all__ = ["LATENCY_STATS", "Budget", "BudgetCheck", "Verdict", "evaluate"]
@@ -292,10 +293,6 @@ class Budget:
 
 
 # --------------------------------------------------------------------- checks
-def _fromjson_float(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
 def _fmt(metric: str, value: float | None) -> str:
     """A metric's value as log text: money with 4 significant digits, everything else with 1 decimal."""
     if value is None or not math.isfinite(value):
@@ -413,15 +410,15 @@ class BudgetCheck:
             return cls(
                 budget=str(data["budget"]),
                 metric=str(data["metric"]),
-                value=_fromjson_float(data["value"]),
-                limit=_fromjson_float(data["limit"]),
+                value=float_from_json(data["value"]),
+                limit=float_from_json(data["limit"]),
                 baseline=None if baseline is None else float(baseline),
                 passed=None if passed is None else bool(passed),
                 detail=str(data.get("detail", "")),
                 ratio=None if ratio is None else float(ratio),
                 interval=None
                 if interval is None
-                else (_fromjson_float(interval[0]), _fromjson_float(interval[1])),
+                else (float_from_json(interval[0]), float_from_json(interval[1])),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ConfigError(f"not a budget check: {type(exc).__name__}: {exc}") from exc

@@ -26,10 +26,8 @@ import datetime
 import functools
 import importlib.metadata
 import logging
-import math
 import platform
 import random
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +39,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
+from ._json import jsonable
 from ._measurement import Measurement, RequestSample
 from ._prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
 
@@ -272,7 +271,7 @@ def measure(
     base_config, call_kwargs, do_sample = probe.base_config, probe.call_kwargs, probe.do_sample
     device = _model_device(target)
 
-    settings_kwargs = _json_safe(user_kwargs)
+    settings_kwargs = jsonable(user_kwargs)
     eos_ids = _eos_ids(base_config, tokenizer)
     sync = _synchronizer(device)
     timer = _StepTimer(clock, sync)
@@ -693,25 +692,6 @@ def _make_batches(
 
 
 # ----------------------------------------------------------------- records
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with anything JSON cannot hold replaced by its repr (memory addresses removed, so that
-    two runs with the same settings record the same text)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, GenerationConfig):
-        return _json_safe(value.to_diff_dict())
-    return _ADDRESS.sub("", repr(value))
-
-
 def _model_info(target: Any, device: torch.device) -> dict[str, Any]:
     config = getattr(target, "config", None)
     name = getattr(target, "name_or_path", None) or getattr(config, "_name_or_path", None) or ""

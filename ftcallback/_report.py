@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ReportError
-from ._measurement import Measurement, read_json, write_json_atomic
+from ._json import float_from_json, jsonable, read_json, write_json_atomic
+from ._measurement import Measurement
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -56,47 +57,8 @@ def _utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _jsonable(value: Any) -> Any:
-    """A deep copy of ``value`` that ``json.dump(..., allow_nan=False)`` accepts.
-
-    NaN becomes ``null`` and infinities ``"inf"`` / ``"-inf"`` (as in :class:`Measurement`); numpy and
-    torch scalars and arrays become Python numbers and lists. Anything else unknown becomes its
-    ``repr``: a stray object must not cost the run its record.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        number = float(value)
-        if math.isnan(number):
-            return None
-        if math.isinf(number):
-            return "inf" if number > 0 else "-inf"
-        return number
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if callable(getattr(value, "tolist", None)):
-        return _jsonable(value.tolist())  # numpy / torch scalars and arrays, numpy bool included
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return _jsonable(to_dict())
-    return repr(value)
-
-
-def _float(value: Any) -> float:
-    """Inverse of :func:`_jsonable` for a number: ``null`` -> NaN, ``"inf"`` -> inf."""
-    if value is None:
-        return math.nan
-    return float(value)
-
-
 def _float_dict(data: Any) -> dict[str, float]:
-    return {str(k): _float(v) for k, v in (data or {}).items()}
+    return {str(k): float_from_json(v) for k, v in (data or {}).items()}
 
 
 def _finite_float(value: Any) -> float | None:
@@ -165,7 +127,7 @@ class CheckRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (NaN -> null, inf -> ``"inf"``); inverse of :meth:`from_dict`."""
-        out: dict[str, Any] = _jsonable(
+        out: dict[str, Any] = jsonable(
             {
                 "index": self.index,
                 "kind": self.kind,
@@ -351,7 +313,7 @@ class RunReport:
         """
         import ftcallback  # here, not at module level: the package's __init__ imports this module
 
-        out: dict[str, Any] = _jsonable(
+        out: dict[str, Any] = jsonable(
             {
                 "schema_version": REPORT_SCHEMA_VERSION,
                 "ftcallback_version": getattr(ftcallback, "__version__", "unknown"),

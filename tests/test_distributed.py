@@ -22,7 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers_launch import ROOT, STOP_LINE, free_port, launch
 
-from ftcallback import distributed as fd
+from ftcallback import _distributed as fd
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 EXAMPLE = ROOT / "examples" / "multiprocess_train.py"

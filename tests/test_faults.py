@@ -17,14 +17,15 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 import torch
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
 from ftcallback import Budget, EfficiencyCallback
-from ftcallback import callback as callback_module
-from ftcallback import measurement as measurement_module
+from ftcallback import _callback as callback_module
+from ftcallback import _json as json_module
 from ftcallback._errors import MeasurementError
 from ftcallback._measurement import Measurement, RequestSample
 from ftcallback._report import CheckRecord, RunReport, report_path
@@ -345,23 +346,23 @@ def test_crash_mid_write_leaves_the_previous_report_whole(tmp_path, monkeypatch)
     path = tmp_path / "efficiency" / "report.json"
     _report(2).save(path)
     before = path.read_bytes()
-    real_dump = json.dump
 
     def dying_dump(obj, fh, **kwargs):
         fh.write(json.dumps(obj)[:100])  # half a report reaches the disk, then the process "dies"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(measurement_module.json, "dump", dying_dump)
+    # Only ftcallback's JSON module sees the dying dump, not the rest of the process.
+    monkeypatch.setattr(json_module, "json", types.SimpleNamespace(dump=dying_dump, dumps=json.dumps))
     with pytest.raises(KeyboardInterrupt):
         _report(3).save(path)
-    monkeypatch.setattr(measurement_module.json, "dump", real_dump)
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert len(RunReport.load(path).checks) == 2
     assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temporary file left
 
 
 def test_a_failing_disk_does_not_stop_training(tmp_path, monkeypatch, caplog):
-    real = measurement_module.write_json_atomic
+    real = json_module.write_json_atomic
     failures = []
 
     def flaky(path, data):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import ftcallback._measurement as measurement_module
+import ftcallback._json as json_module
 from ftcallback._errors import FTCallbackError, ReportError
 from ftcallback._measurement import Measurement, RequestSample
 from ftcallback._report import (
@@ -187,7 +188,7 @@ def test_save_is_atomic(report: RunReport, tmp_path: Path, monkeypatch: pytest.M
         fh.write('{"schema_version": 1, "checks": [')
         raise OSError("disk full")
 
-    monkeypatch.setattr(measurement_module.json, "dump", dump_then_crash)
+    monkeypatch.setattr(json_module, "json", types.SimpleNamespace(dump=dump_then_crash))
     with pytest.raises(OSError, match="disk full"):
         report.save(path)
     monkeypatch.undo()

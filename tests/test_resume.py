@@ -19,7 +19,7 @@ import pytest
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
 from ftcallback import Budget, EfficiencyCallback
-from ftcallback import callback as callback_module
+from ftcallback import _callback as callback_module
 from ftcallback._report import RunReport, report_path
 from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
 
