@@ -1,17 +1,18 @@
 """One rank of a real two-rank DeepSpeed ZeRO job on CPU, launched by ``tests/test_deepspeed.py`` with torchrun.
 
-Usage: ``torchrun --nproc_per_node=2 tests/deepspeed_worker.py OUT_DIR STAGE [--offload]``, with
-``DS_ACCELERATOR=cpu OMP_NUM_THREADS=1``. In one process (DeepSpeed, transformers and the shared-memory comm op
-loaded once) it trains the same tiny Llama three times with the same ZeRO config:
+Usage: ``torchrun --nproc_per_node=2 tests/deepspeed_worker.py OUT_DIR CONFIG...`` (CONFIG: ``zero2``,
+``zero3``, ``zero3-offload``), with ``DS_ACCELERATOR=cpu OMP_NUM_THREADS=1``. In one process (DeepSpeed,
+transformers and the shared-memory comm op loaded once) it trains the same tiny Llama three times per config:
 
 * ``reference``: no callback, the losses to compare with;
 * ``stop``: EfficiencyCallback with a token budget; from epoch 2 on the probe's answers are forced long
   (a forward hook active in eval mode only), so the check at the end of epoch 2 breaches and stops;
 * ``within``: the same budget, answers stay short: no stop.
 
-Each rank writes ``OUT_DIR/<run>.rank<R>.json`` (its stop step, its logged losses) and prints
-``<run> rank R/W: stopped at step S of M, exit ok``. ftcallback's log lines go to stderr as
-``ftcallback... WARNING: ...`` for the test to count.
+Each rank writes ``OUT_DIR/<config>-<run>.rank<R>.json`` (its stop step, its logged losses, the ZeRO settings
+its DeepSpeedEngine ran with) and prints ``<config>-<run> rank R/W: stopped at step S of M, exit ok``. Rank 0
+starts each run with ``--- <config>-<run>`` on stderr, where ftcallback's log lines go as
+``ftcallback... WARNING: ...``, for the test to count them per run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -51,6 +53,12 @@ def deepspeed_config(config: str) -> dict:
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
+
+
+def _device(offload: Any) -> str | None:
+    """``"cpu"`` for a ZeRO offload config that offloads to the CPU, None for none."""
+    device = getattr(offload, "device", None)
+    return None if device is None else str(getattr(device, "value", device))
 
 
 def train(config: str, run: str, out: Path) -> None:
@@ -89,12 +97,21 @@ def train(config: str, run: str, out: Path) -> None:
         )
     # 16 examples, 4 per device, 2 ranks: 2 optimizer steps per epoch.
     trainer = make_trainer(model, args, plain_dataset(tok, 16), tok, callbacks)
+    rank, world = trainer.args.process_index, trainer.args.world_size
+    if rank == 0:  # the test splits stderr into runs at these lines
+        print(f"--- {config}-{run}", file=sys.stderr, flush=True)
     trainer.train()
-    state, rank, world = trainer.state, trainer.args.process_index, trainer.args.world_size
+    state = trainer.state  # train() starts a new one
+    engine = trainer.model_wrapped  # the DeepSpeedEngine: what it really ran with
+    offload_param, offload_optimizer = engine.zero_offload_param(), engine.zero_offload_optimizer()
     result = {
         "step": state.global_step,
         "max_steps": state.max_steps,
         "losses": [(e["step"], e["loss"]) for e in state.log_history if "loss" in e],
+        "engine": type(engine).__name__,
+        "zero_stage": int(engine.zero_optimization_stage()),
+        "offload_param": _device(offload_param),
+        "offload_optimizer": _device(offload_optimizer),
     }
     (out / f"{config}-{run}.rank{rank}.json").write_text(json.dumps(result), encoding="utf-8")
     print(
