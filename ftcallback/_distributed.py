@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -33,7 +32,6 @@ __all__ = [
     "broadcast_from_main",
     "generation_context",
     "is_distributed",
-    "main_process_logs",
     "run_on_main",
     "sharding_mode",
     "shutdown",
@@ -154,45 +152,6 @@ def generation_context(model: torch.nn.Module, mode: str | None) -> Iterator[Non
             yield
     else:
         yield
-
-
-class _DemoteToDebug(logging.Filter):
-    """Turns a record into a DEBUG one, kept only where its logger is enabled for DEBUG."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-
-
-@contextlib.contextmanager
-def main_process_logs(is_main: bool) -> Iterator[None]:
-    """While the block runs on a rank other than the main one, ftcallback speaks at DEBUG only.
-
-    In synced mode (ZeRO-3, FSDP) every rank runs the same check on the same model and reaches the
-    same verdict, so each WARNING (a stop, a breach, a failed check) would appear once per rank. Inside
-    this block, on the other ranks, the ``ftcallback`` loggers' records are demoted to DEBUG (still
-    there for whoever enables DEBUG logging) and ftcallback's :class:`NoisyMeasurementWarning` is not
-    shown; the main process logs as usual. A no-op on the main process.
-    """
-    if is_main:
-        yield
-        return
-    from ._errors import NoisyMeasurementWarning
-
-    # A filter on a logger sees only the records logged through that very logger, so every ftcallback
-    # logger gets one; the ones that exist are all created at import time.
-    names = [n for n in list(logging.root.manager.loggerDict) if n == "ftcallback" or n.startswith("ftcallback.")]
-    loggers = [logging.getLogger(n) for n in names]
-    demote = _DemoteToDebug()
-    for lg in loggers:
-        lg.addFilter(demote)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NoisyMeasurementWarning)
-            yield
-    finally:
-        for lg in loggers:
-            lg.removeFilter(demote)
 
 
 def _gloo_worker_states() -> list[str] | None:

@@ -39,9 +39,9 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
-from ._json import jsonable
 from ._measurement import Measurement, RequestSample
-from ._prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
+from ._probe import probe_settings
+from ._prompts import encode_prompts, load_prompts, resolve_tokenizer
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
 
@@ -271,7 +271,6 @@ def measure(
     base_config, call_kwargs, do_sample = probe.base_config, probe.call_kwargs, probe.do_sample
     device = _model_device(target)
 
-    settings_kwargs = jsonable(user_kwargs)
     eos_ids = _eos_ids(base_config, tokenizer)
     sync = _synchronizer(device)
     timer = _StepTimer(clock, sync)
@@ -351,17 +350,16 @@ def measure(
 
     measurement = Measurement(
         samples=tuple(samples),
-        settings={
-            "max_new_tokens": max_new_tokens,
-            "generation_kwargs": settings_kwargs,
-            "warmup": warmup,
-            "repeats": repeats,
-            "batch_size": batch_size,
-            "apply_chat_template": bool(apply_chat_template),
-            "num_prompts": len(prompt_list),
-            "prompts_sha256": prompts_sha256(prompt_list, apply_chat_template),
-            "seed": seed,
-        },
+        settings=probe_settings(
+            prompt_list,
+            max_new_tokens=max_new_tokens,
+            generation_kwargs=user_kwargs,
+            warmup=warmup,
+            repeats=repeats,
+            batch_size=batch_size,
+            apply_chat_template=apply_chat_template,
+            seed=seed,
+        ),
         model=_model_info(target, device),
         environment=_environment(model, target, device, synced_gpus),
         warmup_latencies_s=tuple(warmup_latencies),

@@ -25,9 +25,6 @@ __all__ = ["SCHEMA_VERSION", "Measurement", "RequestSample"]
 #: Version of the JSON layout written by :meth:`Measurement.to_dict`. Bumped on incompatible changes.
 SCHEMA_VERSION = 1
 
-#: Settings that must agree between a baseline and a later measurement for a comparison to be fair.
-COMPARABLE_SETTINGS = ("prompts_sha256", "num_prompts", "max_new_tokens", "generation_kwargs", "apply_chat_template")
-
 
 @dataclass(frozen=True)
 class RequestSample:
@@ -204,12 +201,9 @@ class Measurement:
     # ----------------------------------------------------------------- comparison
     def incompatibilities(self, other: Measurement) -> list[str]:
         """Settings that differ between ``self`` and ``other``, as readable lines (empty when comparable)."""
-        problems = []
-        for key in COMPARABLE_SETTINGS:
-            mine, theirs = self.settings.get(key), other.settings.get(key)
-            if mine != theirs:
-                problems.append(f"{key}: {theirs!r} here, {mine!r} in the baseline")
-        return problems
+        from ._probe import settings_incompatibilities  # _probe imports _prompts; keep this module light
+
+        return settings_incompatibilities(self.settings, other.settings)
 
     # ----------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:

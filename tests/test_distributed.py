@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import subprocess
 import time
 import traceback
-import warnings
 from datetime import timedelta
 from pathlib import Path
 
@@ -42,44 +40,6 @@ def test_single_process_protocol_is_a_no_op():
     decision = {"stop": True}
     assert fd.broadcast_from_main(decision) is decision
     fd.shutdown()  # nothing to leave: must not raise
-
-
-def test_main_process_logs_leaves_other_ranks_at_debug(caplog):
-    """Synced mode: every rank runs the same check; only the main process's WARNINGs and INFOs show."""
-    from ftcallback import NoisyMeasurementWarning
-
-    loggers = [logging.getLogger(n) for n in ("ftcallback", "ftcallback.measure")]
-
-    def speak(tag):
-        for lg in loggers:
-            lg.warning("%s warns", tag)
-            lg.info("%s informs", tag)
-        warnings.warn(f"{tag} timing is noisy", NoisyMeasurementWarning, stacklevel=1)
-
-    caplog.set_level(logging.INFO, logger="ftcallback")
-    with warnings.catch_warnings(record=True) as shown:
-        warnings.simplefilter("always")
-        with fd.main_process_logs(True):
-            speak("main")
-        with fd.main_process_logs(False):
-            speak("other")
-            warnings.warn("a user warning", UserWarning, stacklevel=1)  # not ftcallback's: still shown
-    assert [(r.name, r.levelname, r.getMessage()) for r in caplog.records] == [
-        ("ftcallback", "WARNING", "main warns"),
-        ("ftcallback", "INFO", "main informs"),
-        ("ftcallback.measure", "WARNING", "main warns"),
-        ("ftcallback.measure", "INFO", "main informs"),
-    ]
-    assert [str(w.message) for w in shown] == ["main timing is noisy", "a user warning"]
-
-    # With DEBUG enabled the other rank's records are there, as DEBUG; afterwards nothing is filtered.
-    caplog.clear()
-    caplog.set_level(logging.DEBUG, logger="ftcallback")
-    with fd.main_process_logs(False):
-        loggers[1].warning("other warns")
-    loggers[1].warning("after")
-    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [("DEBUG", "other warns"), ("WARNING", "after")]
-    assert all(not lg.filters for lg in loggers)
 
 
 class FullyShardedDataParallel(torch.nn.Module):  # named like torch's FSDP1 wrapper

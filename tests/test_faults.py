@@ -179,7 +179,7 @@ def test_oom_retries_once_with_half_the_batch(tmp_path, caplog, releases):
     assert cb.report.baseline["settings"]["batch_size"] == 1  # the record says what was really measured
     assert (
         "measurement ran out of memory with batch_size=2 (CUDA out of memory. Tried to allocate 2.00 GiB); "
-        "retrying once with batch_size=1"
+        "retrying once with batch_size=1: its latency will not be compared with the baseline, its tokens will"
     ) in _warnings(caplog)
     assert len(releases) >= 2
 
@@ -260,7 +260,7 @@ def _fake_measurement(cb, *, latency: float, output_tokens: int) -> Measurement:
         )
         for i in range(len(PROMPTS))
     )
-    return Measurement(samples=samples, settings={**cb.probe_settings(), "batch_size": 1})
+    return Measurement(samples=samples, settings={**cb.spec.settings(), "batch_size": 1})
 
 
 BUDGET = Budget(latency_ms=1000.0, max_latency_increase=0.5, output_tokens=100.0, max_token_increase=0.5)
