@@ -11,6 +11,7 @@ these runs catch that.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -21,9 +22,15 @@ from helpers_launch import ROOT, STOP_LINE, launch
 
 from ftcallback.testing import tiny_causal_lm
 
-pytest.importorskip("deepspeed", reason="install with: DS_BUILD_OPS=0 pip install deepspeed")
-
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:timing is noisy")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:timing is noisy"),
+    # Looked up, not imported: importing DeepSpeed here would load it into the test process for nothing.
+    pytest.mark.skipif(
+        importlib.util.find_spec("deepspeed") is None,
+        reason="DeepSpeed is not installed (DS_BUILD_OPS=0 pip install -e '.[deepspeed]')",
+    ),
+]
 
 WORKER = ROOT / "tests" / "deepspeed_worker.py"
 CONFIGS = ("zero2", "zero3", "zero3-offload")
@@ -33,8 +40,8 @@ ENGINE = {  # what each config's DeepSpeedEngine must really have run with
     "zero3-offload": {"zero_stage": 3, "offload_param": "cpu", "offload_optimizer": "cpu"},
 }
 STEPS, STOP_STEP = 6, 4  # 3 epochs of 2 steps; the budget breaches at the end of epoch 2
-# A cold machine compiles the comm op first (~90 s); nine tiny trainings take ~60-75 s on two busy cores.
-TIMEOUT_S = 480
+# A cold machine compiles the comm op first (~90 s); the nine tiny trainings took 73-130 s on two busy cores.
+TIMEOUT_S = 600  # a hang fails the test; one cold launch on a machine as loaded as 7 agents make took 454 s
 STOP_WARNING = "ftcallback WARNING: stopping training at epoch 2 (step 4)"
 
 
