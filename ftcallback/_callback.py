@@ -649,7 +649,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
 
-    def _measure(self, model: Any, beat: Any, mode: str | None) -> Measurement:
+    def _measure(self, model: Any, beat: Any, mode: str | None, *, speak: bool = True) -> Measurement:
         batch_size = self.spec.batch_size
         try:
             return self._measure_once(model, batch_size, beat, mode)
@@ -658,13 +658,14 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             smaller = max(1, batch_size // 2)
             if smaller == batch_size:
                 raise
-            logger.warning(
-                "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
-                "its latency will not be compared with the baseline, its tokens will",
-                batch_size,
-                exc,
-                smaller,
-            )
+            if speak:  # in sharded mode every rank retries; the main one says it
+                logger.warning(
+                    "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
+                    "its latency will not be compared with the baseline, its tokens will",
+                    batch_size,
+                    exc,
+                    smaller,
+                )
             m = self._measure_once(model, smaller, beat, mode)
             retry = {"reason": "out_of_memory", "changed": {"batch_size": [batch_size, smaller]}}
             return dataclasses.replace(m, environment={**m.environment, "retry": retry})
@@ -686,7 +687,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         quiet = contextlib.nullcontext() if decide else _silenced()
         try:
             with quiet:
-                m = self._measure(model, beat, mode)
+                m = self._measure(model, beat, mode, speak=decide)
             impossible = _impossible(m)
             if impossible:
                 raise MeasurementError(f"impossible measurement: {impossible}")
