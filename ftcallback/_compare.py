@@ -363,6 +363,8 @@ def _rows(
             rows.append(row("monthly cost", "", base_month, new_month))
     if accuracy is not None:
         rows.append(row("accuracy", "%" if max(accuracy) > 1.0 else "", accuracy[0], accuracy[1]))
+    if (base.has_quality or new.has_quality) and accuracy != (base.quality, new.quality):
+        rows.append(row("quality", "score", base.quality, new.quality))  # measured, next to a given accuracy
     return rows
 
 

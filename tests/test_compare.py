@@ -364,6 +364,8 @@ def test_measured_quality_stands_in_for_accuracy():
     assert comparison.tradeoff.startswith("+25.0 points of accuracy for")
     given = compare(base, new, Budget(), accuracy=(0.8, 0.9))
     assert given.accuracy == (0.8, 0.9) and given.accuracy_source == "given"
+    assert [r.metric for r in given.rows][-2:] == ["accuracy", "quality"]
+    assert [r.metric for r in comparison.rows][-1] == "accuracy"  # the measured quality is the accuracy
 
 
 def test_quality_breach_suggests_quality_remedies():
