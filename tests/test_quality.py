@@ -17,6 +17,7 @@ from ftcallback._prompts import ProbePrompts, load_probe, load_prompts
 from ftcallback._quality import NumericMatch, normalize_answer, resolve_scorer, score_outputs
 
 FAST: dict[str, Any] = {"max_new_tokens": 4, "repeats": 2, "warmup": 0}
+FAST_REAL: dict[str, Any] = {"repeats": 1, "warmup": 0}
 
 
 # ----------------------------------------------------------------- scorers
@@ -345,3 +346,16 @@ def test_measurement_from_figures():
     assert check.passed is False  # an identical slowdown on every request is certain, not noise
     with pytest.raises(ConfigError, match=r"`output_tokens` must be a finite number >= 0, got 1\.5"):
         Measurement.from_figures(latency_ms=200, output_tokens=1.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_real_model_is_scored_on_its_own_answers():
+    """The embedded SmolLM2 answers "The capital of France is Paris." and misnames Italy's capital (seen here:
+    quality 0.5 with ``contains`` over these two prompts)."""
+    from ftcallback._embedded import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer()
+    probe = [("What is the capital of France?", "Paris"), ("What is the capital of France? One word.", "paris")]
+    m = measure(model, tok, probe, scorer="contains", apply_chat_template=True, max_new_tokens=12, **FAST_REAL)
+    assert m.quality_scores[0] == 1.0 and "Paris" in m.sample_outputs[0]["output"]
+    assert m.summary()["quality"] == m.quality
