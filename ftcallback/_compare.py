@@ -494,7 +494,14 @@ def _causes(
             )
             length = True
         elif check.budget in _QUALITY_BUDGETS:
-            lines.append(f"{label}: the fine-tuned model answers fewer probe prompts right")
+            b_q, n_q = base.quality, new.quality
+            if math.isfinite(b_q) and n_q < b_q:
+                why = f"the fine-tuned model answers fewer probe prompts right ({b_q:.3f} -> {n_q:.3f})"
+            elif math.isfinite(b_q):
+                why = f"the base model was no better ({b_q:.3f}): fine-tuning has not reached the minimum yet"
+            else:
+                why = "the probe's answers score below the minimum"
+            lines.append(f"{label}: {why}")
             quality = True
     truncated, before = new.truncated_fraction, base.truncated_fraction
     truncation = length and math.isfinite(truncated) and truncated > 0 and not truncated <= before
@@ -593,7 +600,8 @@ def _answer(
     cost_checks = [c for c in verdict.checks if c.budget in _COST_BUDGETS]
     cost_ok = [c for c in cost_checks if c.passed is True]
     neutral = abs(cause.token_change) < _NEGLIGIBLE if math.isfinite(cause.token_change) else False
-    if neutral and not budget.gpu_price_per_hour:
+    cost_or_latency = bool(cost_checks) or bool(breached & _LATENCY_BUDGETS)
+    if neutral and cost_or_latency and not budget.gpu_price_per_hour:
         tokens = f"output tokens {percent_change(cause.token_change)}"
         if cost_ok and not (breached & _COST_BUDGETS):
             parts.append(f"Token efficiency is neutral ({tokens}), so cost is unchanged and within budget.")

@@ -376,3 +376,11 @@ def test_quality_breach_suggests_quality_remedies():
     assert not comparison.ship
     assert comparison.statuses == ["quality 0.250 is below the minimum 0.650 (base -0.1), -0.500 vs base 0.750"]
     assert any("earlier checkpoint with higher quality" in r for r in comparison.remedies)
+    assert comparison.causes == [
+        "quality: the fine-tuned model answers fewer probe prompts right (0.750 -> 0.250)"
+    ]
+    assert "cost" not in comparison.answer  # no cost budget, no latency breach: nothing to say about cost
+    unchanged = compare(base, base, Budget(min_quality=0.9))
+    assert unchanged.causes == [
+        "quality: the base model was no better (0.750): fine-tuning has not reached the minimum yet"
+    ]
