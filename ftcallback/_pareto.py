@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["ParetoFront", "ParetoPoint", "pareto"]
 
@@ -52,6 +53,24 @@ class ParetoPoint:
     latency_ms: float | None
     cost: float | None
     within_budget: bool
+
+    @classmethod
+    def from_record(cls, record: Any, *, latency_metric: str = "latency_ms_p95") -> ParetoPoint:
+        """The point of one check of a run report (a ``CheckRecord``: ``step``, ``status``, ``summary``,
+        ``cost``, ``breached``); a failed check is never within budget.
+
+        Args:
+            record: the check.
+            latency_metric: the summary key of the latency the budget is stated on (``Budget.latency_metric``).
+        """
+        summary, cost = record.summary or {}, record.cost or {}
+        return cls(
+            step=int(record.step),
+            quality=summary.get("quality"),
+            latency_ms=summary.get(latency_metric),
+            cost=cost.get("cost_per_request"),
+            within_budget=record.status == "ok" and not record.breached,
+        )
 
 
 @dataclass(frozen=True)

@@ -359,3 +359,19 @@ def test_real_model_is_scored_on_its_own_answers():
     m = measure(model, tok, probe, scorer="contains", apply_chat_template=True, max_new_tokens=12, **FAST_REAL)
     assert m.quality_scores[0] == 1.0 and "Paris" in m.sample_outputs[0]["output"]
     assert m.summary()["quality"] == m.quality
+
+
+def test_pareto_point_from_a_report_check():
+    from ftcallback._report import CheckRecord
+
+    ok = CheckRecord(
+        index=1,
+        kind="epoch",
+        step=20,
+        summary={"quality": 0.9, "latency_ms_p50": 210.0},
+        cost={"cost_per_request": 0.1},
+    )
+    point = ParetoPoint.from_record(ok, latency_metric="latency_ms_p50")
+    assert point == ParetoPoint(step=20, quality=0.9, latency_ms=210.0, cost=0.1, within_budget=True)
+    failed = CheckRecord(index=2, kind="epoch", step=30, status="failed", error="boom")
+    assert ParetoPoint.from_record(failed) == ParetoPoint(30, None, None, None, False)
