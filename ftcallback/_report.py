@@ -292,9 +292,12 @@ class RunReport:
 
     @property
     def last_within_budget_checkpoint(self) -> str | None:
-        """Path of the latest checkpoint saved within budget that exists on disk: the checkpoint itself, or the
-        copy kept from ``save_total_limit`` rotation (:attr:`pinned_checkpoints`). None when none exists: a
-        path that rotation deleted is never named.
+        """Path of the latest checkpoint saved within budget that exists on disk: the copy kept from
+        ``save_total_limit`` rotation (:attr:`pinned_checkpoints`) when there is one, else the checkpoint itself.
+        None when none exists: a path that rotation deleted is never named.
+
+        The kept copy comes first: the original still exists while a stop is announced, but rotation deletes it
+        at the next save, and the path the stop line names must stay valid after training.
         """
         good = sorted(
             (c for c in self.checkpoints if c.get("within_budget") is True),
@@ -303,11 +306,11 @@ class RunReport:
         pinned = {os.path.abspath(k): v for k, v in self.pinned_checkpoints.items()}
         for entry in reversed(good):
             path = str(entry["path"])
-            if Path(path).exists():
-                return path
             kept = pinned.get(os.path.abspath(path))
             if kept is not None and Path(kept).exists():
                 return kept
+            if Path(path).exists():
+                return path
         return None
 
     # ----------------------------------------------------------------- JSON
