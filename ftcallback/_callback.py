@@ -341,6 +341,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         trainer = self.trainer or _find_calling_trainer(self)
         self._trainer = trainer
         self._check_names(trainer)
+        _watch_jit_checkpoint(trainer)
         self._run += 1
         self.report_path = _report_path(args.output_dir, self.name)
         self._start_monitor(args, state)
@@ -389,6 +390,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 monitor.report.baseline_source = f"measured at resume (step {state.global_step})"
         monitor.report.settings = self.settings()
         monitor.report.budget = self.budget.to_dict()
+        monitor.report.output_dir = str(args.output_dir)  # a resume may write into another folder
         self.monitor = monitor
         if state.global_step > 0 and monitor.report.baseline is not None:
             self._note_resumed_checkpoint(args, state)
@@ -403,6 +405,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # checks from the file when it has the same baseline, so that a resumed run's report equals an
         # uninterrupted run's.
         on_disk = self._read_report()
+        if on_disk is None and saved.output_dir and saved.output_dir != str(args.output_dir):
+            # Resumed into another output_dir (a copied checkpoint): the raw samples are in the first run's.
+            on_disk = self._read_report(_report_path(saved.output_dir, self.name))
         if on_disk is not None and on_disk.baseline == saved.baseline:
             full = {c.index: c for c in on_disk.checks}
             saved.checks = [
@@ -420,11 +425,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         )
         return saved
 
-    def _read_report(self) -> RunReport | None:
-        if self.report_path is None or not self.report_path.exists():
+    def _read_report(self, path: Path | None = None) -> RunReport | None:
+        path = path if path is not None else self.report_path
+        if path is None or not path.exists():
             return None
         try:
-            return RunReport.load(self.report_path)
+            return RunReport.load(path)
         except FTCallbackError:
             return None
 
@@ -576,20 +582,25 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         if model is None or self.monitor is None:
             return
-        if kind != "baseline" and _termination_requested(self._trainer):
-            # transformers' JIT checkpointing after SIGTERM: the job has seconds left to save, not minutes to
-            # measure. (A callback that merely ends training early still gets its last epoch measured.)
-            logger.warning(
-                "%sSIGTERM received: training is stopping at step %d to save a checkpoint; skipping the %s "
-                "check so that the job can exit in time",
-                f"[{self.name}] " if self.name else "",
-                state.global_step,
-                kind,
-            )
+        is_main = state.is_world_process_zero
+        # transformers' JIT checkpointing after SIGTERM: the job has seconds left to save, not minutes to
+        # measure. (A callback that merely ends training early still gets its last epoch measured.) The main
+        # process decides for all ranks, which must skip or measure alike, and says it once.
+        if kind != "baseline" and distributed.broadcast_from_main(
+            _termination_requested(self._trainer) if is_main else None
+        ):
+            if is_main:
+                logger.warning(
+                    "%sSIGTERM received: training is stopping at step %d to save a checkpoint; skipping the %s "
+                    "check so that the job can exit in time",
+                    f"[{self.name}] " if self.name else "",
+                    state.global_step,
+                    kind,
+                )
+            self._last_check_step = state.global_step  # one WARNING: the epoch end of this step is not a second
             return
         self._last_check_step = state.global_step
         mode = distributed.sharding_mode(model)
-        is_main = state.is_world_process_zero
         if mode is None:
             decision = distributed.run_on_main(
                 lambda beat: self._measure_and_decide(kind, state, model, beat, None), is_main=is_main
@@ -619,7 +630,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
 
-    def _measure(self, model: Any, beat: Any, mode: str | None) -> Measurement:
+    def _measure(self, model: Any, beat: Any, mode: str | None, *, speak: bool = True) -> Measurement:
         batch_size = self.spec.batch_size
         try:
             return self._measure_once(model, batch_size, beat, mode)
@@ -628,7 +639,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             smaller = max(1, batch_size // 2)
             if smaller == batch_size:
                 raise
-            logger.warning(
+            # In sharded mode every rank measures and runs out of memory alike: the main one says it.
+            (logger.warning if speak else logger.debug)(
                 "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
                 "its latency will not be compared with the baseline, its tokens will",
                 batch_size,
@@ -656,7 +668,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         quiet = contextlib.nullcontext() if decide else _silenced()
         try:
             with quiet:
-                m = self._measure(model, beat, mode)
+                m = self._measure(model, beat, mode, speak=decide)
             impossible = _impossible(m)
             if impossible:
                 raise MeasurementError(f"impossible measurement: {impossible}")
@@ -801,15 +813,40 @@ def _find_calling_trainer(callback: EfficiencyCallback) -> Any:
     return None
 
 
-def _termination_requested(trainer: Any) -> bool:
-    """True when transformers' JIT checkpointing caught a SIGTERM and the Trainer is about to save and exit."""
+def _jit_managers(trainer: Any) -> list[Any]:
     if trainer is None:
-        return False
-    for callback in trainer.callback_handler.callbacks:
-        manager = getattr(callback, "jit_manager", None)
-        if manager is not None and getattr(manager, "is_checkpoint_requested", False):
-            return True
-    return False
+        return []
+    managers = (getattr(cb, "jit_manager", None) for cb in trainer.callback_handler.callbacks)
+    return [m for m in managers if m is not None]
+
+
+def _watch_jit_checkpoint(trainer: Any) -> None:
+    """Remember that transformers' JIT checkpointing saved on SIGTERM.
+
+    ``JITCheckpointCallback`` runs before user callbacks and resets ``is_checkpoint_requested`` as soon as it
+    starts saving, so by the time this callback's ``on_epoch_end`` runs the flag is False again although the job
+    is stopping. The manager's ``execute_jit_checkpoint`` is wrapped (once per manager) to leave a mark.
+    """
+    for manager in _jit_managers(trainer):
+        manager._ftcallback_terminating = False  # a new train() call: no SIGTERM seen in it yet
+        if getattr(manager, "_ftcallback_watched", False):
+            continue
+        execute = manager.execute_jit_checkpoint
+
+        def marked(_execute: Any = execute, _manager: Any = manager) -> Any:
+            _manager._ftcallback_terminating = True
+            return _execute()
+
+        manager.execute_jit_checkpoint = marked
+        manager._ftcallback_watched = True
+
+
+def _termination_requested(trainer: Any) -> bool:
+    """True when transformers' JIT checkpointing caught a SIGTERM and the Trainer is saving and exiting."""
+    return any(
+        getattr(m, "is_checkpoint_requested", False) or getattr(m, "_ftcallback_terminating", False)
+        for m in _jit_managers(trainer)
+    )
 
 
 def _check_not_meta(model: Any) -> None:
