@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import gc
 import inspect
+import itertools
 import logging
 import os
 import shutil
@@ -124,9 +125,10 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         >>> # Trainer(model=..., args=..., train_dataset=..., processing_class=tok, callbacks=[cb]).train()
     """
 
-    #: Live instances, oldest first: a callback rebuilt by transformers from a checkpoint finds the one the
-    #: user passed to this run (whose arguments win over the checkpoint's).
+    #: Live instances: a callback rebuilt by transformers from a checkpoint finds the one the user passed to this
+    #: run (whose arguments win over the checkpoint's): the newest unused one of the same name.
     _instances: weakref.WeakSet[EfficiencyCallback] = weakref.WeakSet()
+    _created = itertools.count()
 
     def __init__(
         self,
@@ -201,6 +203,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
         self._restored_args: dict[str, Any] | None = None
+        self._serial = next(EfficiencyCallback._created)  # a WeakSet has no order; this tells the newest
         EfficiencyCallback._instances.add(self)
 
     # ------------------------------------------------------------------ read-only views
@@ -280,14 +283,13 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         naming both values; a different probe cannot reuse the saved baseline and is refused."""
         saved = self._restored_args
         self._restored_args = None
-        user = next(
-            (
-                cb
-                for cb in list(EfficiencyCallback._instances)
-                if cb is not self and cb.name == self.name and cb._saved_report is None and cb.monitor is None
-            ),
-            None,
-        )
+        candidates = [
+            cb
+            for cb in list(EfficiencyCallback._instances)
+            if cb is not self and cb.name == self.name and cb._saved_report is None and cb.monitor is None
+        ]
+        # A callback built but never trained (an earlier notebook cell) may still be alive: the newest one wins.
+        user = max(candidates, key=lambda cb: cb._serial, default=None)
         if user is None or saved is None:
             return
         mine, theirs = user._args(), saved

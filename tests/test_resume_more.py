@@ -6,14 +6,14 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from test_resume import EPOCHS, STEPS_PER_EPOCH, _comparable, _efficiency, _trainer
+from test_resume import EPOCHS, STEPS_PER_EPOCH, _comparable, _efficiency, _trainer, interrupted_run  # noqa: F401
 
 from ftcallback._report import RunReport, report_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
 
 
-def test_resume_from_a_checkpoint_copied_to_another_output_dir(tmp_path, interrupted_run):
+def test_resume_from_a_checkpoint_copied_to_another_output_dir(tmp_path, interrupted_run):  # noqa: F811
     out, checkpoint, _ = interrupted_run
     moved = tmp_path / "moved"
     shutil.copytree(checkpoint, moved / checkpoint.name)
