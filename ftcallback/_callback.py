@@ -367,7 +367,10 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 "fresh baseline)",
                 self._run + 1,
             )
-            self.monitor.report.stopped = None
+            report = self.monitor.report
+            if report.stopped is not None:  # this call may train to the end: what stopped the last one stays
+                report.earlier_stops.append(report.stopped)
+            report.stopped = None
             self.monitor.report.output_dir = str(args.output_dir)
             return
         monitor = Monitor(

@@ -208,6 +208,8 @@ class RunReport:
             from ``save_total_limit`` rotation.
         final_model: ``{"step", "source", "within_budget"}`` of the weights in memory when training ended
             (``source`` is the checkpoint ``load_best_model_at_end`` loaded, or ``"last step"``).
+        earlier_stops: the ``stopped`` records of earlier ``train()`` calls of the same callback (a second
+            call starts with ``stopped`` cleared; what stopped the first is kept here, never dropped).
 
     Example:
         >>> report = RunReport(output_dir="out")
@@ -230,6 +232,7 @@ class RunReport:
     output_dir: str = ""
     pinned_checkpoints: dict[str, str] = field(default_factory=dict)
     final_model: dict[str, Any] | None = None
+    earlier_stops: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.updated_at:
@@ -344,6 +347,7 @@ class RunReport:
                 "pinned_checkpoints": self.pinned_checkpoints,
                 "final_model": self.final_model,
                 "stopped": self.stopped,
+                "earlier_stops": self.earlier_stops,
             }
         )
         return out
@@ -392,6 +396,7 @@ class RunReport:
                 output_dir=str(data.get("output_dir") or ""),
                 pinned_checkpoints={str(k): str(v) for k, v in (data.get("pinned_checkpoints") or {}).items()},
                 final_model=None if data.get("final_model") is None else dict(data["final_model"]),
+                earlier_stops=[dict(stop) for stop in data.get("earlier_stops") or []],
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):

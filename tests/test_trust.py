@@ -139,6 +139,7 @@ def test_a_second_train_keeps_the_baseline_appends_and_stops_again(
         ("epoch", 1, 2, True),
     ]
     assert report["stopped"]["run"] == 1 and report["stopped"]["step"] == 2
+    assert report["earlier_stops"] == [first["stopped"]]  # the first call's stop is kept, not overwritten
     assert trainer.state.global_step == 2
     warnings = _messages(caplog)
     assert warnings[0] == (
