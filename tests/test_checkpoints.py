@@ -25,12 +25,24 @@ pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
 
 
 def _run(
-    out: Path, *, evaluate: bool = False, caplog: pytest.LogCaptureFixture | None = None, **overrides: Any
+    out: Path,
+    *,
+    evaluate: bool = False,
+    caplog: pytest.LogCaptureFixture | None = None,
+    best_model_within_budget: bool = True,
+    **overrides: Any,
 ) -> tuple[Trainer, EfficiencyCallback]:
     tok = tiny_tokenizer()
     model = short_answer_model()
     length = ForcedLength(model, tok.eos_token_id, long_epochs={3})
-    cb = EfficiencyCallback(PROBE[:2], budget=Budget(max_token_increase=1.0), max_new_tokens=6, repeats=1, warmup=0)
+    cb = EfficiencyCallback(
+        PROBE[:2],
+        budget=Budget(max_token_increase=1.0),
+        max_new_tokens=6,
+        repeats=1,
+        warmup=0,
+        best_model_within_budget=best_model_within_budget,
+    )
     kwargs: dict[str, Any] = {"num_train_epochs": 4, "save_strategy": "epoch", **overrides}
     if evaluate:
         kwargs.setdefault("eval_strategy", "epoch")
@@ -113,12 +125,14 @@ def test_pin_falls_back_to_copies_without_hard_links(tmp_path: Path, monkeypatch
 
 
 def test_load_best_model_at_end_over_budget_is_said(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """eval_loss picks the latest checkpoint, which breaches: the user is told, and where to look instead."""
+    """Without best_model_within_budget, eval_loss picks the latest checkpoint, which breaches: the user is told,
+    and where to look instead."""
     out = tmp_path / "out"
     trainer, cb = _run(
         out,
         evaluate=True,
         caplog=caplog,
+        best_model_within_budget=False,
         save_total_limit=1,
         load_best_model_at_end=True,
         metric_for_best_model="eval_loss",
