@@ -674,14 +674,14 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             smaller = max(1, batch_size // 2)
             if smaller == batch_size:
                 raise
-            # In sharded mode every rank measures and runs out of memory alike: the main one says it.
-            (logger.warning if speak else logger.debug)(
-                "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
-                "its latency will not be compared with the baseline, its tokens will",
-                batch_size,
-                exc,
-                smaller,
-            )
+            if speak:  # in sharded mode every rank retries; the main one says it
+                logger.warning(
+                    "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
+                    "its latency will not be compared with the baseline, its tokens will",
+                    batch_size,
+                    exc,
+                    smaller,
+                )
             m = self._measure_once(model, smaller, beat, mode)
             retry = {"reason": "out_of_memory", "changed": {"batch_size": [batch_size, smaller]}}
             return dataclasses.replace(m, environment={**m.environment, "retry": retry})
