@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_distributed import _free_port, _init, _spawn, _write
+from helpers_launch import free_port
+from test_distributed import _init, _spawn, _write
 
 from ftcallback import _distributed as fd
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
@@ -94,7 +95,7 @@ def _worker(rank: int, port: int, out: str) -> None:
 
 
 def test_sharded_two_rank_run_warns_once_per_event(tmp_path: Path) -> None:
-    _spawn(_worker, _free_port(), str(tmp_path), timeout=240)
+    _spawn(_worker, free_port(), str(tmp_path), timeout=240)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert "error" not in r0 and "error" not in r1, (r0.get("error"), r1.get("error"))
     assert r0["mode"] == "fsdp2"  # every rank took part in the measurement
