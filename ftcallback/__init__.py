@@ -42,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "compare": "_compare",
     "evaluate": "_budget",
     "measure": "_measure",
+    "measure_endpoint": "_endpoint",
     "plot_report": "_plot",
     "shutdown_distributed": "_distributed",
 }
@@ -71,6 +72,7 @@ __all__ = [
     "compare",
     "evaluate",
     "measure",
+    "measure_endpoint",
     "plot_report",
     "shutdown_distributed",
 ]

@@ -213,6 +213,24 @@ class Budget:
             return None
         return cost * self.requests_per_month
 
+    def goodput_of(self, measurement: Measurement) -> float | None:
+        """Goodput: the fraction of requests of ``measurement`` that meet every absolute per-request limit.
+
+        Today the one per-request limit is ``latency_ms`` (each request's end-to-end latency, not the
+        budget's ``latency_stat``: a request either met the SLA or did not). None when the budget sets no
+        per-request limit. A concurrency test reads it as "how many users were served within the SLA".
+
+        Example:
+            >>> from ftcallback._measurement import Measurement, RequestSample
+            >>> m = Measurement(samples=(RequestSample(0, 0, 0.3, 0.1, 5, 9, True),
+            ...                          RequestSample(1, 0, 0.5, 0.1, 5, 9, True)))
+            >>> Budget(latency_ms=400).goodput_of(m), Budget().goodput_of(m)
+            (0.5, None)
+        """
+        if self.latency_ms is None:
+            return None
+        return measurement.slo_attainment(latency_ms=self.latency_ms)
+
     def limits(self, baseline: Measurement | None = None) -> dict[str, float]:
         """The limit of each budgeted metric, in that metric's unit, keyed like ``Measurement.summary()``.
 
