@@ -220,9 +220,7 @@ def test_completions_with_stream_usage_and_the_tokenizer_check(url: str, script:
     script.stream_usage = True
     script.tokens = ["the", " model", " returns"]
     script.finish_reason = "length"
-    m = measure_endpoint(
-        url, PROMPTS, api="completions", max_new_tokens=3, warmup=0, repeats=1, tokenizer=tokenizer
-    )
+    m = measure_endpoint(url, PROMPTS, api="completions", max_new_tokens=3, warmup=0, repeats=1, tokenizer=tokenizer)
     assert all(not b.get("messages") and b["prompt"] in PROMPTS for b in script.bodies)
     assert all(b.get("stream") for b in script.bodies)  # usage came with the stream: no check requests
     counts = m.environment["token_counts"]
@@ -234,9 +232,7 @@ def test_completions_with_stream_usage_and_the_tokenizer_check(url: str, script:
     assert m.settings["apply_chat_template"] is False
 
 
-def test_disagreeing_counts_are_recorded_and_logged(
-    url: str, script: Script, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_disagreeing_counts_are_recorded_and_logged(url: str, script: Script, caplog: pytest.LogCaptureFixture) -> None:
     script.stream_usage = True
     script.usage_completion_tokens = 5  # the server says 5, the stream carried 3 chunks
     with caplog.at_level("WARNING", logger="ftcallback.endpoint"):
