@@ -299,7 +299,7 @@ class Measurement:
                     input_tokens=int(cols["input_tokens"][i]),
                     output_tokens=int(cols["output_tokens"][i]),
                     finished=bool(cols["finished"][i]),
-                    token_times_s=tuple(_fromjson_float(t) for t in token_times[i]),
+                    token_times_s=tuple(float_from_json(t) for t in token_times[i]),
                 )
                 for i in range(n)
             )

@@ -434,3 +434,46 @@ def test_real_server_under_concurrency(llama_server: str) -> None:
     assert all(0 < s.ttft_s <= s.latency_s for s in m.samples)
     goodput = Budget(latency_ms=60_000).goodput_of(m)
     assert goodput == 1.0
+
+
+# ----------------------------------------------------------------- the command line
+def test_cli_measure_endpoint_writes_a_file_compare_accepts(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ftcallback.cli import main
+
+    probe = tmp_path / "probe.txt"
+    probe.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / "served.json"
+    argv = ["measure", "--endpoint", url, "--prompts", str(probe), "--repeats", "2", "--warmup", "0"]
+    assert main([*argv, "--concurrency", "2", "--latency-ms", "60000", "--json", str(out), "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "goodput: 100% of requests within 60000 ms at concurrency 2" in printed
+    m = Measurement.load(out)
+    assert m.environment["backend"] == BACKEND and m.environment["concurrency"] == 2
+    assert len(m.samples) == 2 * len(PROMPTS)
+    assert main(["compare", str(out), str(out), "--max-latency-increase", "0.5", "-q"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["measure", "--prompts", "{probe}"], "MODEL is required, unless --endpoint URL"),
+        (["measure", "smollm2", "--prompts", "{probe}", "--concurrency", "2"], "--concurrency needs --endpoint"),
+        (["measure", "--endpoint", "{url}", "--prompts", "{probe}", "--batch-size", "2"], "use --concurrency"),
+        (["measure", "--endpoint", "{url}", "--prompts", "{probe}", "--chat"], "--chat does not apply"),
+        (["measure", "--endpoint", "{url}", "--prompts", "{probe}", "--timeout", "0"], "--timeout must be > 0"),
+        (["measure", "--endpoint", "http://127.0.0.1:{port}", "--prompts", "{probe}"], "connection refused"),
+    ],
+)
+def test_cli_endpoint_usage_errors(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from ftcallback.cli import main
+
+    probe = tmp_path / "probe.txt"
+    probe.write_text("\n".join(PROMPTS) + "\n")
+    values = {"probe": str(probe), "url": url, "port": str(_free_port())}
+    assert main([*(a.format(**values) for a in argv), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ftcallback: error: ") and message in err[0], err
