@@ -399,6 +399,8 @@ def smollm2_tokenizer() -> Any:
 
 
 REAL_PROMPTS = ["What is the capital of France?", "Name three colours."]
+# Raw text for /v1/completions: an instruct model given a bare question often ends at once.
+RAW_PROMPTS = ["The capital of France is", "Three primary colours are"]
 
 
 @pytest.mark.slow
@@ -406,8 +408,9 @@ REAL_PROMPTS = ["What is the capital of France?", "Name three colours."]
 def test_real_server_counts_agree_and_ttft_precedes_e2e(
     llama_server: str, smollm2_tokenizer: Any, api: str, tmp_path: Path
 ) -> None:
+    prompts = REAL_PROMPTS if api == "chat" else RAW_PROMPTS
     m = measure_endpoint(
-        llama_server, REAL_PROMPTS, api=api, max_new_tokens=12, warmup=1, repeats=2, tokenizer=smollm2_tokenizer
+        llama_server, prompts, api=api, max_new_tokens=12, warmup=1, repeats=2, tokenizer=smollm2_tokenizer
     )
     counts = m.environment["token_counts"]
     # llama-cpp-python 0.3.36 sends no usage in a stream: the tokenizer counts and the server's own usage
@@ -477,3 +480,19 @@ def test_cli_endpoint_usage_errors(
     assert main([*(a.format(**values) for a in argv), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ftcallback: error: ") and message in err[0], err
+
+
+@pytest.mark.slow
+def test_real_server_through_the_cli(llama_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from ftcallback.cli import main
+
+    probe = tmp_path / "probe.txt"
+    probe.write_text("\n".join(REAL_PROMPTS) + "\n")
+    out = tmp_path / "served.json"
+    argv = ["measure", "smollm2", "--endpoint", llama_server, "--prompts", str(probe), "--max-new-tokens", "8"]
+    assert main([*argv, "--repeats", "1", "--warmup", "0", "--json", str(out), "-q"]) == 0
+    m = Measurement.load(out)
+    assert m.environment["backend"] == BACKEND and m.environment["token_counts"]["disagreements"] == 0
+    assert m.environment["token_counts"]["output_source"] == "tokenizer"
+    assert main(["compare", str(out), str(out), "--max-token-increase", "0.2", "-q"]) == 0
+    assert "ship" in capsys.readouterr().out.lower()
