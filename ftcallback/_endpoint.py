@@ -421,6 +421,15 @@ class _Client:
                 f"POST {url} with \"stream\": true answered no server-sent events (Content-Type "
                 f"{content_type!r}); check that the server supports streaming as the OpenAI API does"
             )
+        if result.finish_reason is None:
+            # Every OpenAI-style stream ends its choice with a finish_reason; without one the server cut the
+            # response short, and its timing and length would be a fiction.
+            raise MeasurementError(
+                f"POST {url}: the stream ended without a finish_reason after {len(result.chunk_times)} text "
+                "events: the server cut the response short (llama-cpp-python's server does so to a stream "
+                "when another request arrives, unless started with --interrupt_requests False); check the "
+                "server's log, or measure with concurrency 1"
+            )
         return result
 
     # -------------------------------------------------------------- plumbing
@@ -557,8 +566,8 @@ class _TokenCounter:
         self.prompts = prompts
         self.chat = chat
         self.checks = checks
-        self.output_source = "chunks"
-        self.input_source = "unknown"
+        self.output_sources: dict[str, int] = {}
+        self.input_sources: dict[str, int] = {}
         self.compared = 0
         self.disagreements: list[dict[str, Any]] = []
         self.one_token_per_chunk = True
@@ -591,7 +600,7 @@ class _TokenCounter:
                 self.check_text_mismatches += 1
         source = next((s for s in ("usage", "tokenizer", "usage_nonstreamed") if s in outputs), "chunks")
         n_out = outputs.get(source, len(response.chunk_times))
-        self.output_source = source
+        self.output_sources[source] = self.output_sources.get(source, 0) + 1
         if len(outputs) > 1:
             self.compared += 1
             if len(set(outputs.values())) > 1:
@@ -600,13 +609,14 @@ class _TokenCounter:
             self.one_token_per_chunk = False
 
         if isinstance(usage.get("prompt_tokens"), int):
-            n_in, self.input_source = usage["prompt_tokens"], "usage"
+            n_in, in_source = usage["prompt_tokens"], "usage"
         elif isinstance(check_usage.get("prompt_tokens"), int):
-            n_in, self.input_source = check_usage["prompt_tokens"], "usage_nonstreamed"
+            n_in, in_source = check_usage["prompt_tokens"], "usage_nonstreamed"
         elif self.tokenizer is not None:
-            n_in, self.input_source = self._prompt_tokens(index), "tokenizer"
+            n_in, in_source = self._prompt_tokens(index), "tokenizer"
         else:
-            n_in = 0
+            n_in, in_source = 0, "unknown"
+        self.input_sources[in_source] = self.input_sources.get(in_source, 0) + 1
 
         reason = response.finish_reason
         finished = reason != "length" if reason else n_out < max_new_tokens
@@ -615,6 +625,11 @@ class _TokenCounter:
         # No text at all (an immediate stop): the first token is the end of the response.
         ttft = times[0] if times else end
         return RequestSample(index, repeat, end, ttft, n_in, n_out, finished, token_times_s=times)
+
+    @property
+    def output_source(self) -> str:
+        """Where output counts came from: usage, tokenizer, usage_nonstreamed or chunks; "mixed" when several."""
+        return _one_source(self.output_sources)
 
     def report(self) -> dict[str, Any]:
         if self.disagreements:
@@ -627,7 +642,8 @@ class _TokenCounter:
             )
         return {
             "output_source": self.output_source,
-            "input_source": self.input_source,
+            "input_source": _one_source(self.input_sources),
+            "output_sources": dict(self.output_sources),
             "compared": self.compared,
             "disagreements": len(self.disagreements),
             "disagreement_examples": self.disagreements[:_MAX_EXAMPLES],
@@ -637,6 +653,12 @@ class _TokenCounter:
 
 
 # ----------------------------------------------------------------- helpers
+def _one_source(counts: Mapping[str, int]) -> str:
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "mixed" if counts else "none"
+
+
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"`{name}` must be an int, got {type(value).__name__} ({value!r})")

@@ -296,6 +296,10 @@ def test_unreachable_server_names_url_and_what_to_check() -> None:
         ({"raw_stream": [b'data: {"error": {"message": "boom"}}\n\n']}, r"reported an error in the stream.*boom"),
         ({"raw_stream": [b'data: {"id": 1}\n\n']}, r"without 'choices'"),
         ({"raw_stream": [b"hello\n"]}, r"answered no server-sent events"),
+        (
+            {"raw_stream": [b'data: {"choices": [{"index": 0, "text": "a", "finish_reason": null}]}\n\n']},
+            r"stream ended without a finish_reason after 1 text events: the server cut the response short",
+        ),
     ],
 )
 def test_server_errors_are_clear(url: str, script: Script, change: dict[str, Any], match: str) -> None:
@@ -359,6 +363,8 @@ def llama_server() -> Iterator[str]:
     cmd = [
         sys.executable, "-m", "llama_cpp.server", "--model", str(folder / name),
         "--host", "127.0.0.1", "--port", str(port), "--n_threads", "1", "--n_ctx", "1024",
+        # By default it cuts a stream short when another request arrives: concurrency needs queueing instead.
+        "--interrupt_requests", "False",
     ]  # fmt: skip
     log = open(os.devnull, "wb")  # noqa: SIM115 - closed in the finaliser
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -434,7 +440,8 @@ def test_real_server_counts_agree_and_ttft_precedes_e2e(
 def test_real_server_under_concurrency(llama_server: str) -> None:
     m = measure_endpoint(llama_server, REAL_PROMPTS, max_new_tokens=8, warmup=0, repeats=1, concurrency=2)
     assert m.environment["concurrency"] == 2 and len(m.samples) == 2
-    assert all(0 < s.ttft_s <= s.latency_s for s in m.samples)
+    assert all(0 < s.ttft_s <= s.latency_s and s.output_tokens >= 1 for s in m.samples)
+    assert m.environment["token_counts"]["nonstreamed_text_mismatches"] == 0
     goodput = Budget(latency_ms=60_000).goodput_of(m)
     assert goodput == 1.0
 
