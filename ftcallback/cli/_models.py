@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._embedded import EMBEDDED_MODEL
 from .._errors import FTCallbackError, PromptError
+from .._probe import ProbeSpec
 from ._console import no_foreign_progress_bars
 from ._errors import UsageError, one_line
 
@@ -54,14 +55,10 @@ MEASURE_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """How a model is measured from the CLI (the arguments of :func:`ftcallback._measure.measure`)."""
+    """How a model is measured from the CLI: the probe (the same :class:`ProbeSpec` the callback uses) plus
+    how the model is loaded."""
 
-    prompts: list[str]
-    max_new_tokens: int
-    apply_chat_template: bool
-    repeats: int
-    warmup: int
-    batch_size: int
+    spec: ProbeSpec
     dtype: str
     device: str | None
 
@@ -157,22 +154,13 @@ def measure_model(name: str, settings: MeasureSettings) -> Measurement:
     logger.info(
         "measuring %s: %d prompts x %d repeats (+%d warm-up), max_new_tokens %d",
         name,
-        len(settings.prompts),
-        settings.repeats,
-        settings.warmup,
-        settings.max_new_tokens,
+        len(settings.spec.prompts),
+        settings.spec.repeats,
+        settings.spec.warmup,
+        settings.spec.max_new_tokens,
     )
     try:
-        m = measure(
-            model,
-            tokenizer,
-            settings.prompts,
-            max_new_tokens=settings.max_new_tokens,
-            warmup=settings.warmup,
-            repeats=settings.repeats,
-            batch_size=settings.batch_size,
-            apply_chat_template=settings.apply_chat_template,
-        )
+        m = measure(model, tokenizer, list(settings.spec.prompts), **settings.spec.measure_kwargs())
     finally:
         # The second model of a compare must not share memory (or the allocator's cache) with the first.
         del model, tokenizer
@@ -225,28 +213,31 @@ def measure_served(served: ServedSettings, settings: MeasureSettings) -> Measure
     if served.tokenizer is not None:
         check_model_name(served.tokenizer)
     tokenizer = _load_tokenizer(served.tokenizer) if served.tokenizer is not None else None
+    spec = settings.spec
     logger.info(
         "measuring %s (%s): %d prompts x %d repeats (+%d warm-up), max_new_tokens %d, concurrency %d",
         served.url,
         served.api,
-        len(settings.prompts),
-        settings.repeats,
-        settings.warmup,
-        settings.max_new_tokens,
+        len(spec.prompts),
+        spec.repeats,
+        spec.warmup,
+        spec.max_new_tokens,
         served.concurrency,
     )
     return measure_endpoint(
         served.url,
-        settings.prompts,
+        list(spec.prompts),
         model=served.served_model,
         api="chat" if served.api == "chat" else "completions",
-        max_new_tokens=settings.max_new_tokens,
-        warmup=settings.warmup,
-        repeats=settings.repeats,
+        max_new_tokens=spec.max_new_tokens,
+        generation_kwargs=dict(spec.generation_kwargs) or None,
+        warmup=spec.warmup,
+        repeats=spec.repeats,
         concurrency=served.concurrency,
         tokenizer=tokenizer,
         api_key=served.api_key,
         timeout_s=served.timeout_s,
+        num_sample_outputs=spec.num_sample_outputs,
     )
 
 
