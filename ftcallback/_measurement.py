@@ -13,7 +13,7 @@ import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,139 @@ from typing import Any
 from ._errors import BaselineError
 from ._stats import Stats, summarize
 
-__all__ = ["SCHEMA_VERSION", "Measurement", "RequestSample"]
+__all__ = ["COMPARABLE_FACTS", "SCHEMA_VERSION", "Incompatibility", "Measurement", "RequestSample"]
 
 #: Version of the JSON layout written by :meth:`Measurement.to_dict`. Bumped on incompatible changes.
 SCHEMA_VERSION = 1
 
-#: Settings that must agree between a baseline and a later measurement for a comparison to be fair.
-COMPARABLE_SETTINGS = ("prompts_sha256", "num_prompts", "max_new_tokens", "generation_kwargs", "apply_chat_template")
+#: Figures a difference can make incomparable: latency (with TTFT, TPOT, throughput) and output tokens (with cost).
+LATENCY, TOKENS = "latency", "tokens"
+
+_UNKNOWN: Any = object()  # a fact an older measurement file does not record: never called a difference
+
+
+@dataclass(frozen=True)
+class ComparableFact:
+    """One recorded fact that must agree between a baseline and a later measurement.
+
+    Attributes:
+        name: how the fact is named in an :class:`Incompatibility` (``"max_new_tokens"``, ``"decoding"``).
+        path: where it lives in :meth:`Measurement.to_dict` (``("settings", "max_new_tokens")``).
+        affects: the figures a difference makes incomparable (:data:`LATENCY`, :data:`TOKENS`).
+        tokens_unless_greedy: a difference also makes output tokens incomparable unless both sides decode
+            greedily (batching and retries leave greedy tokens alone but reseed sampling per batch).
+        missing: the value of a key an older file lacks; ``_UNKNOWN`` skips the comparison.
+    """
+
+    name: str
+    path: tuple[str, ...]
+    affects: frozenset[str]
+    tokens_unless_greedy: bool = False
+    missing: Any = _UNKNOWN
+
+
+_BOTH = frozenset({LATENCY, TOKENS})
+_LATENCY_ONLY = frozenset({LATENCY})
+
+#: The one list of what must agree for a comparison to be fair, and which figures a difference spoils.
+#: The rule: what the model is asked (prompts, length, decoding) and the numbers it computes in (dtype,
+#: autocast) change both latency and tokens; how it is run (batch size or an out-of-memory retry, compile,
+#: unmerged adapters, device, sharding) changes latency only, and output tokens too when decoding samples.
+#: Relative budgets over a spoiled figure are not evaluable (:func:`ftcallback._budget.evaluate`);
+#: absolute budgets still judge the measurement on its own.
+COMPARABLE_FACTS: tuple[ComparableFact, ...] = (
+    ComparableFact("prompts_sha256", ("settings", "prompts_sha256"), _BOTH, missing=None),
+    ComparableFact("num_prompts", ("settings", "num_prompts"), _BOTH, missing=None),
+    ComparableFact("max_new_tokens", ("settings", "max_new_tokens"), _BOTH, missing=None),
+    ComparableFact("generation_kwargs", ("settings", "generation_kwargs"), _BOTH, missing=None),
+    ComparableFact("apply_chat_template", ("settings", "apply_chat_template"), _BOTH, missing=None),
+    ComparableFact("decoding", ("decoding",), _BOTH),
+    ComparableFact("param_dtype", ("model", "param_dtype"), _BOTH),
+    ComparableFact("compute_dtype", ("model", "compute_dtype"), _BOTH),
+    ComparableFact("autocast", ("environment", "autocast"), _BOTH),
+    ComparableFact("batch_size", ("settings", "batch_size"), _LATENCY_ONLY, tokens_unless_greedy=True),
+    ComparableFact("retry", ("retry",), _LATENCY_ONLY, tokens_unless_greedy=True, missing=None),
+    ComparableFact("compile", ("model", "compile", "measured_compiled"), _LATENCY_ONLY),
+    ComparableFact("adapters", ("model", "adapters"), _LATENCY_ONLY),
+    ComparableFact("device", ("environment", "device_type"), _LATENCY_ONLY),
+    ComparableFact("device_name", ("environment", "device_name"), _LATENCY_ONLY),
+    ComparableFact("sharding_mode", ("environment", "sharding_mode"), _LATENCY_ONLY, missing=None),
+)
+
+#: The ``settings`` keys among :data:`COMPARABLE_FACTS` (the probe a baseline must share with a run).
+COMPARABLE_SETTINGS = tuple(f.path[1] for f in COMPARABLE_FACTS if f.path[0] == "settings")
+
+
+@dataclass(frozen=True)
+class Incompatibility:
+    """One difference between a baseline and a later measurement that makes some figures incomparable.
+
+    Attributes:
+        fact: the :class:`ComparableFact` name (``"decoding"``, ``"retry"``, ``"max_new_tokens"``, ...).
+        baseline: the baseline's value (JSON form).
+        current: the later measurement's value.
+        affects: the figures that cannot be compared: ``"latency"`` and/or ``"tokens"``.
+        message: one human sentence.
+    """
+
+    fact: str
+    baseline: Any
+    current: Any
+    affects: frozenset[str]
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fact": self.fact,
+            "baseline": self.baseline,
+            "current": self.current,
+            "affects": sorted(self.affects),
+            "message": self.message,
+        }
+
+
+def _lookup(data: Mapping[str, Any], path: Sequence[str], missing: Any) -> Any:
+    value: Any = data
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return missing
+        value = value[key]
+    return value
+
+
+def _show(fact: str, value: Any) -> str:
+    """A fact's value as a reader wants it in a sentence."""
+    if value is None:
+        return "none"
+    if fact == "decoding" and isinstance(value, Mapping):
+        params = ", ".join(f"{k}={v}" for k, v in (value.get("parameters") or {}).items())
+        return f"{value.get('mode')}" + (f" ({params})" if params else "")
+    if fact == "autocast" and isinstance(value, Mapping):
+        return f"on, {value.get('dtype')}" if value.get("enabled") else "off"
+    if fact == "compile":
+        return "compiled" if value else "not compiled"
+    if fact == "retry" and isinstance(value, Mapping):
+        changed = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in (value.get("changed") or {}).items())
+        return f"retried after {value.get('reason')} ({changed})"
+    if fact == "adapters" and isinstance(value, list):
+        if not value:
+            return "no adapters"
+        return "; ".join(
+            f"{a.get('type')} {a.get('name')} r={a.get('r')} {'merged' if a.get('merged') else 'unmerged'}"
+            for a in value
+        )
+    return repr(value)
+
+
+def _spoiled(affects: frozenset[str]) -> str:
+    if affects == _BOTH:
+        return "latency and output tokens are not comparable"
+    if affects == _LATENCY_ONLY:
+        return "latency is not comparable"
+    return "output tokens are not comparable"
 
 
 @dataclass(frozen=True)
@@ -80,6 +206,9 @@ class Measurement:
             ``repeats``, ``batch_size``, ``apply_chat_template``, ``num_prompts``, ``prompts_sha256``, ``seed``).
         model: what was measured (class, name or path, dtype, device, parameter count).
         environment: where (library versions, device name, autocast, generation mode).
+        decoding: the decoding generate really did: ``{"mode", "parameters", "ignored"}``
+            (:class:`ftcallback._execution.Decoding`).
+        retry: None, or what a retry changed: ``{"reason": "out_of_memory", "changed": {"batch_size": [4, 2]}}``.
         warmup_latencies_s: wall time of each untimed warm-up call, the first call apart.
         peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
         sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
@@ -97,6 +226,8 @@ class Measurement:
     settings: Mapping[str, Any] = field(default_factory=dict)
     model: Mapping[str, Any] = field(default_factory=dict)
     environment: Mapping[str, Any] = field(default_factory=dict)
+    decoding: Mapping[str, Any] = field(default_factory=dict)
+    retry: Mapping[str, Any] | None = None
     warmup_latencies_s: tuple[float, ...] = ()
     peak_memory_bytes: int | None = None
     sample_outputs: tuple[Mapping[str, Any], ...] = ()
@@ -203,25 +334,60 @@ class Measurement:
         )
 
     # ----------------------------------------------------------------- comparison
-    def incompatibilities(self, other: Measurement) -> list[str]:
-        """Settings that differ between ``self`` and ``other``, as readable lines (empty when comparable)."""
-        problems = []
-        for key in COMPARABLE_SETTINGS:
-            mine, theirs = self.settings.get(key), other.settings.get(key)
-            if mine != theirs:
-                problems.append(f"{key}: {theirs!r} here, {mine!r} in the baseline")
-        return problems
+    def incompatibilities(self, other: Measurement) -> list[Incompatibility]:
+        """What differs between this measurement (the baseline) and ``other``, per :data:`COMPARABLE_FACTS`.
+
+        Empty when the two are comparable. Each :class:`Incompatibility` says which figures it spoils;
+        a retry that changed the batch size is reported once, as the retry.
+        """
+        mine, theirs = self.to_dict(include_samples=False), other.to_dict(include_samples=False)
+        greedy = all(
+            (d.get("mode") if isinstance(d, Mapping) else "greedy") in ("greedy", None)
+            for d in (mine.get("decoding"), theirs.get("decoding"))
+        )
+        problems: list[Incompatibility] = []
+        for fact in COMPARABLE_FACTS:
+            base, new = _lookup(mine, fact.path, fact.missing), _lookup(theirs, fact.path, fact.missing)
+            if base is _UNKNOWN or new is _UNKNOWN or base == new:
+                continue
+            affects = fact.affects | ({TOKENS} if fact.tokens_unless_greedy and not greedy else set())
+            affects = frozenset(affects)
+            message = (
+                f"{fact.name}: {_show(fact.name, new)} here, {_show(fact.name, base)} in the baseline; "
+                f"{_spoiled(affects)}"
+            )
+            problems.append(Incompatibility(fact.name, base, new, affects, message))
+        retried = {k for r in (self.retry, other.retry) if r for k in (r.get("changed") or {})}
+        return [p for p in problems if not (p.fact in retried and any(q.fact == "retry" for q in problems))]
+
+    def with_retry(self, reason: str, **changed: tuple[Any, Any]) -> Measurement:
+        """This measurement marked as a retry: ``m.with_retry("out_of_memory", batch_size=(4, 2))``.
+
+        The retried measurement is recorded as it ran (its ``settings`` hold the new values); ``retry`` says
+        why and what changed, so a comparison with the baseline flags it (:meth:`incompatibilities`).
+        """
+        return replace(self, retry={"reason": reason, "changed": {k: [v[0], v[1]] for k, v in changed.items()}})
 
     # ----------------------------------------------------------------- JSON
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict with ``schema_version``; inverse of :meth:`from_dict`."""
+    def to_dict(self, *, include_samples: bool = True) -> dict[str, Any]:
+        """A JSON-serialisable dict with ``schema_version``; inverse of :meth:`from_dict`.
+
+        ``include_samples=False`` leaves out the raw samples and the summary (the record alone).
+        """
         cols = [f.name for f in fields(RequestSample)]
-        return {
+        record = {
             "schema_version": self.schema_version,
             "created_at": self.created_at,
             "settings": dict(self.settings),
             "model": dict(self.model),
             "environment": dict(self.environment),
+            "decoding": dict(self.decoding),
+            "retry": None if self.retry is None else dict(self.retry),
+        }
+        if not include_samples:
+            return record
+        return {
+            **record,
             "wall_time_s": json_float(self.wall_time_s),
             "warmup_latencies_s": [json_float(v) for v in self.warmup_latencies_s],
             "peak_memory_bytes": self.peak_memory_bytes,
@@ -264,8 +430,10 @@ class Measurement:
             return cls(
                 samples=samples,
                 settings=dict(data.get("settings", {})),
-                model=dict(data.get("model", {})),
+                model=_model_record(data.get("model", {})),
                 environment=dict(data.get("environment", {})),
+                decoding=dict(data.get("decoding") or {}),
+                retry=None if data.get("retry") is None else dict(data["retry"]),
                 warmup_latencies_s=tuple(_fromjson_float(v) for v in data.get("warmup_latencies_s", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
@@ -300,6 +468,14 @@ class Measurement:
             return cls.from_dict(data)
         except BaselineError as exc:
             raise BaselineError(f"{what} {str(path)!r}: {exc}") from exc
+
+
+def _model_record(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``model`` record, with the parameter dtype of files older than ``param_dtype`` under its new name."""
+    out = dict(model)
+    if "dtype" in out and "param_dtype" not in out:
+        out["param_dtype"] = out.pop("dtype")
+    return out
 
 
 def json_float(value: Any) -> Any:
