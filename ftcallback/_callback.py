@@ -26,6 +26,7 @@ from transformers.trainer_callback import ExportableState
 from . import _distributed as distributed
 from ._budget import Budget, BudgetCheck, Verdict, evaluate
 from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
+from ._execution import describe_decoding
 from ._measure import check_generation_kwargs, measure, validate_probe
 from ._measurement import Measurement
 from ._prompts import load_prompts, prompts_sha256, resolve_tokenizer
@@ -155,6 +156,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self.generation_kwargs = dict(generation_kwargs or {})
         # Now, not at the first check: with a given baseline that check comes after an epoch of training.
         check_generation_kwargs(self.generation_kwargs)
+        # Flags that have no effect (temperature without do_sample=True) are said once, here.
+        describe_decoding(None, self.generation_kwargs).warn()
         self.warmup = _positive_int("warmup", warmup, minimum=0)
         self.repeats = _positive_int("repeats", repeats)
         self.batch_size = _positive_int("batch_size", batch_size)
@@ -180,6 +183,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._consecutive_breaches = 0
         self._last_check_step: int | None = None
         self._started_at = 0.0
+        self._trained_compiled: bool | None = None
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
 
@@ -277,6 +281,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         model = kwargs.get("model")
         self._started_at = time.time()
+        # The Trainer trains a compiled module but hands callbacks the original: say so in every record.
+        self._trained_compiled = bool(getattr(args, "torch_compile", False))
         # User errors surface here, before any optimizer step, on every rank.
         if model is None:
             raise ModelError("EfficiencyCallback got no model from the Trainer")
@@ -464,6 +470,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 num_sample_outputs=self.num_sample_outputs,
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
+                trained_compiled=self._trained_compiled,
+                warn_ignored=False,
             )
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
@@ -482,7 +490,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 exc,
                 smaller,
             )
-            return self._measure_once(model, smaller, beat, mode)
+            return self._measure_once(model, smaller, beat, mode).with_retry(
+                "out_of_memory", batch_size=(self.batch_size, smaller)
+            )
 
     def _measure_and_decide(
         self,
