@@ -43,6 +43,7 @@ class ComparableFact:
         tokens_unless_greedy: a difference also makes output tokens incomparable unless both sides decode
             greedily (batching and retries leave greedy tokens alone but reseed sampling per batch).
         missing: the value of a key an older file lacks; ``_UNKNOWN`` skips the comparison.
+        keys: for a fact that is an object, the keys that matter (``autocast``'s ``source`` does not).
     """
 
     name: str
@@ -50,6 +51,15 @@ class ComparableFact:
     affects: frozenset[str]
     tokens_unless_greedy: bool = False
     missing: Any = _UNKNOWN
+    keys: tuple[str, ...] | None = None
+
+    def value(self, record: Mapping[str, Any]) -> Any:
+        """This fact's value in a :meth:`Measurement.to_dict` record (``_UNKNOWN`` when not recorded)."""
+        value = _lookup(record, self.path, self.missing)
+        if self.keys is not None and isinstance(value, Mapping):
+            # An empty object is what an older file reads back as: not recorded, not a difference.
+            return {k: value.get(k) for k in self.keys} if value else _UNKNOWN
+        return value
 
 
 _BOTH = frozenset({LATENCY, TOKENS})
@@ -67,10 +77,10 @@ COMPARABLE_FACTS: tuple[ComparableFact, ...] = (
     ComparableFact("max_new_tokens", ("settings", "max_new_tokens"), _BOTH, missing=None),
     ComparableFact("generation_kwargs", ("settings", "generation_kwargs"), _BOTH, missing=None),
     ComparableFact("apply_chat_template", ("settings", "apply_chat_template"), _BOTH, missing=None),
-    ComparableFact("decoding", ("decoding",), _BOTH),
+    ComparableFact("decoding", ("decoding",), _BOTH, keys=("mode", "parameters")),  # ignored flags change nothing
     ComparableFact("param_dtype", ("model", "param_dtype"), _BOTH),
     ComparableFact("compute_dtype", ("model", "compute_dtype"), _BOTH),
-    ComparableFact("autocast", ("environment", "autocast"), _BOTH),
+    ComparableFact("autocast", ("environment", "autocast"), _BOTH, keys=("enabled", "dtype")),
     ComparableFact("batch_size", ("settings", "batch_size"), _LATENCY_ONLY, tokens_unless_greedy=True),
     ComparableFact("retry", ("retry",), _LATENCY_ONLY, tokens_unless_greedy=True, missing=None),
     ComparableFact("compile", ("model", "compile", "measured_compiled"), _LATENCY_ONLY),
@@ -347,7 +357,7 @@ class Measurement:
         )
         problems: list[Incompatibility] = []
         for fact in COMPARABLE_FACTS:
-            base, new = _lookup(mine, fact.path, fact.missing), _lookup(theirs, fact.path, fact.missing)
+            base, new = fact.value(mine), fact.value(theirs)
             if base is _UNKNOWN or new is _UNKNOWN or base == new:
                 continue
             affects = fact.affects | ({TOKENS} if fact.tokens_unless_greedy and not greedy else set())

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from helpers_training import PROBE, make_trainer, plain_dataset, training_args
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ftcallback import Budget, EfficiencyCallback
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
-
-from helpers_training import PROBE, make_trainer, plain_dataset, training_args
 
 
 class OutOfMemoryOnce(TrainerCallback):

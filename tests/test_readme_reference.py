@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers_record import full_run, lora_gpt2
+from helpers_training import PROBE
 
 from ftcallback import measure
 from ftcallback.testing import tiny_tokenizer
-from helpers_record import full_run, lora_gpt2
-from helpers_training import PROBE
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
