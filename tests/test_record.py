@@ -21,6 +21,7 @@ from transformers import GenerationConfig, TrainerCallback, TrainerControl, Trai
 from ftcallback import Budget, EfficiencyCallback, compare, evaluate, measure
 from ftcallback._execution import describe_decoding
 from ftcallback._measurement import COMPARABLE_FACTS, Incompatibility, Measurement, RequestSample
+from ftcallback._report import RunReport, format_checks_table
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 FAST: dict[str, Any] = {"max_new_tokens": 3, "warmup": 0, "repeats": 2}
@@ -147,6 +148,10 @@ def test_a_check_retried_after_out_of_memory_says_so_and_its_latency_is_not_judg
     assert verdict["max_latency_increase"]["passed"] is None
     assert "out_of_memory" in verdict["max_latency_increase"]["detail"]
     assert verdict["max_token_increase"]["passed"] is True  # greedy tokens do not depend on the batch
+    # `ftcallback report` says so under its table.
+    table = format_checks_table(RunReport.from_dict(report), width=100)
+    assert "not comparable with the baseline (relative budgets over these figures not evaluable):" in table
+    assert "  - epoch 1.00 (step 1): retry: retried after out_of_memory (batch_size 4 -> 2) here" in table
 
 
 # ----------------------------------------------------------------- decoding, unit by unit
