@@ -26,13 +26,21 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
-from ._measurement import Measurement, json_float
-from ._stats import paired_ratio
+from ._format import metric_value, percent_change
+from ._json import float_from_json, json_float
+
+if TYPE_CHECKING:
+    from ._measurement import Measurement
+
+# `_measurement` and `_stats` pull in numpy: `_stats` is imported where used, so that the CLI can build
+# its budget flags from this module without paying for numpy (``ftcallback --help`` stays instant).
 
 __all__ = ["LATENCY_STATS", "Budget", "BudgetCheck", "Verdict", "evaluate"]
 
@@ -286,39 +294,59 @@ class Budget:
             )
         return cls(**{k: v for k, v in data.items() if v is not None})
 
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Budget:
+        """Read a budget from a ``.toml`` or ``.json`` file whose keys are this class's field names.
+
+        A TOML file may also hold the fields under a ``[budget]`` table.
+
+        Args:
+            path: the file; its suffix decides the format.
+
+        Raises:
+            ConfigError: the file cannot be read or parsed, or a field is unknown or invalid; the
+                message names the file and the field.
+
+        Example:
+            >>> import pathlib, tempfile
+            >>> f = pathlib.Path(tempfile.mkdtemp()) / "budget.toml"
+            >>> _ = f.write_text("max_token_increase = 0.2\\nlatency_ms = 400\\n")
+            >>> Budget.from_file(f)
+            Budget(latency_ms=400.0, latency_stat='p95', max_token_increase=0.2)
+        """
+        file = Path(path)
+        suffix = file.suffix.lower()
+        if suffix not in (".toml", ".json"):
+            raise ConfigError(f"budget file {str(file)!r} must end with .toml or .json, got {suffix or 'no suffix'!r}")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot read budget file {str(file)!r}: {reason}") from exc
+        try:
+            if suffix == ".toml":
+                import tomllib
+
+                data: Any = tomllib.loads(text)
+                if set(data) == {"budget"} and isinstance(data["budget"], Mapping):
+                    data = data["budget"]
+            else:
+                import json
+
+                data = json.loads(text)
+        except ValueError as exc:  # tomllib.TOMLDecodeError and json.JSONDecodeError are ValueErrors
+            raise ConfigError(f"budget file {str(file)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"budget file {str(file)!r}: {exc}") from exc
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"Budget({inner})"
 
 
 # --------------------------------------------------------------------- checks
-def _fromjson_float(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _fmt(metric: str, value: float | None) -> str:
-    """A metric's value as log text: money with 4 significant digits, everything else with 1 decimal."""
-    if value is None or not math.isfinite(value):
-        return "nan" if value is None or math.isnan(value) else str(value)
-    if "cost" in metric:
-        return _significant(value, 4)
-    return f"{value:.1f}"
-
-
-def _significant(value: float, digits: int) -> str:
-    """``value`` with ``digits`` significant digits as a plain number (no exponent: costs are tiny)."""
-    if value == 0:
-        return "0"
-    decimals = digits - 1 - math.floor(math.log10(abs(value)))
-    if decimals > 0:
-        return f"{value:.{decimals}f}"
-    return f"{round(value, decimals):.0f}"
-
-
-def _pct(ratio: float) -> str:
-    return f"{(ratio - 1.0) * 100:+.0f}%"
-
-
 @dataclass(frozen=True)
 class BudgetCheck:
     """The outcome of one budget against one measurement.
@@ -369,14 +397,14 @@ class BudgetCheck:
         ratio = self.ratio
         if ratio is None and self.baseline > 0 and math.isfinite(self.value):
             ratio = self.value / self.baseline
-        change = f", {_pct(ratio)}" if ratio is not None and math.isfinite(ratio) else ""
-        return f" (baseline {_fmt(self.metric, self.baseline)}{change})"
+        change = f", {percent_change(ratio - 1.0)}" if ratio is not None and math.isfinite(ratio) else ""
+        return f" (baseline {metric_value(self.metric, self.baseline)}{change})"
 
     def describe(self) -> str:
         """One line for the log: ``output_tokens_mean 57.0 exceeds budget 44.4 (baseline 37.0, +54%)``."""
         if self.passed is None:
             return f"{self.metric} not evaluable: {self.detail or 'unknown reason'}"
-        value, limit = _fmt(self.metric, self.value), _fmt(self.metric, self.limit)
+        value, limit = metric_value(self.metric, self.value), metric_value(self.metric, self.limit)
         if self.passed is False:
             return f"{self.metric} {value} exceeds budget {limit}{self._vs_baseline()}"
         text = f"{self.metric} {value} within budget {limit}{self._vs_baseline()}"
@@ -413,15 +441,15 @@ class BudgetCheck:
             return cls(
                 budget=str(data["budget"]),
                 metric=str(data["metric"]),
-                value=_fromjson_float(data["value"]),
-                limit=_fromjson_float(data["limit"]),
+                value=float_from_json(data["value"]),
+                limit=float_from_json(data["limit"]),
                 baseline=None if baseline is None else float(baseline),
                 passed=None if passed is None else bool(passed),
                 detail=str(data.get("detail", "")),
                 ratio=None if ratio is None else float(ratio),
                 interval=None
                 if interval is None
-                else (_fromjson_float(interval[0]), _fromjson_float(interval[1])),
+                else (float_from_json(interval[0]), float_from_json(interval[1])),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ConfigError(f"not a budget check: {type(exc).__name__}: {exc}") from exc
@@ -518,7 +546,7 @@ def _relative(
     if not math.isfinite(value):
         return BudgetCheck(budget_field, metric, value, limit, base, None, f"value is {value}")
     ratio = value / base
-    detail = f"{what} {_fmt(metric, value)} vs baseline {_fmt(metric, base)} (x{ratio:.3f})"
+    detail = f"{what} {metric_value(metric, value)} vs baseline {metric_value(metric, base)} (x{ratio:.3f})"
     return BudgetCheck(budget_field, metric, value, limit, base, value <= limit, detail, ratio)
 
 
@@ -534,6 +562,8 @@ def _relative_latency(
     if not math.isfinite(base) or base <= 0:
         why = "baseline is zero" if base == 0 else f"baseline is {base}"
         return BudgetCheck("max_latency_increase", metric, observed, limit, base, None, why)
+    from ._stats import paired_ratio
+
     est = paired_ratio(
         baseline.per_prompt("latency_s"), measurement.per_prompt("latency_s"), confidence=budget.confidence
     )
@@ -640,7 +670,7 @@ _RELATIVE_FIGURES = {"max_latency_increase": "latency", "max_token_increase": "t
 def _not_comparable(checks: list[BudgetCheck], baseline: Measurement, measurement: Measurement) -> list[BudgetCheck]:
     """Relative checks over a figure the two measurements cannot compare, turned not evaluable.
 
-    Which difference spoils which figure is decided in one place, :data:`ftcallback._measurement.COMPARABLE_FACTS`
+    Which difference spoils which figure is decided in one place, :func:`ftcallback._measurement.comparable_facts`
     (a retried check's latency never meets the baseline's; its greedy tokens still do).
     """
     differences = baseline.incompatibilities(measurement)

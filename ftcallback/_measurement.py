@@ -8,10 +8,9 @@ and reused.
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -19,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import BaselineError
+from ._json import float_from_json, json_float, jsonable, read_json, write_json_atomic
 from ._stats import Stats, summarize
 
-__all__ = ["COMPARABLE_FACTS", "SCHEMA_VERSION", "Incompatibility", "Measurement", "RequestSample"]
+__all__ = ["RECORD_FACTS", "SCHEMA_VERSION", "comparable_facts", "Incompatibility", "Measurement", "RequestSample"]
 
 #: Version of the JSON layout written by :meth:`Measurement.to_dict`. Bumped on incompatible changes.
 SCHEMA_VERSION = 1
@@ -56,6 +56,8 @@ class ComparableFact:
     def value(self, record: Mapping[str, Any]) -> Any:
         """This fact's value in a :meth:`Measurement.to_dict` record (``_UNKNOWN`` when not recorded)."""
         value = _lookup(record, self.path, self.missing)
+        if self.path == ("settings", "generation_kwargs") and value is not _UNKNOWN:
+            value = jsonable(value or {})  # older files may hold an unnormalised form
         if self.keys is not None and isinstance(value, Mapping):
             # An empty object is what an older file reads back as: not recorded, not a difference.
             return {k: value.get(k) for k in self.keys} if value else _UNKNOWN
@@ -65,23 +67,19 @@ class ComparableFact:
 _BOTH = frozenset({LATENCY, TOKENS})
 _LATENCY_ONLY = frozenset({LATENCY})
 
-#: The one list of what must agree for a comparison to be fair, and which figures a difference spoils.
-#: The rule: what the model is asked (prompts, length, decoding) and the numbers it computes in (dtype,
-#: autocast) change both latency and tokens; how it is run (batch size or an out-of-memory retry, compile,
-#: unmerged adapters, device, sharding) changes latency only, and output tokens too when decoding samples.
-#: Relative budgets over a spoiled figure are not evaluable (:func:`ftcallback._budget.evaluate`);
-#: absolute budgets still judge the measurement on its own.
-COMPARABLE_FACTS: tuple[ComparableFact, ...] = (
-    ComparableFact("prompts_sha256", ("settings", "prompts_sha256"), _BOTH, missing=None),
-    ComparableFact("num_prompts", ("settings", "num_prompts"), _BOTH, missing=None),
-    ComparableFact("max_new_tokens", ("settings", "max_new_tokens"), _BOTH, missing=None),
-    ComparableFact("generation_kwargs", ("settings", "generation_kwargs"), _BOTH, missing=None),
-    ComparableFact("apply_chat_template", ("settings", "apply_chat_template"), _BOTH, missing=None),
+#: What must agree for a comparison to be fair beyond the probe's settings, and which figures a difference
+#: spoils. The rule: what the model is asked (the probe's settings, the decoding) and the numbers it computes
+#: in (dtypes, autocast) change both latency and tokens; how it is run (batch size or an out-of-memory retry,
+#: compile, adapters and their merged state, device, sharding) changes latency only, and output tokens too
+#: when decoding samples. Relative budgets over a spoiled figure are not evaluable
+#: (:func:`ftcallback._budget.evaluate`); absolute budgets still judge the measurement on its own.
+#: The settings rows come from :mod:`ftcallback._probe` (``COMPARABLE_SETTINGS``, ``LATENCY_SETTINGS``):
+#: see :func:`comparable_facts` for the whole list.
+RECORD_FACTS: tuple[ComparableFact, ...] = (
     ComparableFact("decoding", ("decoding",), _BOTH, keys=("mode", "parameters")),  # ignored flags change nothing
     ComparableFact("param_dtype", ("model", "param_dtype"), _BOTH),
     ComparableFact("compute_dtype", ("model", "compute_dtype"), _BOTH),
     ComparableFact("autocast", ("environment", "autocast"), _BOTH, keys=("enabled", "dtype")),
-    ComparableFact("batch_size", ("settings", "batch_size"), _LATENCY_ONLY, tokens_unless_greedy=True),
     ComparableFact("retry", ("retry",), _LATENCY_ONLY, tokens_unless_greedy=True, missing=None),
     ComparableFact("compile", ("model", "compile", "measured_compiled"), _LATENCY_ONLY),
     ComparableFact("adapters", ("model", "adapters"), _LATENCY_ONLY),
@@ -90,8 +88,25 @@ COMPARABLE_FACTS: tuple[ComparableFact, ...] = (
     ComparableFact("sharding_mode", ("environment", "sharding_mode"), _LATENCY_ONLY, missing=None),
 )
 
-#: The ``settings`` keys among :data:`COMPARABLE_FACTS` (the probe a baseline must share with a run).
-COMPARABLE_SETTINGS = tuple(f.path[1] for f in COMPARABLE_FACTS if f.path[0] == "settings")
+
+@functools.cache
+def comparable_facts() -> tuple[ComparableFact, ...]:
+    """Every fact that must agree between a baseline and a later measurement, in the order reported.
+
+    The probe's settings first (:data:`ftcallback._probe.COMPARABLE_SETTINGS` spoil both figures,
+    :data:`ftcallback._probe.LATENCY_SETTINGS` latency, and tokens too under sampling), then
+    :data:`RECORD_FACTS`.
+    """
+    from ._probe import COMPARABLE_SETTINGS, LATENCY_SETTINGS  # _probe imports _prompts; keep this module light
+
+    return (
+        *(ComparableFact(k, ("settings", k), _BOTH, missing=None) for k in COMPARABLE_SETTINGS),
+        *(
+            ComparableFact(k, ("settings", k), _LATENCY_ONLY, tokens_unless_greedy=True, missing=None)
+            for k in LATENCY_SETTINGS
+        ),
+        *RECORD_FACTS,
+    )
 
 
 @dataclass(frozen=True)
@@ -345,7 +360,7 @@ class Measurement:
 
     # ----------------------------------------------------------------- comparison
     def incompatibilities(self, other: Measurement) -> list[Incompatibility]:
-        """What differs between this measurement (the baseline) and ``other``, per :data:`COMPARABLE_FACTS`.
+        """What differs between this measurement (the baseline) and ``other``, per :func:`comparable_facts`.
 
         Empty when the two are comparable. Each :class:`Incompatibility` says which figures it spoils;
         a retry that changed the batch size is reported once, as the retry.
@@ -356,14 +371,14 @@ class Measurement:
             for d in (mine.get("decoding"), theirs.get("decoding"))
         )
         problems: list[Incompatibility] = []
-        for fact in COMPARABLE_FACTS:
+        for fact in comparable_facts():
             base, new = fact.value(mine), fact.value(theirs)
             if base is _UNKNOWN or new is _UNKNOWN or base == new:
                 continue
             affects = fact.affects | ({TOKENS} if fact.tokens_unless_greedy and not greedy else set())
             affects = frozenset(affects)
             message = (
-                f"{fact.name}: {_show(fact.name, new)} here, {_show(fact.name, base)} in the baseline; "
+                f"{fact.name} is {_show(fact.name, base)} in the baseline but {_show(fact.name, new)} here; "
                 f"{_spoiled(affects)}"
             )
             problems.append(Incompatibility(fact.name, base, new, affects, message))
@@ -429,8 +444,8 @@ class Measurement:
                 RequestSample(
                     prompt_index=int(cols["prompt_index"][i]),
                     repeat=int(cols["repeat"][i]),
-                    latency_s=_fromjson_float(cols["latency_s"][i]),
-                    ttft_s=_fromjson_float(cols["ttft_s"][i]),
+                    latency_s=float_from_json(cols["latency_s"][i]),
+                    ttft_s=float_from_json(cols["ttft_s"][i]),
                     input_tokens=int(cols["input_tokens"][i]),
                     output_tokens=int(cols["output_tokens"][i]),
                     finished=bool(cols["finished"][i]),
@@ -444,10 +459,10 @@ class Measurement:
                 environment=dict(data.get("environment", {})),
                 decoding=dict(data.get("decoding") or {}),
                 retry=None if data.get("retry") is None else dict(data["retry"]),
-                warmup_latencies_s=tuple(_fromjson_float(v) for v in data.get("warmup_latencies_s", [])),
+                warmup_latencies_s=tuple(float_from_json(v) for v in data.get("warmup_latencies_s", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
-                wall_time_s=_fromjson_float(data.get("wall_time_s")),
+                wall_time_s=float_from_json(data.get("wall_time_s")),
                 created_at=str(data.get("created_at", "")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -486,50 +501,3 @@ def _model_record(model: Mapping[str, Any]) -> dict[str, Any]:
     if "dtype" in out and "param_dtype" not in out:
         out["param_dtype"] = out.pop("dtype")
     return out
-
-
-def json_float(value: Any) -> Any:
-    """JSON has no NaN or infinity: write them as null (or a string for infinities)."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-    return value
-
-
-def _fromjson_float(value: Any) -> float:
-    if value is None:
-        return math.nan
-    return float(value)
-
-
-def read_json(path: Path, *, what: str, error: type[Exception]) -> Any:
-    """Parse the JSON file at ``path``; a missing, unreadable or invalid file raises ``error`` in one line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise error(f"{what} {str(path)!r} is not valid JSON: {exc}") from exc
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

@@ -20,7 +20,7 @@ from transformers import GenerationConfig, TrainerCallback, TrainerControl, Trai
 
 from ftcallback import Budget, EfficiencyCallback, compare, evaluate, measure
 from ftcallback._execution import describe_decoding
-from ftcallback._measurement import COMPARABLE_FACTS, Incompatibility, Measurement, RequestSample
+from ftcallback._measurement import Incompatibility, Measurement, RequestSample, comparable_facts
 from ftcallback._report import RunReport, format_checks_table
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
@@ -151,7 +151,7 @@ def test_a_check_retried_after_out_of_memory_says_so_and_its_latency_is_not_judg
     # `ftcallback report` says so under its table.
     table = format_checks_table(RunReport.from_dict(report), width=100)
     assert "not comparable with the baseline (relative budgets over these figures not evaluable):" in table
-    assert "  - epoch 1.00 (step 1): retry: retried after out_of_memory (batch_size 4 -> 2) here" in table
+    assert "  - epoch 1.00 (step 1): retry is none in the baseline but retried after out_of_memory" in table
 
 
 # ----------------------------------------------------------------- decoding, unit by unit
@@ -233,7 +233,7 @@ def test_each_difference_is_named_with_the_figures_it_spoils(change, fact, affec
     differences = make().incompatibilities(make(**change))
     assert [d.fact for d in differences] == [fact]
     assert differences[0].affects == affects
-    assert differences[0].message.startswith(f"{fact}: ") and "in the baseline" in differences[0].message
+    assert differences[0].message.startswith(f"{fact} is ") and "in the baseline" in differences[0].message
     assert make(**change).incompatibilities(make(**change)) == []
 
 
@@ -259,7 +259,9 @@ def test_relative_budgets_over_a_spoiled_figure_are_not_evaluable_absolute_ones_
     retried = make(settings={"batch_size": 2}).with_retry("out_of_memory", batch_size=(4, 2))
     verdict = {c.budget: c for c in evaluate(budget, retried, make()).checks}
     assert verdict["max_latency_increase"].passed is None
-    assert verdict["max_latency_increase"].detail.startswith("not comparable with the baseline: retry:")
+    assert verdict["max_latency_increase"].detail.startswith(
+        "not comparable with the baseline: retry is none in the baseline but retried after out_of_memory"
+    )
     assert verdict["max_token_increase"].passed is True
     assert verdict["latency_ms"].passed is False  # 500 ms > 100 ms: the SLA judges the measurement itself
     comparison = compare(make(), retried, budget)
@@ -287,8 +289,11 @@ def test_record_round_trips_through_json():
 
 
 def test_comparable_facts_are_one_list_with_unique_names():
-    names = [f.name for f in COMPARABLE_FACTS]
+    from ftcallback._probe import COMPARABLE_SETTINGS, LATENCY_SETTINGS
+
+    names = [f.name for f in comparable_facts()]
     assert len(names) == len(set(names))
     assert {"decoding", "compute_dtype", "autocast", "compile", "adapters", "device", "sharding_mode", "retry"} <= set(
         names
     )
+    assert {*COMPARABLE_SETTINGS, *LATENCY_SETTINGS} <= set(names)  # the probe's settings, from _probe

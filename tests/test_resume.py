@@ -11,6 +11,7 @@ Output lengths are forced through the logits, so every breach is deterministic: 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -18,8 +19,8 @@ import shutil
 import pytest
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
 
-from ftcallback import Budget, EfficiencyCallback
-from ftcallback import callback as callback_module
+from ftcallback import Budget, ConfigError, EfficiencyCallback
+from ftcallback import _callback as callback_module
 from ftcallback._report import RunReport, report_path
 from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
 
@@ -158,6 +159,10 @@ def _assert_resumed_and_stopped(trainer, out, baseline_before):
     assert cb.report.checks[-1].ratios["output_tokens_ratio"] == pytest.approx(MAX_NEW_TOKENS)
     on_disk = RunReport.load(report_path(out))
     assert [c.kind for c in on_disk.checks] == ["baseline", "epoch", "epoch"]
+    # Nothing recorded before the interruption is lost: every check keeps its raw samples, and the
+    # checkpoint the run resumed from is still listed (it was saved before its own callback state was).
+    assert all(c.measurement is not None and c.measurement["samples"] for c in on_disk.checks)
+    assert [c["step"] for c in on_disk.checkpoints] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     assert on_disk.stopped["step"] == 2 * STEPS_PER_EPOCH
     return cb
 
@@ -178,7 +183,7 @@ def test_resume_with_restored_callback_state(interrupted_run, count_measurements
     ) in caplog.record_tuples
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved = state["stateful_callbacks"]["EfficiencyCallback"]
-    assert saved["attributes"]["_consecutive_breaches"] == 1
+    assert saved["attributes"]["_saved_report"]["checks"][-1]["consecutive_breaches"] == 1
     assert saved["args"]["prompts"] == PROMPTS and saved["args"]["patience"] == 2
 
 
@@ -216,7 +221,7 @@ def test_resume_without_any_saved_baseline_says_it_measures_the_trained_model(
         m for name, level, m in caplog.record_tuples if level == logging.WARNING and name == "ftcallback"
     ]
     assert any(
-        m.startswith("resuming at step 2 without a saved baseline (cannot read report")
+        m.startswith("resuming at step 2 without a saved baseline matching this probe (no readable report)")
         and m.endswith(
             "measuring the partly trained model as the baseline; pass `baseline=` or use "
             "restore_callback_states_from_checkpoint=True to keep the original one"
@@ -229,3 +234,58 @@ def test_resume_without_any_saved_baseline_says_it_measures_the_trained_model(
     assert trainer.state.global_step == EPOCHS * STEPS_PER_EPOCH
     assert cb.report.stopped is None
     assert len(count_measurements) == 1 + (EPOCHS - 1)
+
+
+def _comparable(report: RunReport) -> list:
+    """What an uninterrupted run and a resumed one must agree on (timings differ between any two runs)."""
+    return [
+        (c.kind, c.step, c.breached, c.consecutive_breaches, c.summary["output_tokens_mean"], c.measurement is not None)
+        for c in report.checks
+    ]
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_a_resumed_report_equals_the_uninterrupted_one(tmp_path, interrupted_run, restore):
+    out, checkpoint, _ = interrupted_run
+    trainer, _ = _trainer(out, restore=restore)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    resumed = RunReport.load(report_path(out))
+
+    straight_out = tmp_path / "straight"
+    trainer, _ = _trainer(straight_out, restore=False)
+    trainer.train()
+    straight = RunReport.load(report_path(straight_out))
+
+    assert _comparable(resumed) == _comparable(straight)
+    assert [(c["step"], c["within_budget"]) for c in resumed.checkpoints] == [
+        (c["step"], c["within_budget"]) for c in straight.checkpoints
+    ]
+    assert resumed.stopped["message"] == straight.stopped["message"]
+
+
+def test_on_restore_this_runs_budget_wins_and_says_so(interrupted_run, caplog):
+    out, checkpoint, _ = interrupted_run
+    trainer, _ = _trainer(out, restore=True)
+    given = _efficiency(trainer)
+    given.budget = Budget(max_token_increase=10.0)  # looser than the checkpoint's 1.0: epoch 2 stays within
+    with caplog.at_level(logging.WARNING, logger="ftcallback"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    cb = _efficiency(trainer)
+    assert cb is not given and cb.budget == given.budget
+    assert cb.report.budget == given.budget.to_dict()
+    assert trainer.state.global_step == EPOCHS * STEPS_PER_EPOCH  # never stopped: the new budget was used
+    assert (
+        "ftcallback",
+        logging.WARNING,
+        f"resuming: EfficiencyCallback argument `budget` is {Budget(max_token_increase=1.0).to_dict()!r} in the "
+        f"checkpoint and {given.budget.to_dict()!r} in this run; using this run's value",
+    ) in caplog.record_tuples
+
+
+def test_on_restore_another_probe_is_refused(interrupted_run):
+    out, checkpoint, _ = interrupted_run
+    trainer, _ = _trainer(out, restore=True)
+    given = _efficiency(trainer)
+    given.spec = dataclasses.replace(given.spec, max_new_tokens=MAX_NEW_TOKENS + 1)
+    with pytest.raises(ConfigError, match=r"max_new_tokens: 4 in the checkpoint, 5 now\): its baseline cannot"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))

@@ -79,7 +79,7 @@ def _baseline_for(cb: EfficiencyCallback, **settings_override) -> Measurement:
         for i in range(len(cb.prompts))
         for r in range(2)
     )
-    return Measurement(samples=samples, settings={**cb.probe_settings(), **settings_override})
+    return Measurement(samples=samples, settings={**cb.spec.settings(), **settings_override})
 
 
 # ----------------------------------------------------------------- prompts (construction)
@@ -211,9 +211,11 @@ def test_bad_budget_fails_at_construction(budget, match):
         ({"num_sample_outputs": -1}, r"`num_sample_outputs` must be an integer >= 0"),
         ({"stop_training": "yes"}, r"`stop_training` must be True or False, got 'yes'"),
         (
-            {"budget": "tight"},
-            r"`budget` must be an ftcallback.Budget, a dict of its fields, or None, got str",
+            {"budget": 42},
+            r"`budget` must be an ftcallback.Budget, a dict of its fields, a .toml/.json file path, "
+            r"or None, got int",
         ),
+        ({"budget": "tight"}, r"budget file 'tight' must end with \.toml or \.json"),
         (
             {"generation_kwargs": ["do_sample"]},
             r"`generation_kwargs` must be a dict of generate\(\) arguments",
@@ -464,3 +466,10 @@ def test_errors_are_also_builtin_exceptions():
     with pytest.raises(ValueError):
         EfficiencyCallback(PROMPTS, patience=0)
     assert issubclass(ModelError, TypeError)
+
+
+def test_budget_may_be_a_file_path(tmp_path):
+    path = tmp_path / "budget.toml"
+    path.write_text("max_token_increase = 0.25\n", encoding="utf-8")
+    assert EfficiencyCallback(["a prompt"], budget=path).budget == Budget(max_token_increase=0.25)
+    assert EfficiencyCallback(["a prompt"], budget=str(path)).budget == Budget(max_token_increase=0.25)
