@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -658,4 +658,31 @@ def evaluate(budget: Budget, measurement: Measurement, baseline: Measurement | N
             checks.append(
                 _absolute("monthly_cost", "monthly_cost", cost * rpm, budget.monthly_cost, base_monthly)
             )
+    if baseline is not None:
+        checks = _not_comparable(checks, baseline, measurement)
     return Verdict(checks=tuple(checks))
+
+
+# Relative budgets and the figure each compares with the baseline (cost follows tokens).
+_RELATIVE_FIGURES = {"max_latency_increase": "latency", "max_token_increase": "tokens", "max_cost_increase": "tokens"}
+
+
+def _not_comparable(checks: list[BudgetCheck], baseline: Measurement, measurement: Measurement) -> list[BudgetCheck]:
+    """Relative checks over a figure the two measurements cannot compare, turned not evaluable.
+
+    Which difference spoils which figure is decided in one place, :func:`ftcallback._measurement.comparable_facts`
+    (a retried check's latency never meets the baseline's; its greedy tokens still do).
+    """
+    differences = baseline.incompatibilities(measurement)
+    if not differences:
+        return checks
+    out = []
+    for check in checks:
+        figure = _RELATIVE_FIGURES.get(check.budget)
+        spoiled = [d.message for d in differences if figure in d.affects]
+        if figure is None or not spoiled or check.passed is None:
+            out.append(check)
+            continue
+        detail = "not comparable with the baseline: " + "; ".join(spoiled)
+        out.append(replace(check, passed=None, detail=detail))
+    return out

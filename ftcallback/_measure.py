@@ -39,6 +39,7 @@ import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
+from ._execution import ComputeProbe, Decoding, adapters_info, build_generation_config, compile_info
 from ._measurement import Measurement, RequestSample
 from ._probe import probe_settings
 from ._prompts import encode_prompts, load_prompts, resolve_tokenizer
@@ -53,22 +54,6 @@ _clock: Callable[[], float] = time.perf_counter
 # Above this median per-prompt CV of latency across repeats the timing is called noisy (the usual 10%
 # of benchmark tools).
 _NOISE_CV_LIMIT = 0.10
-
-# Sampling-only flags at the values that make them inert. Set on the greedy generation config so that an
-# instruct model's `temperature=0.6, top_p=0.9` neither applies nor warns under `do_sample=False`. min_p
-# and top_h have no inert value but None, which generate refills from model.generation_config: a
-# checkpoint that sets them still gets transformers' warning.
-_INERT_SAMPLING_FLAGS: dict[str, Any] = {
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": 50,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-    "min_p": None,
-    "top_h": None,
-}
-_INERT_BEAM_FLAGS: dict[str, Any] = {"early_stopping": False, "length_penalty": 1.0}
 
 # generate() arguments that measure() owns; letting generation_kwargs set them would make the
 # recorded settings lie or break the per-request bookkeeping.
@@ -146,7 +131,11 @@ class _Probe:
     user_kwargs: dict[str, Any]
     base_config: GenerationConfig
     call_kwargs: dict[str, Any]
-    do_sample: bool
+    decoding: Decoding
+
+    @property
+    def do_sample(self) -> bool:
+        return "sampl" in self.decoding.mode
 
 
 def _prepare(
@@ -196,8 +185,8 @@ def _prepare(
                 f"the tokenizer rejected `prompts[{i}]` ({type(exc).__name__}: {exc}); fix or remove that prompt"
             ) from exc
     _check_context(target, encoded, max_new_tokens)
-    base_config, call_kwargs, do_sample = _generation_setup(target, tokenizer, user_kwargs, pad_id)
-    return _Probe(tokenizer, prompt_list, target, pad_id, encoded, user_kwargs, base_config, call_kwargs, do_sample)
+    base_config, call_kwargs, decoding = _generation_setup(target, tokenizer, user_kwargs, pad_id)
+    return _Probe(tokenizer, prompt_list, target, pad_id, encoded, user_kwargs, base_config, call_kwargs, decoding)
 
 
 def measure(
@@ -215,6 +204,8 @@ def measure(
     num_sample_outputs: int = 3,
     on_batch_end: Callable[[], Any] | None = None,
     synced_gpus: bool | None = None,
+    trained_compiled: bool | None = None,
+    warn_ignored: bool = True,
 ) -> Measurement:
     """Measure latency and output length of ``model.generate`` on a probe of prompts.
 
@@ -239,6 +230,12 @@ def measure(
         num_sample_outputs: how many decoded responses (the first prompts, last repeat) to keep.
         on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
+        trained_compiled: whether the module being trained runs compiled while ``model`` is its uncompiled
+            original (the Trainer's ``args.torch_compile``); None detects it from ``model``. Recorded in
+            ``model["compile"]``.
+        warn_ignored: log one WARNING when ``generation_kwargs`` set flags that have no effect (e.g.
+            ``temperature`` without ``do_sample=True``). The callback warns once at construction instead
+            and passes False.
 
     Returns:
         A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples.
@@ -270,6 +267,9 @@ def measure(
     encoded, user_kwargs = probe.encoded, probe.user_kwargs
     base_config, call_kwargs, do_sample = probe.base_config, probe.call_kwargs, probe.do_sample
     device = _model_device(target)
+    if warn_ignored:
+        probe.decoding.warn()
+    compute = ComputeProbe(model, target, device)
 
     eos_ids = _eos_ids(base_config, tokenizer)
     sync = _synchronizer(device)
@@ -321,7 +321,7 @@ def measure(
     samples: list[RequestSample] = []
     last_outputs: dict[int, list[int]] = {}
     warmup_latencies: list[float] = []
-    with _undisturbed(target, device):
+    with _undisturbed(target, device), _installed(compute):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         for w in range(warmup):
@@ -360,8 +360,9 @@ def measure(
             apply_chat_template=apply_chat_template,
             seed=seed,
         ),
-        model=_model_info(target, device),
-        environment=_environment(model, target, device, synced_gpus),
+        model=_model_info(target, device, model, compute, trained_compiled),
+        environment=_environment(target, device, synced_gpus, compute),
+        decoding=probe.decoding.to_dict(),
         warmup_latencies_s=tuple(warmup_latencies),
         peak_memory_bytes=peak,
         sample_outputs=tuple(
@@ -474,6 +475,16 @@ def _undisturbed(model: torch.nn.Module, device: torch.device) -> Iterator[None]
             set_state(state)
 
 
+@contextlib.contextmanager
+def _installed(compute: ComputeProbe) -> Iterator[None]:
+    """The compute probe's hook in place for the first forward pass, and gone afterwards whatever happens."""
+    compute.install()
+    try:
+        yield
+    finally:
+        compute.remove()
+
+
 def _accelerator_rng_state(device: torch.device) -> list[tuple[Callable[[Any], Any], Any]]:
     """(setter, state) pairs for the accelerator RNGs worth saving."""
     saved: list[tuple[Callable[[Any], Any], Any]] = []
@@ -584,41 +595,22 @@ def check_generation_kwargs(user_kwargs: Mapping[str, Any]) -> None:
 
 def _generation_setup(
     target: Any, tokenizer: Any, user_kwargs: dict[str, Any], pad_id: int
-) -> tuple[GenerationConfig, dict[str, Any], bool]:
-    """The generation config every call uses, the remaining generate() kwargs, and whether it samples.
+) -> tuple[GenerationConfig, dict[str, Any], Decoding]:
+    """The generation config every call uses, the remaining generate() kwargs, and the decoding it does.
 
-    Everything that belongs to a GenerationConfig goes into one copied config, never into generate's
-    kwargs: generate warns when both are given, and a config field set to None would be refilled from
-    ``model.generation_config``, which is why inert flags carry explicit values.
+    See :func:`ftcallback._execution.build_generation_config`; here the probe's pad token, the KV cache
+    and the tokenizer that stop strings need are added.
     """
-    user_config = user_kwargs.pop("generation_config", None)
-    if user_config is not None and not isinstance(user_config, GenerationConfig):
-        raise ConfigError(
-            "`generation_kwargs['generation_config']` must be a transformers.GenerationConfig, "
-            f"got {type(user_config).__name__}"
-        )
     model_config = getattr(target, "generation_config", None)
-    base = user_config if user_config is not None else model_config
-    # A copy: model.generation_config must come out of the measurement exactly as it went in.
-    config = copy.deepcopy(base) if isinstance(base, GenerationConfig) else GenerationConfig()
-    do_sample = user_kwargs.get("do_sample", config.do_sample if user_config is not None else False) is True
-    if not do_sample:
-        config.do_sample = False
-        for key, value in _INERT_SAMPLING_FLAGS.items():
-            if key not in user_kwargs:
-                setattr(config, key, value)
-        if user_kwargs.get("num_beams", config.num_beams) in (None, 1):
-            for key, value in _INERT_BEAM_FLAGS.items():
-                if key not in user_kwargs:
-                    setattr(config, key, value)
+    config, call_kwargs, decoding = build_generation_config(
+        model_config if isinstance(model_config, GenerationConfig) else None, user_kwargs
+    )
+    # The settings record what generate() was asked beyond a config object (as they always have).
+    user_kwargs.pop("generation_config", None)
     config.pad_token_id = pad_id
-    config.use_cache = True
-    # GenerationConfig.update applies the fields it knows and hands back the rest (model kwargs,
-    # stopping_criteria, logits_processor, streamer, ...), which go to generate() as they are.
-    call_kwargs = config.update(**user_kwargs)
     if config.stop_strings is not None and "tokenizer" not in call_kwargs:
         call_kwargs["tokenizer"] = tokenizer  # generate needs it to match stop strings
-    return config, call_kwargs, do_sample
+    return config, call_kwargs, decoding
 
 
 def _with_length(
@@ -690,20 +682,26 @@ def _make_batches(
 
 
 # ----------------------------------------------------------------- records
-def _model_info(target: Any, device: torch.device) -> dict[str, Any]:
+def _model_info(
+    target: Any, device: torch.device, model: Any, compute: ComputeProbe, trained_compiled: bool | None
+) -> dict[str, Any]:
     config = getattr(target, "config", None)
     name = getattr(target, "name_or_path", None) or getattr(config, "_name_or_path", None) or ""
     dtype = getattr(target, "dtype", None)
     if not isinstance(dtype, torch.dtype):
         dtype = next((p.dtype for p in target.parameters()), None)
+    param_dtype = str(dtype).removeprefix("torch.") if dtype is not None else "unknown"
     # ZeRO-3 leaves empty placeholders in the parameters and keeps the true size in ds_numel.
     num_parameters = sum(int(getattr(p, "ds_numel", p.numel())) for p in target.parameters())
     return {
         "class": type(target).__name__,
         "name_or_path": str(name),
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "unknown",
+        "param_dtype": param_dtype,
+        "compute_dtype": compute.record(param_dtype)[1] or param_dtype,
         "device": str(device),
         "num_parameters": num_parameters,
+        "compile": compile_info(model, target, trained_compiled),
+        "adapters": adapters_info(target),
     }
 
 
@@ -716,7 +714,7 @@ def _ftcallback_version() -> str:
         return str(getattr(ftcallback, "__version__", "unknown"))
 
 
-def _environment(model: Any, target: Any, device: torch.device, synced_gpus: bool | None) -> dict[str, Any]:
+def _environment(target: Any, device: torch.device, synced_gpus: bool | None, compute: ComputeProbe) -> dict[str, Any]:
     import transformers
 
     env: dict[str, Any] = {
@@ -729,20 +727,9 @@ def _environment(model: Any, target: Any, device: torch.device, synced_gpus: boo
         "device_name": _device_name(device),
         "cpu_threads": torch.get_num_threads(),
         "generation_mode": "synced" if synced_gpus else "single",
+        # What the forward pass really ran under (seen inside it, not guessed from the call site).
+        "autocast": compute.record(None)[0],
     }
-    try:
-        enabled = bool(torch.is_autocast_enabled(device.type))
-        env["autocast_enabled"] = enabled
-        dtype = torch.get_autocast_dtype(device.type) if enabled else None
-        env["autocast_dtype"] = str(dtype).removeprefix("torch.") if dtype is not None else None
-    except (RuntimeError, TypeError, ValueError):  # a device type autocast does not know
-        env["autocast_enabled"], env["autocast_dtype"] = False, None
-    # accelerate's mixed precision wraps model.forward in autocast and keeps the original here: generate
-    # then runs under autocast although no autocast context is active at the call.
-    env["forward_autocast_patched"] = any(
-        "_original_forward" in getattr(m, "__dict__", {})
-        for m in (model, target, getattr(model, "module", None))
-    )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         env["world_size"] = torch.distributed.get_world_size()
         env["rank"] = torch.distributed.get_rank()

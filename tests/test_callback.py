@@ -692,7 +692,7 @@ def test_model_stays_on_its_training_device_and_dtype(tmp_path: Path, dtype: tor
     assert all(placed == {(torch.device("cpu"), dtype)} for _, placed, _ in after.seen)
     assert after.seen[-1][2] is True  # still training after the epoch-end check
     # Measured as trained: in the training dtype, on the training device.
-    assert report["baseline"]["model"]["dtype"] == str(dtype).removeprefix("torch.")
+    assert report["baseline"]["model"]["param_dtype"] == str(dtype).removeprefix("torch.")
     assert report["baseline"]["model"]["device"] == "cpu"
 
 

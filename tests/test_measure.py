@@ -129,11 +129,14 @@ def test_relations_and_counts(model, tokenizer, prompts):
     }
     assert m.model["class"] == type(model).__name__
     assert m.model["num_parameters"] == sum(p.numel() for p in model.parameters())
-    assert m.model["dtype"] == "float32" and m.model["device"] == "cpu"
+    assert m.model["param_dtype"] == m.model["compute_dtype"] == "float32" and m.model["device"] == "cpu"
+    assert m.model["compile"] == {"trained_module_compiled": False, "measured_compiled": False}
+    assert m.model["adapters"] == [] and m.retry is None
+    assert m.decoding == {"mode": "greedy", "parameters": m.decoding["parameters"], "ignored": {}}
     env = m.environment
     assert env["torch"] == torch.__version__ and env["transformers"] and env["ftcallback"]
     assert env["device_type"] == "cpu" and env["cpu_threads"] == torch.get_num_threads()
-    assert env["generation_mode"] == "single" and env["autocast_enabled"] is False
+    assert env["generation_mode"] == "single" and env["autocast"] == {"enabled": False, "dtype": None, "source": None}
 
 
 def test_sample_outputs_are_the_first_prompts_of_the_last_repeat(gpt2, tokenizer, prompts):
@@ -660,7 +663,8 @@ def test_on_batch_end_after_every_generate_call(gpt2, tokenizer, prompts):
 def test_autocast_state_is_recorded(gpt2, tokenizer, prompts):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m = measure(gpt2, tokenizer, prompts[:1], max_new_tokens=2, warmup=0, repeats=1)
-    assert m.environment["autocast_enabled"] is True and m.environment["autocast_dtype"] == "bfloat16"
+    assert m.environment["autocast"] == {"enabled": True, "dtype": "bfloat16", "source": "autocast context"}
+    assert m.model["param_dtype"] == "float32" and m.model["compute_dtype"] == "bfloat16"
 
 
 def test_a_lazily_created_buffer_can_be_trained_through_after_a_measurement(gpt2, tokenizer, prompts):
