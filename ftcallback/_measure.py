@@ -40,16 +40,15 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from ._drift import ReferenceWorkload
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
 from ._measurement import Measurement, RequestSample
 from ._prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
+from ._sequential import sequential_settings
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
 
 logger = logging.getLogger("ftcallback.measure")
-
-#: The clock every timestamp comes from; a module attribute so tests can drive time exactly.
-_clock: Callable[[], float] = time.perf_counter
 
 # Above this median per-prompt CV of latency across repeats the timing is called noisy (the usual 10%
 # of benchmark tools).
@@ -216,6 +215,10 @@ def measure(
     num_sample_outputs: int = 3,
     on_batch_end: Callable[[], Any] | None = None,
     synced_gpus: bool | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    reference: ReferenceWorkload | None = None,
+    until: Callable[[Measurement], bool] | None = None,
+    max_repeats: int | None = None,
 ) -> Measurement:
     """Measure latency and output length of ``model.generate`` on a probe of prompts.
 
@@ -240,9 +243,18 @@ def measure(
         num_sample_outputs: how many decoded responses (the first prompts, last repeat) to keep.
         on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
+        clock: where every timestamp comes from (seconds); tests inject a fake one to drive time exactly.
+        reference: a fixed workload on the model's device, timed once before every ``generate`` call
+            (warm-up included) into ``Measurement.reference_s``, to sense the machine's own speed.
+        until: adaptive measurement: called with the measurement so far after every ``repeats``
+            passes; True ends it, False adds ``repeats`` more passes, up to ``max_repeats``
+            (typically ``lambda m: not needs_more(budget, m, baseline, seed=seed)``).
+        max_repeats: the cap on timed passes for ``until`` (default ``3 * repeats``); recorded with
+            the number of looks in ``settings["sequential"]``, which sets the decision's confidence.
 
     Returns:
-        A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples.
+        A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples
+        (more when ``until`` asked for more); ``settings["repeats"]`` is the number of passes done.
 
     Raises:
         ConfigError: an argument is out of range, or ``generation_kwargs`` sets what measure() owns.
@@ -256,7 +268,8 @@ def measure(
         >>> len(m.samples), m.samples[0].output_tokens <= 4
         (2, True)
     """
-    clock = _clock
+    if not callable(clock):
+        raise ConfigError(f"`clock` must be a callable returning seconds, got {type(clock).__name__}")
     wall_start = clock()
     _check_int("max_new_tokens", max_new_tokens, 1)
     _check_int("repeats", repeats, 1)
@@ -264,6 +277,17 @@ def measure(
     _check_int("warmup", warmup, 0)
     _check_int("num_sample_outputs", num_sample_outputs, 0)
     _check_int("seed", seed, None)
+    if reference is not None and not isinstance(reference, ReferenceWorkload):
+        raise ConfigError(
+            f"`reference` must be a ReferenceWorkload or None, got {type(reference).__name__}"
+        )
+    if until is not None and not callable(until):
+        raise ConfigError(f"`until` must be callable (Measurement -> bool) or None, got {type(until).__name__}")
+    if max_repeats is not None:
+        _check_int("max_repeats", max_repeats, 1)
+        if max_repeats < repeats:
+            raise ConfigError(f"`max_repeats` must be >= `repeats` ({repeats}), got {max_repeats}")
+    cap = repeats if until is None else (max_repeats if max_repeats is not None else 3 * repeats)
     if on_batch_end is not None and not callable(on_batch_end):
         raise ConfigError(f"`on_batch_end` must be callable or None, got {type(on_batch_end).__name__}")
     probe = _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template)
@@ -303,6 +327,8 @@ def measure(
         batch = batches[index]
         if do_sample:
             _seed_all(seed + index, device)  # same seed per batch: repeats see the same tokens
+        if reference is not None:
+            reference_times.append(reference.seconds(clock, sync))
         timer.reset()
         if sync is not None:
             sync()
@@ -320,9 +346,50 @@ def measure(
         return sequences[:, batch.input_ids.shape[1] :].tolist(), start, end
 
     cuda = device.type == "cuda"
+    reference_times: list[float] = []
     samples: list[RequestSample] = []
     last_outputs: dict[int, list[int]] = {}
     warmup_latencies: list[float] = []
+    settings: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "generation_kwargs": settings_kwargs,
+        "warmup": warmup,
+        "repeats": repeats,
+        "batch_size": batch_size,
+        "apply_chat_template": bool(apply_chat_template),
+        "num_prompts": len(prompt_list),
+        "prompts_sha256": prompts_sha256(prompt_list, apply_chat_template),
+        "seed": seed,
+    }
+    if until is not None:
+        settings["sequential"] = sequential_settings(repeats, cap)
+    model_info = _model_info(target, device)
+    environment = _environment(model, target, device, synced_gpus)
+    if reference is not None:
+        environment["reference"] = reference.spec
+
+    def snapshot(done: int, peak: int | None) -> Measurement:
+        return Measurement(
+            samples=tuple(samples),
+            settings={**settings, "repeats": done},
+            model=model_info,
+            environment=environment,
+            warmup_latencies_s=tuple(warmup_latencies),
+            reference_s=tuple(reference_times),
+            peak_memory_bytes=peak,
+            sample_outputs=tuple(
+                {
+                    "prompt_index": i,
+                    "prompt": prompt_list[i],
+                    "output": tokenizer.decode(ids, skip_special_tokens=True),
+                }
+                for i, ids in sorted(last_outputs.items())
+            ),
+            wall_time_s=clock() - wall_start,
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    done = 0
     with _undisturbed(target, device):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -332,52 +399,32 @@ def measure(
             if on_batch_end is not None:
                 on_batch_end()
         logger.debug("measure: %d warm-up calls took %.3f s", warmup, sum(warmup_latencies))
-        for r in range(repeats):
-            for b, batch in enumerate(batches):
-                rows, start, end = run(b)
-                for row, prompt_index, input_len in zip(
-                    rows, batch.indices, batch.input_lengths, strict=True
-                ):
-                    n_out, finished = _count_output(row, eos_ids)
-                    latency = (
-                        _request_end(timer, batch.input_ids.shape[1] + n_out, len(row), n_out, end) - start
-                    )
-                    ttft = (timer.times[0] if timer.times else end) - start
-                    samples.append(RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished))
-                    if r == repeats - 1 and prompt_index < num_sample_outputs:
-                        last_outputs[prompt_index] = row[:n_out]
-                if on_batch_end is not None:
-                    on_batch_end()
-        peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+        while True:
+            for r in range(done, min(done + repeats, cap)):
+                for b, batch in enumerate(batches):
+                    rows, start, end = run(b)
+                    width = batch.input_ids.shape[1]
+                    for row, prompt_index, input_len in zip(
+                        rows, batch.indices, batch.input_lengths, strict=True
+                    ):
+                        n_out, finished = _count_output(row, eos_ids)
+                        latency = _request_end(timer, width + n_out, len(row), n_out, end) - start
+                        ttft = (timer.times[0] if timer.times else end) - start
+                        token_times = tuple(_token_time(timer, width, k, end) - start for k in range(n_out))
+                        samples.append(
+                            RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished, token_times)
+                        )
+                        if prompt_index < num_sample_outputs:
+                            last_outputs[prompt_index] = row[:n_out]
+                    if on_batch_end is not None:
+                        on_batch_end()
+            done = min(done + repeats, cap)
+            peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+            measurement = snapshot(done, peak)
+            if until is None or done >= cap or until(measurement):
+                break
+            logger.debug("measure: look at %d repeats inconclusive, measuring %d more", done, repeats)
 
-    measurement = Measurement(
-        samples=tuple(samples),
-        settings={
-            "max_new_tokens": max_new_tokens,
-            "generation_kwargs": settings_kwargs,
-            "warmup": warmup,
-            "repeats": repeats,
-            "batch_size": batch_size,
-            "apply_chat_template": bool(apply_chat_template),
-            "num_prompts": len(prompt_list),
-            "prompts_sha256": prompts_sha256(prompt_list, apply_chat_template),
-            "seed": seed,
-        },
-        model=_model_info(target, device),
-        environment=_environment(model, target, device, synced_gpus),
-        warmup_latencies_s=tuple(warmup_latencies),
-        peak_memory_bytes=peak,
-        sample_outputs=tuple(
-            {
-                "prompt_index": i,
-                "prompt": prompt_list[i],
-                "output": tokenizer.decode(ids, skip_special_tokens=True),
-            }
-            for i, ids in sorted(last_outputs.items())
-        ),
-        wall_time_s=clock() - wall_start,
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
     _log_result(measurement)
     return measurement
 
@@ -421,6 +468,14 @@ def _request_end(timer: _StepTimer, length: int, n_cols: int, n_out: int, end: f
     # One token per step in greedy / sampling / beam search, so the index is direct; assisted decoding
     # appends several tokens per step, hence the search.
     k = n_out - 1
+    if not (0 <= k < len(lengths) and lengths[k] == length):
+        k = bisect.bisect_left(lengths, length)
+    return timer.times[k] if k < len(timer.times) else end
+
+
+def _token_time(timer: _StepTimer, width: int, k: int, end: float) -> float:
+    """When output token ``k`` (0-based) of a row existed: the step that reached ``width + k + 1`` tokens."""
+    lengths, length = timer.lengths, width + k + 1
     if not (0 <= k < len(lengths) and lengths[k] == length):
         k = bisect.bisect_left(lengths, length)
     return timer.times[k] if k < len(timer.times) else end
