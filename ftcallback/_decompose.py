@@ -86,14 +86,7 @@ class LatencyDecomposition:
         )
         text = f"latency {_pct(self.total)}: {_pct(self.length)} from longer answers (exact), {speed}"
         if self.machine is not None and self.machine.moved:
-            e = self.machine.estimate
-            text += (
-                f", {_pct(e.ratio)} from a slower machine (reference workload x{e.ratio:.2f} "
-                f"[{e.low:.2f}, {e.high:.2f}], divided out)"
-                if e.ratio >= 1.0
-                else f", {_pct(e.ratio)} from a faster machine (reference workload x{e.ratio:.2f} "
-                f"[{e.low:.2f}, {e.high:.2f}], divided out)"
-            )
+            text += f", {_pct(self.machine.estimate.ratio)} from the {self.machine.describe()}"
         return text
 
     def to_dict(self) -> dict[str, Any]:

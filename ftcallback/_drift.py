@@ -3,8 +3,9 @@
 A check must tell a slower model from a slower machine. :class:`ReferenceWorkload` is a frozen,
 deterministic little network run on the model's device between the probe's ``generate`` calls
 (:func:`~ftcallback._measure.measure` times it once before every call); its timings are kept in
-``Measurement.reference_s``. :func:`machine_factor` compares those of a check with those of the
-baseline: the same work taking 1.4x as long means the machine (shared CPU, throttled GPU, other
+``Measurement.reference_s``. On a CPU, ``measure`` also records each call's share of the CPU
+(``Measurement.cpu_share``, CPU seconds over wall seconds). :func:`machine_factor` compares both with
+the baseline's: the same work taking 1.4x as long means the machine (shared CPU, throttled GPU, other
 jobs) became 1.4x slower, and the model's speed effect is divided by that factor before it is judged.
 
 The assumption (DESIGN.md, "Machine drift"): what slows the machine down slows a small dense
@@ -24,13 +25,13 @@ from typing import Any
 import torch
 
 from ._errors import ConfigError
-from ._stats import RESAMPLES, RatioEstimate, independent_ratio
+from ._stats import RESAMPLES, RatioEstimate, combine_log_intervals, independent_ratio
 
 __all__ = ["MachineFactor", "ReferenceWorkload", "machine_factor"]
 
 # Width, depth and rows of the reference MLP by device type: a few milliseconds on one CPU thread,
 # and on an accelerator large enough that the kernels, not their launches, dominate.
-_DEFAULT_SHAPE = {"cpu": (192, 4, 32), "cuda": (4096, 8, 256)}
+_DEFAULT_SHAPE = {"cpu": (256, 4, 64), "cuda": (4096, 8, 256)}
 
 
 class ReferenceWorkload:
@@ -62,7 +63,7 @@ class ReferenceWorkload:
     ) -> None:
         self.device = torch.device(device)
         default = _DEFAULT_SHAPE.get(self.device.type, _DEFAULT_SHAPE["cuda"])
-        shape = (width or default[0], depth or default[1], rows or default[2])
+        shape = tuple(d if v is None else v for v, d in zip((width, depth, rows), default, strict=True))
         for name, value in zip(("width", "depth", "rows"), shape, strict=True):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"`{name}` must be an int >= 1, got {value!r}")
@@ -106,16 +107,23 @@ class ReferenceWorkload:
 
 @dataclass(frozen=True)
 class MachineFactor:
-    """How much slower the machine ran the reference workload during a check than during the baseline.
+    """How much slower the machine was during a check than during the baseline, and from what.
 
     Attributes:
-        estimate: ``check / baseline`` reference time, a trimmed-mean ratio with its bootstrap interval.
-        moved: True when the interval excludes 1: the machine changed speed beyond its own noise, so
+        estimate: the whole factor, ``contention x device`` (a part that was not measured counts as 1),
+            with an interval combining both parts' uncertainty.
+        moved: True when that interval excludes 1: the machine changed speed beyond its own noise, so
             the check's speed effect is divided by ``estimate.ratio``.
+        contention: on a CPU, wall time per CPU second of the probe's own ``generate`` calls, check over
+            baseline: how much less of the CPU the process got (other processes, dataloader workers).
+        device: the reference workload's time, check over baseline: the same work on the same device
+            at another speed (clock throttling, a shared accelerator, memory-bandwidth neighbours).
     """
 
     estimate: RatioEstimate
     moved: bool
+    contention: RatioEstimate | None = None
+    device: RatioEstimate | None = None
 
     @property
     def factor(self) -> float:
@@ -123,17 +131,34 @@ class MachineFactor:
         return self.estimate.ratio if self.moved else 1.0
 
     def describe(self) -> str:
-        """``machine x1.38 [1.31, 1.46] (moved; normalised)`` or ``machine x1.01 [0.97, 1.05] (steady)``."""
+        """e.g. ``machine x1.38 [1.31, 1.46] (CPU contention x1.37, device x1.01; moved, divided out)``."""
         e = self.estimate
-        state = "moved; speed normalised" if self.moved else "steady"
-        return f"machine x{e.ratio:.2f} [{e.low:.2f}, {e.high:.2f}] ({state})"
+        parts = [
+            f"{name} x{part.ratio:.2f}"
+            for name, part in (("CPU contention", self.contention), ("device", self.device))
+            if part is not None
+        ]
+        state = "moved, divided out" if self.moved else "steady"
+        return f"machine x{e.ratio:.2f} [{e.low:.2f}, {e.high:.2f}] ({', '.join(parts)}; {state})"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"estimate": self.estimate.to_dict(), "moved": self.moved}
+        return {
+            "estimate": self.estimate.to_dict(),
+            "moved": self.moved,
+            "contention": None if self.contention is None else self.contention.to_dict(),
+            "device": None if self.device is None else self.device.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: Any) -> MachineFactor:
-        return cls(RatioEstimate.from_dict(data["estimate"]), bool(data["moved"]))
+        def est(key: str) -> RatioEstimate | None:
+            value = data.get(key)
+            return None if value is None else RatioEstimate.from_dict(value)
+
+        estimate = est("estimate")
+        if estimate is None:
+            raise ValueError("a machine factor needs an 'estimate'")
+        return cls(estimate, bool(data["moved"]), est("contention"), est("device"))
 
 
 def machine_factor(
@@ -146,16 +171,28 @@ def machine_factor(
 ) -> MachineFactor | None:
     """The machine's speed factor between ``baseline`` and ``measurement`` (two Measurements).
 
+    Two parts, each a trimmed-mean ratio with a bootstrap interval, multiplied (their log half-widths
+    added in quadrature): CPU contention from ``cpu_share`` (wall seconds per CPU second of every
+    ``generate`` call, precise because each call spans many scheduler slices) and device speed from
+    ``reference_s`` (the reference workload, in CPU seconds on a CPU so that preemption does not
+    enter it twice). A part needs at least 3 values on both sides (and the same reference workload).
+
     Returns:
-        None when either side has fewer than 3 reference timings or they ran different workloads
-        (then nothing is normalised).
+        None when neither part can be estimated (then nothing is normalised).
     """
-    base, new = tuple(baseline.reference_s), tuple(measurement.reference_s)
-    if len(base) < 3 or len(new) < 3:
+    contention = device = None
+    base_share = [1.0 / v for v in baseline.cpu_share if v > 0]
+    new_share = [1.0 / v for v in measurement.cpu_share if v > 0]
+    if len(base_share) >= 3 and len(new_share) >= 3:
+        contention = independent_ratio(base_share, new_share, confidence=confidence, resamples=resamples, seed=seed)
+    base_ref, new_ref = tuple(baseline.reference_s), tuple(measurement.reference_s)
+    same = baseline.environment.get("reference") == measurement.environment.get("reference")
+    if len(base_ref) >= 3 and len(new_ref) >= 3 and same:
+        device = independent_ratio(base_ref, new_ref, confidence=confidence, resamples=resamples, seed=seed + 1)
+    parts = [p for p in (contention, device) if p is not None and math.isfinite(p.ratio)]
+    if not parts:
         return None
-    if baseline.environment.get("reference") != measurement.environment.get("reference"):
-        return None
-    est = independent_ratio(base, new, confidence=confidence, resamples=resamples, seed=seed)
-    if not math.isfinite(est.ratio):
-        return None
-    return MachineFactor(est, est.low > 1.0 or est.high < 1.0)
+    estimate = parts[0]
+    for part in parts[1:]:
+        estimate = combine_log_intervals(estimate, part, divide=False)
+    return MachineFactor(estimate, estimate.low > 1.0 or estimate.high < 1.0, contention, device)

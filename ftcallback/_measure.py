@@ -216,6 +216,7 @@ def measure(
     on_batch_end: Callable[[], Any] | None = None,
     synced_gpus: bool | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    cpu_clock: Callable[[], float] = time.process_time,
     reference: ReferenceWorkload | None = None,
     until: Callable[[Measurement], bool] | None = None,
     max_repeats: int | None = None,
@@ -244,8 +245,12 @@ def measure(
         on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
         clock: where every timestamp comes from (seconds); tests inject a fake one to drive time exactly.
-        reference: a fixed workload on the model's device, timed once before every ``generate`` call
-            (warm-up included) into ``Measurement.reference_s``, to sense the machine's own speed.
+        cpu_clock: this process's CPU time (seconds); with ``clock`` it gives each call's share of the
+            CPU (``Measurement.cpu_share``), which tells a contended CPU from a slower model.
+        reference: a fixed workload on the model's device, run once before every ``generate`` call
+            (warm-up included) into ``Measurement.reference_s``, to sense the machine's own speed:
+            timed by ``cpu_clock`` on a CPU (so that being descheduled does not count: contention is
+            what ``cpu_share`` measures), by ``clock`` with the device synchronised on accelerators.
         until: adaptive measurement: called with the measurement so far after every ``repeats``
             passes; True ends it, False adds ``repeats`` more passes, up to ``max_repeats``
             (typically ``lambda m: not needs_more(budget, m, baseline, seed=seed)``).
@@ -328,10 +333,11 @@ def measure(
         if do_sample:
             _seed_all(seed + index, device)  # same seed per batch: repeats see the same tokens
         if reference is not None:
-            reference_times.append(reference.seconds(clock, sync))
+            reference_times.append(reference.seconds(cpu_clock if device.type == "cpu" else clock, sync))
         timer.reset()
         if sync is not None:
             sync()
+        cpu_start = cpu_clock()
         start = clock()
         out = target.generate(
             input_ids=batch.input_ids,
@@ -342,11 +348,15 @@ def measure(
         if sync is not None:
             sync()
         end = clock()
+        cpu_end = cpu_clock()
+        if device.type == "cpu" and end > start:
+            cpu_shares.append((cpu_end - cpu_start) / (end - start))
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         return sequences[:, batch.input_ids.shape[1] :].tolist(), start, end
 
     cuda = device.type == "cuda"
     reference_times: list[float] = []
+    cpu_shares: list[float] = []
     samples: list[RequestSample] = []
     last_outputs: dict[int, list[int]] = {}
     warmup_latencies: list[float] = []
@@ -366,7 +376,8 @@ def measure(
     model_info = _model_info(target, device)
     environment = _environment(model, target, device, synced_gpus)
     if reference is not None:
-        environment["reference"] = reference.spec
+        clock_name = "cpu" if device.type == "cpu" else "wall"
+        environment["reference"] = f"{reference.spec}/{clock_name}"
 
     def snapshot(done: int, peak: int | None) -> Measurement:
         return Measurement(
@@ -376,6 +387,7 @@ def measure(
             environment=environment,
             warmup_latencies_s=tuple(warmup_latencies),
             reference_s=tuple(reference_times),
+            cpu_share=tuple(cpu_shares),
             peak_memory_bytes=peak,
             sample_outputs=tuple(
                 {

@@ -92,6 +92,8 @@ class Measurement:
         warmup_latencies_s: wall time of each untimed warm-up call, the first call apart.
         reference_s: wall time of each run of the fixed reference workload, timed between the
             ``generate`` calls (see :class:`~ftcallback._drift.ReferenceWorkload`); empty when none ran.
+        cpu_share: per ``generate`` call on a CPU device, the process's CPU time over the call's wall
+            time (about ``torch`` threads on a quiet machine, less when other processes take the CPU).
         peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
         sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
         wall_time_s: wall time of the whole measurement, warm-up included.
@@ -110,6 +112,7 @@ class Measurement:
     environment: Mapping[str, Any] = field(default_factory=dict)
     warmup_latencies_s: tuple[float, ...] = ()
     reference_s: tuple[float, ...] = ()
+    cpu_share: tuple[float, ...] = ()
     peak_memory_bytes: int | None = None
     sample_outputs: tuple[Mapping[str, Any], ...] = ()
     wall_time_s: float = math.nan
@@ -275,6 +278,7 @@ class Measurement:
             "wall_time_s": json_float(self.wall_time_s),
             "warmup_latencies_s": [json_float(v) for v in self.warmup_latencies_s],
             "reference_s": [json_float(v) for v in self.reference_s],
+            "cpu_share": [json_float(v) for v in self.cpu_share],
             "peak_memory_bytes": self.peak_memory_bytes,
             "summary": {k: json_float(v) for k, v in self.summary().items()},
             "sample_outputs": [dict(o) for o in self.sample_outputs],
@@ -321,6 +325,7 @@ class Measurement:
                 environment=dict(data.get("environment", {})),
                 warmup_latencies_s=tuple(_fromjson_float(v) for v in data.get("warmup_latencies_s", [])),
                 reference_s=tuple(_fromjson_float(v) for v in data.get("reference_s", [])),
+                cpu_share=tuple(_fromjson_float(v) for v in data.get("cpu_share", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
                 wall_time_s=_fromjson_float(data.get("wall_time_s")),
