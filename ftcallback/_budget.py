@@ -11,7 +11,7 @@ Decision rules:
 * ``max_latency_increase`` compares prompt by prompt against the baseline and judges a
   ratio, decomposed (:func:`~ftcallback._decompose.decompose`) into longer answers (exact),
   per-token speed (bootstrap interval) and the machine's own speed (reference workload,
-  :mod:`ftcallback._drift`), which is divided out when it moved. With a token budget set, the
+  :mod:`ftcallback._drift`), which is divided out. With a token budget set, the
   latency budget judges the speed effect only (length is the token budget's decision); without
   one it judges length x speed. It is breached only when that ratio exceeds
   ``1 + max_latency_increase`` **and** its interval lies wholly above 1, so neither timing noise

@@ -7,8 +7,8 @@ Per prompt, the latency the check's answer would have had at the baseline's own 
   output lengths are deterministic, so it is exact: it uses no timing of the check at all;
 * the **speed effect** is the check's latency over that counterfactual, i.e. prompt by prompt at equal
   length, with the hierarchical bootstrap interval of :func:`~ftcallback._stats.paired_ratio`;
-* the **machine factor** (:mod:`ftcallback._drift`), when the machine moved beyond its noise, is
-  divided out of the speed effect, its own uncertainty added to the interval.
+* the **machine factor** (:mod:`ftcallback._drift`) is divided out of the speed effect, its own
+  uncertainty added to the interval.
 
 All three are geometric means over prompts of per-prompt median ratios, so they multiply exactly:
 ``total = length x speed x machine``.
@@ -39,7 +39,7 @@ class LatencyDecomposition:
     Attributes:
         total: observed change (geometric mean over prompts of the per-prompt median latency ratio).
         length: change from the number of output tokens alone, at the baseline's per-token speed; exact.
-        speed: change in per-token speed at equal length, the machine factor divided out when it moved.
+        speed: change in per-token speed at equal length, the machine factor divided out.
         speed_low, speed_high: the ``confidence`` interval of ``speed`` (widened by the machine's).
         speed_significant: the interval excludes 1.
         confidence: confidence level of the interval.
@@ -85,7 +85,7 @@ class LatencyDecomposition:
             f"({'significant' if self.speed_significant else 'not significant'})"
         )
         text = f"latency {_pct(self.total)}: {_pct(self.length)} from longer answers (exact), {speed}"
-        if self.machine is not None and self.machine.moved:
+        if self.machine is not None:
             text += f", {_pct(self.machine.estimate.ratio)} from the {self.machine.describe()}"
         return text
 
@@ -153,7 +153,7 @@ def decompose(
         confidence: two-sided confidence of the speed interval.
         seed: seed of the bootstrap (the callback's seed).
         machine: the machine factor (:func:`~ftcallback._drift.machine_factor`); divided out of the
-            speed effect when it moved.
+            speed effect (its uncertainty added to the interval).
         resamples: bootstrap resamples.
 
     Returns:
@@ -193,7 +193,10 @@ def decompose(
         )
     )
     speed = raw_speed
-    if machine is not None and machine.moved:
+    if machine is not None:
+        # Divided out even when it did not move beyond its noise: a load that came and went during the
+        # measurement leaves a factor of 1.2 with an interval reaching 1, and ignoring it would judge
+        # the model by the machine. Its uncertainty is in the interval, so a steady machine costs little.
         speed = combine_log_intervals(raw_speed, machine.estimate, divide=True)
     return LatencyDecomposition(
         total=length * raw_speed.ratio,

@@ -112,8 +112,8 @@ class MachineFactor:
     Attributes:
         estimate: the whole factor, ``contention x device`` (a part that was not measured counts as 1),
             with an interval combining both parts' uncertainty.
-        moved: True when that interval excludes 1: the machine changed speed beyond its own noise, so
-            the check's speed effect is divided by ``estimate.ratio``.
+        moved: True when that interval excludes 1: the machine changed speed beyond its own noise (an
+            environment change). The speed effect is divided by ``estimate.ratio`` either way.
         contention: on a CPU, wall time per CPU second of the probe's own ``generate`` calls, check over
             baseline: how much less of the CPU the process got (other processes, dataloader workers).
         device: the reference workload's time, check over baseline: the same work on the same device
@@ -127,8 +127,8 @@ class MachineFactor:
 
     @property
     def factor(self) -> float:
-        """The factor a speed effect is divided by: the estimate when the machine moved, else 1."""
-        return self.estimate.ratio if self.moved else 1.0
+        """The factor a speed effect is divided by."""
+        return self.estimate.ratio
 
     def describe(self) -> str:
         """e.g. ``machine x1.38 [1.31, 1.46] (CPU contention x1.37, device x1.01; moved, divided out)``."""
@@ -138,7 +138,7 @@ class MachineFactor:
             for name, part in (("CPU contention", self.contention), ("device", self.device))
             if part is not None
         ]
-        state = "moved, divided out" if self.moved else "steady"
+        state = "moved, divided out" if self.moved else "within its noise, divided out"
         return f"machine x{e.ratio:.2f} [{e.low:.2f}, {e.high:.2f}] ({', '.join(parts)}; {state})"
 
     def to_dict(self) -> dict[str, Any]:

@@ -182,7 +182,7 @@ def drift_runs(lm: bc.LoadedModel, cfg: dict[str, int], share: float, ref: Refer
                     "wall_s": check.wall_time_s,
                 }
             )
-            print(f"run {run} {label:16s} stop={latency.breached!s:5} {latency.describe()[:150]}", flush=True)
+            print(f"run {run} {label:16s} stop={latency.breached!s:5} {latency.describe()}", flush=True)
     return out
 
 

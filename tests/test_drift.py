@@ -86,7 +86,7 @@ def test_pure_length_growth_is_all_length_and_exact():
 def test_per_token_slowdown_is_all_speed_with_an_interval():
     d = decompose(synthetic(), synthetic(slowdown=1.3, seed=1))
     assert d is not None
-    assert d.length == 1.0 and d.speed == pytest.approx(1.3, rel=0.03)
+    assert d.length == 1.0 and d.speed == pytest.approx(1.3, rel=0.04)
     assert d.speed_low < d.speed < d.speed_high and d.speed_significant
     assert "+0% from longer answers (exact), +30% from per-token speed" in d.describe()
     assert "(significant)" in d.describe()
@@ -175,9 +175,9 @@ def test_machine_factor_needs_timings_on_both_sides_and_the_same_workload():
     other = Measurement(samples=other.samples, reference_s=other.reference_s, environment={"reference": "x"})
     assert machine_factor(synthetic(), other) is None
     factor = machine_factor(synthetic(), synthetic(seed=1))
-    assert factor is not None and not factor.moved and factor.factor == 1.0
+    assert factor is not None and not factor.moved and factor.factor == pytest.approx(1.0, abs=0.03)
     assert MachineFactor.from_dict(json.loads(json.dumps(factor.to_dict()))) == factor
-    assert "steady" in factor.describe()
+    assert "within its noise" in factor.describe()
 
 
 def test_independent_ratio_and_combined_intervals():
