@@ -4,7 +4,8 @@ A check must tell a slower model from a slower machine. :class:`ReferenceWorkloa
 deterministic little network run on the model's device between the probe's ``generate`` calls
 (:func:`~ftcallback._measure.measure` times it once before every call); its timings are kept in
 ``Measurement.reference_s``. On a CPU, ``measure`` also records each call's share of the CPU
-(``Measurement.cpu_share``, CPU seconds over wall seconds). :func:`machine_factor` compares both with
+(``Measurement.cpu_share``: time run over time ready to run, from the OS's run-queue
+accounting). :func:`machine_factor` compares both with
 the baseline's: the same work taking 1.4x as long means the machine (shared CPU, throttled GPU, other
 jobs) became 1.4x slower, and the model's speed effect is divided by that factor before it is judged.
 
@@ -114,8 +115,9 @@ class MachineFactor:
             with an interval combining both parts' uncertainty.
         moved: True when that interval excludes 1: the machine changed speed beyond its own noise (an
             environment change). The speed effect is divided by ``estimate.ratio`` either way.
-        contention: on a CPU, wall time per CPU second of the probe's own ``generate`` calls, check over
-            baseline: how much less of the CPU the process got (other processes, dataloader workers).
+        contention: on a CPU, ``1 / cpu_share`` of the probe's own ``generate`` calls (time ready to run
+            per second run), check over baseline: how much less of the CPU the thread got when it wanted
+            it (other processes, dataloader workers); a model that sleeps or blocks is not in it.
         device: the reference workload's time, check over baseline: the same work on the same device
             at another speed (clock throttling, a shared accelerator, memory-bandwidth neighbours).
     """
@@ -172,10 +174,10 @@ def machine_factor(
     """The machine's speed factor between ``baseline`` and ``measurement`` (two Measurements).
 
     Two parts, each a trimmed-mean ratio with a bootstrap interval, multiplied (their log half-widths
-    added in quadrature): CPU contention from ``cpu_share`` (wall seconds per CPU second of every
-    ``generate`` call, precise because each call spans many scheduler slices) and device speed from
-    ``reference_s`` (the reference workload, in CPU seconds on a CPU so that preemption does not
-    enter it twice). A part needs at least 3 values on both sides (and the same reference workload).
+    added in quadrature): CPU contention from ``cpu_share`` (of every ``generate`` call, precise
+    because each call spans many scheduler slices) and device speed from ``reference_s`` (the
+    reference workload, in thread CPU seconds on a CPU so that preemption does not enter it twice).
+    A part needs at least 3 values on both sides (and the same reference workload).
 
     Returns:
         None when neither part can be estimated (then nothing is normalised).

@@ -216,7 +216,7 @@ def measure(
     on_batch_end: Callable[[], Any] | None = None,
     synced_gpus: bool | None = None,
     clock: Callable[[], float] = time.perf_counter,
-    cpu_clock: Callable[[], float] = time.process_time,
+    cpu_clock: Callable[[], tuple[float, float]] | None = None,
     reference: ReferenceWorkload | None = None,
     until: Callable[[Measurement], bool] | None = None,
     max_repeats: int | None = None,
@@ -245,12 +245,14 @@ def measure(
         on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
         clock: where every timestamp comes from (seconds); tests inject a fake one to drive time exactly.
-        cpu_clock: this process's CPU time (seconds); with ``clock`` it gives each call's share of the
-            CPU (``Measurement.cpu_share``), which tells a contended CPU from a slower model.
+        cpu_clock: returns ``(seconds this thread ran, seconds it waited, ready, for a CPU)``; default
+            :func:`thread_cpu_clock` where the OS tells (Linux), else none. It gives each call's share
+            of the CPU (``Measurement.cpu_share``), which tells a contended CPU from a slower model:
+            time the thread slept or blocked (a model that waits) is in neither number.
         reference: a fixed workload on the model's device, run once before every ``generate`` call
             (warm-up included) into ``Measurement.reference_s``, to sense the machine's own speed:
-            timed by ``cpu_clock`` on a CPU (so that being descheduled does not count: contention is
-            what ``cpu_share`` measures), by ``clock`` with the device synchronised on accelerators.
+            timed in thread CPU seconds on a CPU when ``cpu_clock`` is there (being descheduled is
+            what ``cpu_share`` measures), by ``clock`` with the device synchronised otherwise.
         until: adaptive measurement: called with the measurement so far after every ``repeats``
             passes; True ends it, False adds ``repeats`` more passes, up to ``max_repeats``
             (typically ``lambda m: not needs_more(budget, m, baseline, seed=seed)``).
@@ -275,6 +277,11 @@ def measure(
     """
     if not callable(clock):
         raise ConfigError(f"`clock` must be a callable returning seconds, got {type(clock).__name__}")
+    if cpu_clock is not None and not callable(cpu_clock):
+        raise ConfigError(
+            f"`cpu_clock` must be a callable returning (run seconds, wait seconds) or None, got "
+            f"{type(cpu_clock).__name__}"
+        )
     wall_start = clock()
     _check_int("max_new_tokens", max_new_tokens, 1)
     _check_int("repeats", repeats, 1)
@@ -300,6 +307,9 @@ def measure(
     encoded, user_kwargs = probe.encoded, probe.user_kwargs
     base_config, call_kwargs, do_sample = probe.base_config, probe.call_kwargs, probe.do_sample
     device = _model_device(target)
+    if cpu_clock is None and device.type == "cpu":
+        cpu_clock = thread_cpu_clock()
+    cpu_time = None if cpu_clock is None or device.type != "cpu" else (lambda: cpu_clock()[0])
 
     settings_kwargs = _json_safe(user_kwargs)
     eos_ids = _eos_ids(base_config, tokenizer)
@@ -333,11 +343,11 @@ def measure(
         if do_sample:
             _seed_all(seed + index, device)  # same seed per batch: repeats see the same tokens
         if reference is not None:
-            reference_times.append(reference.seconds(cpu_clock if device.type == "cpu" else clock, sync))
+            reference_times.append(reference.seconds(cpu_time or clock, sync))
         timer.reset()
         if sync is not None:
             sync()
-        cpu_start = cpu_clock()
+        cpu_start = cpu_clock() if cpu_time is not None and cpu_clock is not None else None
         start = clock()
         out = target.generate(
             input_ids=batch.input_ids,
@@ -348,9 +358,11 @@ def measure(
         if sync is not None:
             sync()
         end = clock()
-        cpu_end = cpu_clock()
-        if device.type == "cpu" and end > start:
-            cpu_shares.append((cpu_end - cpu_start) / (end - start))
+        if cpu_start is not None and cpu_clock is not None:
+            cpu_end = cpu_clock()
+            ran, waited = cpu_end[0] - cpu_start[0], cpu_end[1] - cpu_start[1]
+            if ran > 0:
+                cpu_shares.append(ran / (ran + max(0.0, waited)))
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         return sequences[:, batch.input_ids.shape[1] :].tolist(), start, end
 
@@ -376,8 +388,7 @@ def measure(
     model_info = _model_info(target, device)
     environment = _environment(model, target, device, synced_gpus)
     if reference is not None:
-        clock_name = "cpu" if device.type == "cpu" else "wall"
-        environment["reference"] = f"{reference.spec}/{clock_name}"
+        environment["reference"] = f"{reference.spec}/{'cpu' if cpu_time is not None else 'wall'}"
 
     def snapshot(done: int, peak: int | None) -> Measurement:
         return Measurement(
@@ -442,6 +453,31 @@ def measure(
 
 
 # ----------------------------------------------------------------- timing
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def thread_cpu_clock() -> Callable[[], tuple[float, float]] | None:
+    """A clock of ``(CPU seconds this thread ran, seconds it waited ready-to-run)``, or None off Linux.
+
+    Linux accounts a thread's run-queue wait in ``/proc/thread-self/schedstat`` (second field): time it
+    was ready but other work had the CPU. Sleeping and blocking are in neither number, so a model that
+    waits inside ``forward`` is not mistaken for a busy machine. The run time comes from
+    ``time.thread_time`` (schedstat's own is only updated at scheduler ticks).
+    """
+    try:
+        with open(_SCHEDSTAT, encoding="ascii") as fh:
+            int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+    def read() -> tuple[float, float]:
+        with open(_SCHEDSTAT, encoding="ascii") as fh:
+            waited_ns = int(fh.read().split()[1])
+        return time.thread_time(), waited_ns / 1e9
+
+    return read
+
+
 class _StepTimer(StoppingCriteria):
     """A stopping criterion that never stops: it notes when each decoding step's token exists.
 

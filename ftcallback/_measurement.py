@@ -92,8 +92,9 @@ class Measurement:
         warmup_latencies_s: wall time of each untimed warm-up call, the first call apart.
         reference_s: wall time of each run of the fixed reference workload, timed between the
             ``generate`` calls (see :class:`~ftcallback._drift.ReferenceWorkload`); empty when none ran.
-        cpu_share: per ``generate`` call on a CPU device, the process's CPU time over the call's wall
-            time (about ``torch`` threads on a quiet machine, less when other processes take the CPU).
+        cpu_share: per ``generate`` call on a CPU device, the share of the time the calling thread was
+            ready to run that it did run (1.0 on a quiet machine, less when other processes take the CPU;
+            sleeping or blocking counts in neither); empty where the OS does not tell (not Linux).
         peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
         sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
         wall_time_s: wall time of the whole measurement, warm-up included.

@@ -17,7 +17,7 @@ from ftcallback._budget import Budget, BudgetCheck, Verdict, evaluate
 from ftcallback._decompose import LatencyDecomposition, decompose
 from ftcallback._drift import MachineFactor, ReferenceWorkload, machine_factor
 from ftcallback._errors import ConfigError
-from ftcallback._measure import measure
+from ftcallback._measure import measure, thread_cpu_clock
 from ftcallback._measurement import Measurement, RequestSample
 from ftcallback._sequential import looks_of, needs_more, sequential_settings
 from ftcallback._stats import RatioEstimate, bonferroni_confidence, combine_log_intervals, independent_ratio
@@ -80,7 +80,8 @@ def test_pure_length_growth_is_all_length_and_exact():
     assert d.length == pytest.approx(expected, rel=1e-9)
     assert d.speed == pytest.approx(1.0, rel=1e-9) and not d.speed_significant
     assert d.total == pytest.approx(d.length * d.speed, rel=1e-12)
-    assert d.describe().startswith(f"latency +{(d.total - 1) * 100:.0f}%: +{(d.length - 1) * 100:.0f}% from longer answers")
+    total, length = (d.total - 1) * 100, (d.length - 1) * 100
+    assert d.describe().startswith(f"latency +{total:.0f}%: +{length:.0f}% from longer answers")
 
 
 def test_per_token_slowdown_is_all_speed_with_an_interval():
@@ -265,7 +266,11 @@ def test_measure_stops_early_when_clear_and_extends_when_not(gpt2, tokenizer, pr
         asked.append(m.settings["repeats"])
         return answer
 
-    clock, cpu = Ticks(1.0), Ticks(0.5)
+    clock, run, wait = Ticks(1.0), Ticks(0.5), Ticks(1.5)
+
+    def cpu() -> tuple[float, float]:  # every read: the thread ran 0.5 s more and waited 1.5 s more
+        return run(), wait()
+
     ref = ReferenceWorkload("cpu", width=8, depth=1, rows=2)
     m = measure(
         gpt2, tokenizer, prompts, max_new_tokens=3, warmup=1, repeats=2, batch_size=2,
@@ -278,7 +283,7 @@ def test_measure_stops_early_when_clear_and_extends_when_not(gpt2, tokenizer, pr
     calls = 1 + repeats_done * 2  # warm-up + two batches per pass
     # The reference ran before every call, timed by the CPU clock on a CPU: exactly one tick.
     assert m.reference_s == (0.5,) * calls and m.environment["reference"] == "mlp8x1x2/cpu/cpu"
-    assert len(m.cpu_share) == calls and all(0 < s < 1 for s in m.cpu_share)
+    assert m.cpu_share == (0.25,) * calls  # ran 0.5 of the 2.0 s it was ready to run
     again = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
     assert again.reference_s == m.reference_s and again.cpu_share == m.cpu_share
     assert again.samples == m.samples
@@ -291,6 +296,14 @@ def test_measure_rejects_bad_adaptive_arguments(gpt2, tokenizer, prompts):
         measure(gpt2, tokenizer, prompts, until=3)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="`reference` must be a ReferenceWorkload or None"):
         measure(gpt2, tokenizer, prompts, reference="mlp")  # type: ignore[arg-type]
+
+
+def test_thread_cpu_clock_reads_run_and_wait_time():
+    read = thread_cpu_clock()
+    if read is None:
+        pytest.skip("no /proc/thread-self/schedstat here")
+    (ran0, waited0), _, (ran1, waited1) = read(), sum(range(200_000)), read()
+    assert ran1 > ran0 and waited1 >= waited0
 
 
 def test_files_written_before_these_fields_still_load():
