@@ -32,16 +32,25 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from ._decompose import LatencyDecomposition, decompose
-from ._drift import MachineFactor, machine_factor
 from ._errors import ConfigError
-from ._measurement import Measurement, json_float
-from ._sequential import looks_of
-from ._stats import RatioEstimate, bonferroni_confidence
+from ._format import confidence_level, metric_value, percent_change
+from ._json import float_from_json, json_float
+
+if TYPE_CHECKING:
+    from ._decompose import LatencyDecomposition
+    from ._drift import MachineFactor
+    from ._measurement import Measurement
+    from ._stats import RatioEstimate
+
+# `_measurement`, `_stats`, `_decompose` and `_drift` pull in numpy (and torch): they are imported where
+# used, so that the CLI can build its budget flags from this module without paying for them
+# (``ftcallback --help`` stays instant).
 
 __all__ = ["LATENCY_STATS", "Budget", "BudgetCheck", "Verdict", "evaluate"]
 
@@ -355,53 +364,61 @@ class Budget:
             )
         return cls(**{k: v for k, v in data.items() if v is not None})
 
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> Budget:
+        """Read a budget from a ``.toml`` or ``.json`` file whose keys are this class's field names.
+
+        A TOML file may also hold the fields under a ``[budget]`` table.
+
+        Args:
+            path: the file; its suffix decides the format.
+
+        Raises:
+            ConfigError: the file cannot be read or parsed, or a field is unknown or invalid; the
+                message names the file and the field.
+
+        Example:
+            >>> import pathlib, tempfile
+            >>> f = pathlib.Path(tempfile.mkdtemp()) / "budget.toml"
+            >>> _ = f.write_text("max_token_increase = 0.2\\nlatency_ms = 400\\n")
+            >>> Budget.from_file(f)
+            Budget(latency_ms=400.0, latency_stat='p95', max_token_increase=0.2)
+        """
+        file = Path(path)
+        suffix = file.suffix.lower()
+        if suffix not in (".toml", ".json"):
+            raise ConfigError(f"budget file {str(file)!r} must end with .toml or .json, got {suffix or 'no suffix'!r}")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise ConfigError(f"cannot read budget file {str(file)!r}: {reason}") from exc
+        try:
+            if suffix == ".toml":
+                import tomllib
+
+                data: Any = tomllib.loads(text)
+                if set(data) == {"budget"} and isinstance(data["budget"], Mapping):
+                    data = data["budget"]
+            else:
+                import json
+
+                data = json.loads(text)
+        except ValueError as exc:  # tomllib.TOMLDecodeError and json.JSONDecodeError are ValueErrors
+            raise ConfigError(f"budget file {str(file)!r} is not valid {suffix[1:].upper()}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"budget file {str(file)!r}: {exc}") from exc
+
     def __repr__(self) -> str:
         inner = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
         return f"Budget({inner})"
 
 
 # --------------------------------------------------------------------- checks
-def _fromjson_float(value: Any) -> float:
-    return math.nan if value is None else float(value)
-
-
-def _fmt(metric: str, value: float | None) -> str:
-    """A metric's value as log text: money with 4 significant digits, everything else with 1 decimal."""
-    if value is None or not math.isfinite(value):
-        return "nan" if value is None or math.isnan(value) else str(value)
-    if "cost" in metric:
-        return _significant(value, 4)
-    if metric in _RATIO_METRICS:
-        return f"x{value:.3f}"
-    if metric in _FRACTION_METRICS:
-        return f"{value:.3f}"
-    return f"{value:.1f}"
-
-
-#: Metrics that are ratios to the baseline, and fractions of requests, written with 3 decimals.
-_RATIO_METRICS = ("latency_ratio",)
-_FRACTION_METRICS = ("slo_attainment", "truncated_fraction")
 #: Metrics whose limit is a minimum (breached below it).
 _MINIMUM_METRICS = ("slo_attainment",)
-
-
-def _significant(value: float, digits: int) -> str:
-    """``value`` with ``digits`` significant digits as a plain number (no exponent: costs are tiny)."""
-    if value == 0:
-        return "0"
-    decimals = digits - 1 - math.floor(math.log10(abs(value)))
-    if decimals > 0:
-        return f"{value:.{decimals}f}"
-    return f"{round(value, decimals):.0f}"
-
-
-def _percent(confidence: float) -> str:
-    """A confidence level as text: 0.95 -> '95%', 0.98333 -> '98.3%'."""
-    return f"{confidence * 100:.1f}".removesuffix(".0") + "%"
-
-
-def _pct(ratio: float) -> str:
-    return f"{(ratio - 1.0) * 100:+.0f}%"
 
 
 @dataclass(frozen=True)
@@ -467,14 +484,14 @@ class BudgetCheck:
         ratio = self.ratio
         if ratio is None and self.baseline > 0 and math.isfinite(self.value):
             ratio = self.value / self.baseline
-        change = f", {_pct(ratio)}" if ratio is not None and math.isfinite(ratio) else ""
-        return f" (baseline {_fmt(self.metric, self.baseline)}{change})"
+        change = f", {percent_change(ratio - 1.0)}" if ratio is not None and math.isfinite(ratio) else ""
+        return f" (baseline {metric_value(self.metric, self.baseline)}{change})"
 
     def describe(self) -> str:
         """One line for the log: ``output_tokens_mean 57.0 exceeds budget 44.4 (baseline 37.0, +54%)``."""
         if self.passed is None:
             return f"{self.metric} not evaluable: {self.detail or 'unknown reason'}"
-        value, limit = _fmt(self.metric, self.value), _fmt(self.metric, self.limit)
+        value, limit = metric_value(self.metric, self.value), metric_value(self.metric, self.limit)
         if self.estimate is not None:
             e = self.estimate
             head = f"{self.metric} {value} [{e.low:.3f}, {e.high:.3f}]"
@@ -521,19 +538,22 @@ class BudgetCheck:
             interval = data.get("interval")
             baseline, ratio = data.get("baseline"), data.get("ratio")
             estimate, decomposition = data.get("estimate"), data.get("decomposition")
+            if estimate is not None or decomposition is not None:
+                from ._decompose import LatencyDecomposition
+                from ._stats import RatioEstimate
             passed = data.get("passed")
             return cls(
                 budget=str(data["budget"]),
                 metric=str(data["metric"]),
-                value=_fromjson_float(data["value"]),
-                limit=_fromjson_float(data["limit"]),
+                value=float_from_json(data["value"]),
+                limit=float_from_json(data["limit"]),
                 baseline=None if baseline is None else float(baseline),
                 passed=None if passed is None else bool(passed),
                 detail=str(data.get("detail", "")),
                 ratio=None if ratio is None else float(ratio),
                 interval=None
                 if interval is None
-                else (_fromjson_float(interval[0]), _fromjson_float(interval[1])),
+                else (float_from_json(interval[0]), float_from_json(interval[1])),
                 estimate=None if estimate is None else RatioEstimate.from_dict(estimate),
                 decomposition=None if decomposition is None else LatencyDecomposition.from_dict(decomposition),
             )
@@ -608,6 +628,9 @@ class Verdict:
                 raise ConfigError("not a verdict: no 'checks' field")
             items = data["checks"]
             try:
+                from ._decompose import LatencyDecomposition
+                from ._drift import MachineFactor
+
                 if data.get("decomposition") is not None:
                     decomposition = LatencyDecomposition.from_dict(data["decomposition"])
                 if data.get("machine") is not None:
@@ -658,7 +681,7 @@ def _relative(
     if not math.isfinite(value):
         return BudgetCheck(budget_field, metric, value, limit, base, None, f"value is {value}")
     ratio = value / base
-    detail = f"{what} {_fmt(metric, value)} vs baseline {_fmt(metric, base)} (x{ratio:.3f})"
+    detail = f"{what} {metric_value(metric, value)} vs baseline {metric_value(metric, base)} (x{ratio:.3f})"
     return BudgetCheck(budget_field, metric, value, limit, base, value <= limit, detail, ratio)
 
 
@@ -690,7 +713,7 @@ def _relative_latency(
     what = "per-token speed (length is the token budget's)" if budget.limits_tokens else "length x per-token speed"
     stat = budget.latency_stat
     detail = (
-        f"judged {what} x{judged.ratio:.3f}, {_percent(judged.confidence)} interval [{judged.low:.3f}, "
+        f"judged {what} x{judged.ratio:.3f}, {confidence_level(judged.confidence)} interval [{judged.low:.3f}, "
         f"{judged.high:.3f}] over {judged.pairs} prompts; observed {stat} {measurement.latency_ms.get(stat):.1f} ms "
         f"vs baseline {baseline.latency_ms.get(stat):.1f} ms"
     )
@@ -739,6 +762,11 @@ def evaluate(
     """
     checks: list[BudgetCheck] = []
     stat = budget.latency_stat
+    from ._decompose import decompose
+    from ._drift import machine_factor
+    from ._sequential import looks_of
+    from ._stats import bonferroni_confidence
+
     confidence = bonferroni_confidence(budget.confidence, looks_of(measurement))
     machine = decomposition = None
     if baseline is not None:

@@ -1,21 +1,24 @@
-"""``EfficiencyCallback``: Trainer events in, measurements, verdicts, logs and stops out.
+"""``EfficiencyCallback``: Trainer events in, measurements to the monitor, its decisions back to the Trainer.
 
-The callback is a thin adapter. It measures with :func:`ftcallback._measure.measure`,
-judges with :func:`ftcallback._budget.evaluate`, records with
-:class:`ftcallback._report.RunReport` and :class:`ftcallback._tensorboard.TensorBoardSink`,
-and coordinates ranks with :mod:`ftcallback.distributed`.
+The callback is an adapter. It measures with :func:`ftcallback.measure`, hands each measurement to the
+Trainer-free :class:`~ftcallback._monitor.Monitor` (verdict, patience, stop), broadcasts the decision so
+that every rank acts alike, and lets the sinks (report, TensorBoard, trackers) write the outcome on the
+main process. What it owns is what only a Trainer has: events, ranks, checkpoints, resume.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
-import json
+import inspect
 import logging
-import math
 import os
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+import warnings
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +27,15 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_callback import ExportableState
 
 from . import _distributed as distributed
-from ._budget import Budget, BudgetCheck, Verdict, evaluate
+from ._budget import Budget
 from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
-from ._measure import check_generation_kwargs, measure, validate_probe
+from ._measure import measure, validate_probe
 from ._measurement import Measurement
-from ._prompts import load_prompts, prompts_sha256, resolve_tokenizer
-from ._report import CheckRecord, RunReport, report_path
+from ._monitor import CheckOutcome, Monitor, fmt_epoch
+from ._probe import ProbeSpec
+from ._prompts import load_prompts, resolve_tokenizer
+from ._report import RunReport, report_path
+from ._sinks import ReportSink, TrackerSink
 from ._tensorboard import TensorBoardSink, resolve_log_dir
 
 __all__ = ["EfficiencyCallback"]
@@ -38,16 +44,8 @@ __all__ = ["EfficiencyCallback"]
 # `logging.getLogger("ftcallback")` is all a user needs to watch.
 logger = logging.getLogger("ftcallback")
 
-#: Summary keys copied into `state.log_history` (and so into trainer_state.json) after each check.
-_LOG_HISTORY_KEYS = (
-    "latency_ms_p50",
-    "latency_ms_p95",
-    "ttft_ms_p50",
-    "tpot_ms_p50",
-    "output_tokens_mean",
-    "tokens_per_second",
-    "eos_fraction",
-)
+#: Integrations that show metrics a user would look for; without a route to them, say so once.
+_TRACKERS = ("wandb", "mlflow", "trackio", "comet_ml", "neptune", "clearml", "dvclive", "swanlab", "aim")
 
 
 def _positive_int(name: str, value: Any, *, minimum: int = 1, hint: str = "") -> int:
@@ -56,15 +54,19 @@ def _positive_int(name: str, value: Any, *, minimum: int = 1, hint: str = "") ->
     return value
 
 
-def _json_normal(value: Any) -> Any:
-    """The JSON form of a settings value, so settings compare the same before and after a save."""
-    return json.loads(json.dumps(value, sort_keys=True, default=repr))
-
-
-def _fmt_epoch(epoch: float | None) -> str:
-    if epoch is None:
-        return "?"
-    return str(int(round(epoch))) if abs(epoch - round(epoch)) < 1e-6 else f"{epoch:.2f}"
+def _resolve_budget(budget: Any) -> Budget:
+    if budget is None:
+        return Budget()
+    if isinstance(budget, Budget):
+        return budget
+    if isinstance(budget, Mapping):
+        return Budget.from_dict(budget)
+    if isinstance(budget, (str, os.PathLike)):
+        return Budget.from_file(budget)
+    raise ConfigError(
+        "`budget` must be an ftcallback.Budget, a dict of its fields, a .toml/.json file path, "
+        f"or None, got {type(budget).__name__}"
+    )
 
 
 class EfficiencyCallback(TrainerCallback, ExportableState):
@@ -74,14 +76,15 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     train it (device, dtype, autocast, adapters), before any optimizer step. The same
     probe is measured again at every epoch end (and every ``every_n_steps`` optimizer
     steps), compared with the baseline and the budget, logged to TensorBoard
-    (``efficiency/*``), to ``<output_dir>/efficiency/report.json`` and to
-    ``state.log_history``. After ``patience`` consecutive breaching checks the run stops
-    with one WARNING on the ``ftcallback`` logger that says why.
+    (``efficiency/*``), to ``<output_dir>/efficiency/report.json``, to every ``report_to``
+    tracker and the console, and to ``state.log_history``. After ``patience`` consecutive
+    breaching checks the run stops with one WARNING on the ``ftcallback`` logger that says why.
 
     Args:
         prompts: probe prompts: a list of strings, a ``datasets.Dataset`` (column ``"prompt"`` or
             ``"text"``), or a path to a ``.txt`` (one per line) or ``.jsonl`` file.
-        budget: a :class:`~ftcallback._budget.Budget` (or its ``to_dict()`` form); ``None`` only monitors.
+        budget: a :class:`~ftcallback.Budget`, its ``to_dict()`` form, or the path of a ``.toml`` /
+            ``.json`` file of its fields (:meth:`Budget.from_file`); ``None`` only monitors.
         tokenizer: the tokenizer for the probe; defaults to the Trainer's ``processing_class``
             (a processor's ``.tokenizer`` is used).
         max_new_tokens: generation cap per response.
@@ -92,16 +95,22 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         every_n_steps: also measure every N optimizer steps, besides each epoch end.
         patience: consecutive breaching checks before stopping.
         stop_training: ``False`` warns and records breaches but never stops.
-        baseline: a saved :class:`~ftcallback._measurement.Measurement` (a path or the object) to use
+        baseline: a saved :class:`~ftcallback.Measurement` (a path or the object) to use
             instead of measuring at train begin; it must have been measured with the same probe and settings.
         apply_chat_template: wrap each prompt in the tokenizer's chat template (instruct models).
-        strict: raise :class:`~ftcallback._errors.MeasurementError` when a measurement fails, instead of
+        strict: raise :class:`~ftcallback.MeasurementError` when a measurement fails, instead of
             recording the failure and training on.
-        seed: seed for sampling (when ``generation_kwargs`` sets ``do_sample=True``) and for the bootstrap.
+        seed: seed for sampling (when ``generation_kwargs`` sets ``do_sample=True``) and for the bootstrap
+            that decides latency budgets.
         logging_dir: TensorBoard directory; by default the Trainer's TensorBoard run directory when
             ``report_to`` includes tensorboard, else ``<output_dir>/runs/<date>_<host>`` (with the loss
             curves mirrored there so they sit next to the efficiency curves).
         num_sample_outputs: decoded responses kept per check (report and TensorBoard text).
+        name: tells several callbacks in one Trainer apart: each writes
+            ``<output_dir>/efficiency/<name>/report.json`` and ``efficiency/<name>/*`` tags. Two callbacks
+            with the same name in one Trainer are refused at train begin.
+        trainer: the Trainer, to route the metrics to its ``report_to`` trackers. Optional: when not
+            given, the callback finds the Trainer that calls it.
 
     Raises:
         ConfigError: an argument is invalid (the message names it and the fix).
@@ -115,11 +124,15 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         >>> # Trainer(model=..., args=..., train_dataset=..., processing_class=tok, callbacks=[cb]).train()
     """
 
+    #: Live instances, oldest first: a callback rebuilt by transformers from a checkpoint finds the one the
+    #: user passed to this run (whose arguments win over the checkpoint's).
+    _instances: weakref.WeakSet[EfficiencyCallback] = weakref.WeakSet()
+
     def __init__(
         self,
         prompts: Sequence[str] | Any,
         *,
-        budget: Budget | Mapping[str, Any] | None = None,
+        budget: Budget | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         tokenizer: Any = None,
         max_new_tokens: int = 128,
         generation_kwargs: Mapping[str, Any] | None = None,
@@ -135,29 +148,30 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         seed: int = 0,
         logging_dir: str | os.PathLike[str] | None = None,
         num_sample_outputs: int = 3,
+        name: str | None = None,
+        trainer: Any = None,
     ) -> None:
-        self.prompts = load_prompts(prompts)
-        if budget is None:
-            budget = Budget()
-        elif isinstance(budget, Mapping):
-            budget = Budget.from_dict(budget)
-        elif not isinstance(budget, Budget):
-            raise ConfigError(
-                f"`budget` must be an ftcallback.Budget, a dict of its fields, or None, got {type(budget).__name__}"
-            )
-        self.budget: Budget = budget
-        self.tokenizer = tokenizer
-        self.max_new_tokens = _positive_int("max_new_tokens", max_new_tokens)
+        from ._measure import check_generation_kwargs
+
         if generation_kwargs is not None and not isinstance(generation_kwargs, Mapping):
             raise ConfigError(
                 f"`generation_kwargs` must be a dict of generate() arguments, got {type(generation_kwargs).__name__}"
             )
-        self.generation_kwargs = dict(generation_kwargs or {})
         # Now, not at the first check: with a given baseline that check comes after an epoch of training.
-        check_generation_kwargs(self.generation_kwargs)
-        self.warmup = _positive_int("warmup", warmup, minimum=0)
-        self.repeats = _positive_int("repeats", repeats)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        check_generation_kwargs(dict(generation_kwargs or {}))
+        self.spec = ProbeSpec(
+            prompts=tuple(load_prompts(prompts)),
+            max_new_tokens=_positive_int("max_new_tokens", max_new_tokens),
+            generation_kwargs=dict(generation_kwargs or {}),
+            warmup=_positive_int("warmup", warmup, minimum=0),
+            repeats=_positive_int("repeats", repeats),
+            batch_size=_positive_int("batch_size", batch_size),
+            seed=int(seed),
+            apply_chat_template=bool(apply_chat_template),
+            num_sample_outputs=_positive_int("num_sample_outputs", num_sample_outputs, minimum=0),
+        )
+        self.budget: Budget = _resolve_budget(budget)
+        self.tokenizer = tokenizer
         if every_n_steps is not None:
             _positive_int("every_n_steps", every_n_steps, hint=" (None measures at epoch ends only)")
         self.every_n_steps = every_n_steps
@@ -165,33 +179,53 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         if not isinstance(stop_training, bool):
             raise ConfigError(f"`stop_training` must be True or False, got {stop_training!r}")
         self.stop_training = stop_training
-        self.apply_chat_template = bool(apply_chat_template)
         self.strict = bool(strict)
-        self.seed = int(seed)
         self.logging_dir = os.fspath(logging_dir) if logging_dir is not None else None
-        self.num_sample_outputs = _positive_int("num_sample_outputs", num_sample_outputs, minimum=0)
+        if name is not None and (not isinstance(name, str) or not name or "/" in name or name.startswith(".")):
+            raise ConfigError(f"`name` must be a non-empty string without '/' (a folder and tag name), got {name!r}")
+        self.name = name
+        self.trainer = trainer
 
         self._given_baseline, self._baseline_source = self._load_baseline(baseline)
 
-        self.report: RunReport | None = None
+        self.monitor: Monitor | None = None
         self.report_path: Path | None = None
         self.log_dir: str | None = None
-        self._sink: TensorBoardSink | None = None
-        self._consecutive_breaches = 0
+        self._tensorboard: TensorBoardSink | None = None
+        self._report_sink: ReportSink | None = None
+        self._trackers: TrackerSink | None = None
+        self._pending_tracker_send: CheckOutcome | None = None
+        self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
         self._last_check_step: int | None = None
-        self._started_at = 0.0
+        self._run = -1  # train() calls seen; 0 during the first
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
+        self._restored_args: dict[str, Any] | None = None
+        EfficiencyCallback._instances.add(self)
 
-    # ------------------------------------------------------------------ configuration
-    def probe_settings(self) -> dict[str, Any]:
-        """The settings a baseline must share with this run to be comparable."""
+    # ------------------------------------------------------------------ read-only views
+    @property
+    def prompts(self) -> list[str]:
+        return list(self.spec.prompts)
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.spec.max_new_tokens
+
+    @property
+    def report(self) -> RunReport | None:
+        """The run's record (None before ``on_train_begin``)."""
+        return self.monitor.report if self.monitor is not None else None
+
+    def settings(self) -> dict[str, Any]:
+        """The callback's settings as written into the report."""
         return {
-            "prompts_sha256": prompts_sha256(self.prompts, self.apply_chat_template),
-            "num_prompts": len(self.prompts),
-            "max_new_tokens": self.max_new_tokens,
-            "generation_kwargs": _json_normal(self.generation_kwargs),
-            "apply_chat_template": self.apply_chat_template,
+            **self.spec.settings(),
+            "every_n_steps": self.every_n_steps,
+            "patience": self.patience,
+            "stop_training": self.stop_training,
+            "strict": self.strict,
+            "name": self.name,
         }
 
     def _load_baseline(self, baseline: Any) -> tuple[Measurement | None, str]:
@@ -208,7 +242,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 f"`baseline` must be a path to a saved measurement, a Measurement, or None, "
                 f"got {type(baseline).__name__}"
             )
-        mismatches = self._incompatibilities(m)
+        mismatches = self.spec.incompatibilities(m.settings)
         if mismatches:
             raise BaselineError(
                 "`baseline` was measured with other prompts or settings than this run: "
@@ -217,102 +251,255 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             )
         return m, source
 
-    def _incompatibilities(self, m: Measurement) -> list[str]:
-        want = self.probe_settings()
-        problems = []
-        for key, value in want.items():
-            theirs = m.settings.get(key)
-            if key == "generation_kwargs":
-                theirs = _json_normal(theirs or {})
-            if theirs != value:
-                problems.append(f"{key} is {theirs!r} in the baseline but {value!r} here")
-        return problems
-
-    def settings(self) -> dict[str, Any]:
-        """The callback's settings as written into the report."""
+    # ------------------------------------------------------------------ ExportableState
+    def _args(self) -> dict[str, Any]:
         return {
-            **self.probe_settings(),
-            "warmup": self.warmup,
-            "repeats": self.repeats,
-            "batch_size": self.batch_size,
+            **self.spec.to_dict(),
+            "budget": self.budget.to_dict(),
             "every_n_steps": self.every_n_steps,
             "patience": self.patience,
             "stop_training": self.stop_training,
             "strict": self.strict,
-            "seed": self.seed,
+            "logging_dir": self.logging_dir,
+            "name": self.name,
         }
 
-    # ------------------------------------------------------------------ ExportableState
     def state(self) -> dict[str, Any]:
         """JSON state saved into checkpoints' trainer_state.json and restored on resume.
 
-        ``args`` rebuild an equivalent callback (the tokenizer is taken from the Trainer again);
-        ``attributes`` bring back the baseline, the history and the patience counter.
+        ``args`` rebuild an equivalent callback; ``attributes`` bring back the record (baseline, checks,
+        checkpoints; per-check raw samples stay in report.json, which a resume reads when it exists).
         """
-        args: dict[str, Any] = {
-            "prompts": list(self.prompts),
-            "budget": self.budget.to_dict(),
-            "max_new_tokens": self.max_new_tokens,
-            "generation_kwargs": _json_normal(self.generation_kwargs),
-            "warmup": self.warmup,
-            "repeats": self.repeats,
-            "batch_size": self.batch_size,
-            "every_n_steps": self.every_n_steps,
-            "patience": self.patience,
-            "stop_training": self.stop_training,
-            "apply_chat_template": self.apply_chat_template,
-            "strict": self.strict,
-            "seed": self.seed,
-            "logging_dir": self.logging_dir,
-            "num_sample_outputs": self.num_sample_outputs,
-        }
-        attributes: dict[str, Any] = {"_consecutive_breaches": self._consecutive_breaches}
+        attributes: dict[str, Any] = {"_restored_args": self._args()}
         if self.report is not None:
             attributes["_saved_report"] = self.report.to_dict(include_measurements=False)
-        return {"args": args, "attributes": attributes}
+        return {"args": self._args(), "attributes": attributes}
+
+    def _adopt_user_arguments(self) -> None:
+        """Rebuilt from a checkpoint by transformers: the arguments the user gave this run win, with a WARNING
+        naming both values; a different probe cannot reuse the saved baseline and is refused."""
+        saved = self._restored_args
+        self._restored_args = None
+        user = next(
+            (
+                cb
+                for cb in list(EfficiencyCallback._instances)
+                if cb is not self and cb.name == self.name and cb._saved_report is None and cb.monitor is None
+            ),
+            None,
+        )
+        if user is None or saved is None:
+            return
+        mine, theirs = user._args(), saved
+        probe_keys = set(user.spec.to_dict())
+        changed = {k for k in mine if k in theirs and mine[k] != theirs[k] and k != "logging_dir"}
+        probe_changed = sorted(changed & probe_keys - {"num_sample_outputs", "warmup", "repeats"})
+        if probe_changed:
+            raise ConfigError(
+                "resuming from a checkpoint whose EfficiencyCallback measured another probe ("
+                + ", ".join(f"{k}: {theirs[k]!r} in the checkpoint, {mine[k]!r} now" for k in probe_changed)
+                + "): its baseline cannot be compared with this run. Use the same prompts and generation "
+                "settings, or set restore_callback_states_from_checkpoint=False and pass baseline= "
+                "(a measurement of the untrained model)"
+            )
+        for key in sorted(changed):
+            logger.warning(
+                "resuming: EfficiencyCallback argument `%s` is %r in the checkpoint and %r in this run; using "
+                "this run's value",
+                key,
+                theirs[key],
+                mine[key],
+            )
+        self.spec, self.budget = user.spec, user.budget
+        self.every_n_steps, self.patience = user.every_n_steps, user.patience
+        self.stop_training, self.strict = user.stop_training, user.strict
+        self.logging_dir, self.trainer = user.logging_dir, user.trainer
+        self.tokenizer = self.tokenizer or user.tokenizer
 
     # ------------------------------------------------------------------ Trainer events
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         model = kwargs.get("model")
-        self._started_at = time.time()
+        started_at = time.time()
         # User errors surface here, before any optimizer step, on every rank.
         if model is None:
             raise ModelError("EfficiencyCallback got no model from the Trainer")
+        _check_not_meta(model)
+        _check_parallelism(args)
+        if self._restored_args is not None:
+            self._adopt_user_arguments()
         self.tokenizer = self.tokenizer or resolve_tokenizer(kwargs.get("processing_class"))
-        self._validate_probe(model)
-        self.report_path = report_path(str(args.output_dir))
-        is_main = state.is_world_process_zero
+        validate_probe(
+            model,
+            self.tokenizer,
+            list(self.spec.prompts),
+            max_new_tokens=self.spec.max_new_tokens,
+            generation_kwargs=self.spec.generation_kwargs,
+            apply_chat_template=self.spec.apply_chat_template,
+        )
+        trainer = self.trainer or _find_calling_trainer(self)
+        self._trainer = trainer
+        self._check_names(trainer)
+        self._run += 1
+        self.report_path = _report_path(args.output_dir, self.name)
+        self._start_monitor(args, state)
+        assert self.monitor is not None
 
-        if is_main:
-            self.log_dir, mirror = resolve_log_dir(
-                args, started_at=self._started_at, override=self.logging_dir
-            )
-            self._sink = TensorBoardSink(self.log_dir, mirror_trainer_logs=mirror)
-
-        if self._saved_report is not None:
-            self.report = RunReport.from_dict(self._saved_report)
-            self._saved_report = None
-            logger.info(
-                "resumed at step %d: restored the baseline and %d check(s) from the checkpoint",
-                state.global_step,
-                len(self.report.checks),
-            )
-        elif self._given_baseline is not None:
-            self.report = self._new_report(args, self._given_baseline.to_dict(), self._baseline_source)
-            logger.info("using the given baseline (%s); not measuring at train begin", self._baseline_source)
-        elif state.global_step > 0:
-            self.report = self._report_for_resume(args, state)
-        else:
-            self.report = self._new_report(args, None, self._baseline_source)
-
-        self._consecutive_breaches = self.report.checks[-1].consecutive_breaches if self.report.checks else 0
-        if self.report.baseline is None:
+        if state.is_world_process_zero:
+            self._open_sinks(args, started_at, trainer)
+        if self.monitor.baseline is None:
             self._check("baseline", args, state, control, model)
-        elif is_main:
-            self._write_baseline_to_tensorboard()
-            self._save_report()
+        elif state.is_world_process_zero:
+            self._write_baseline(state)
+
+    def _start_monitor(self, args: TrainingArguments, state: TrainerState) -> None:
+        """A fresh record, a resumed one, or the first run's kept for a second ``train()``."""
+        if self.monitor is not None and self._saved_report is None:
+            # A second train() with the same callback: the model in memory is the trained one, so measuring a
+            # new baseline would hide what the first run did. Keep the first baseline and record on.
+            logger.warning(
+                "EfficiencyCallback reused for train() call %d: keeping the baseline measured at the first "
+                "train() and appending checks to the same record (create a new EfficiencyCallback for a "
+                "fresh baseline)",
+                self._run + 1,
+            )
+            self.monitor.report.stopped = None
+            self.monitor.report.output_dir = str(args.output_dir)
+            return
+        monitor = Monitor(
+            self.spec,
+            self.budget,
+            patience=self.patience,
+            stop_training=self.stop_training,
+            baseline=self._given_baseline,
+            baseline_source=self._baseline_source,
+            output_dir=str(args.output_dir),
+            name=self.name,
+            settings=self.settings(),
+        )
+        restored = self._restored_report(args, state)
+        if restored is not None:
+            monitor.adopt_report(restored)
+        elif self._given_baseline is None and state.global_step > 0:
+            reloaded = self._report_for_resume(state)
+            if reloaded is not None:
+                monitor.adopt_report(reloaded)
+            else:
+                monitor.report.baseline_source = f"measured at resume (step {state.global_step})"
+        monitor.report.settings = self.settings()
+        monitor.report.budget = self.budget.to_dict()
+        self.monitor = monitor
+        if state.global_step > 0 and monitor.report.baseline is not None:
+            self._note_resumed_checkpoint(args, state)
+
+    def _restored_report(self, args: TrainingArguments, state: TrainerState) -> RunReport | None:
+        """The record restored from the checkpoint's trainer_state.json, completed from report.json."""
+        if self._saved_report is None:
+            return None
+        saved = RunReport.from_dict(self._saved_report)
+        self._saved_report = None
+        # trainer_state.json keeps the record small (no raw samples per check); report.json has them. Take the
+        # checks from the file when it has the same baseline, so that a resumed run's report equals an
+        # uninterrupted run's.
+        on_disk = self._read_report()
+        if on_disk is not None and on_disk.baseline == saved.baseline:
+            full = {c.index: c for c in on_disk.checks}
+            saved.checks = [
+                dataclasses.replace(c, measurement=full[c.index].measurement)
+                if c.index in full and full[c.index].step == c.step
+                else c
+                for c in saved.checks
+            ]
+        saved.checks = [c for c in saved.checks if c.step <= state.global_step or c.run < self._run]
+        saved.stopped = None
+        logger.info(
+            "resumed at step %d: restored the baseline and %d check(s) from the checkpoint",
+            state.global_step,
+            len(saved.checks),
+        )
+        return saved
+
+    def _read_report(self) -> RunReport | None:
+        if self.report_path is None or not self.report_path.exists():
+            return None
+        try:
+            return RunReport.load(self.report_path)
+        except FTCallbackError:
+            return None
+
+    def _report_for_resume(self, state: TrainerState) -> RunReport | None:
+        previous = self._read_report()
+        baseline = None
+        if previous is not None:
+            try:
+                baseline = previous.baseline_measurement()
+            except FTCallbackError:
+                baseline = None
+        if previous is None or baseline is None or self.spec.incompatibilities(baseline.settings):
+            logger.warning(
+                "resuming at step %d without a saved baseline matching this probe (%s): measuring the partly "
+                "trained model as the baseline; pass `baseline=` or use "
+                "restore_callback_states_from_checkpoint=True to keep the original one",
+                state.global_step,
+                "no readable report" if previous is None else "the report's baseline differs",
+            )
+            return None
+        previous.checks = [c for c in previous.checks if c.step <= state.global_step]
+        previous.checkpoints = [c for c in previous.checkpoints if c["step"] <= state.global_step]
+        previous.stopped = None
+        logger.warning(
+            "resuming at step %d: reusing the baseline measured at train begin from %s instead of measuring "
+            "the partly trained model",
+            state.global_step,
+            self.report_path,
+        )
+        previous.baseline_source = f"reloaded from {self.report_path} at resume"
+        return previous
+
+    def _note_resumed_checkpoint(self, args: TrainingArguments, state: TrainerState) -> None:
+        """The checkpoint a run resumes from was saved before its own state was (so it is not in it)."""
+        assert self.monitor is not None
+        path = os.path.join(str(args.output_dir), f"checkpoint-{state.global_step}")
+        known = {c.get("path") for c in self.monitor.report.checkpoints}
+        if path not in known and os.path.isdir(path):
+            self.monitor.record_checkpoint(state.global_step, path)
+
+    def _check_names(self, trainer: Any) -> None:
+        if trainer is None:
+            return
+        same = [
+            cb
+            for cb in trainer.callback_handler.callbacks
+            if isinstance(cb, EfficiencyCallback) and cb is not self and cb.name == self.name
+        ]
+        if same:
+            raise ConfigError(
+                f"this Trainer has {len(same) + 1} EfficiencyCallbacks named {self.name!r}: they would write the "
+                "same report.json and TensorBoard tags; give each a distinct `name=`"
+            )
+
+    def _open_sinks(self, args: TrainingArguments, started_at: float, trainer: Any) -> None:
+        assert self.monitor is not None and self.report_path is not None
+        self._report_sink = ReportSink(self.report_path, self.monitor.report)
+        if self._tensorboard is None:
+            self.log_dir, mirror = resolve_log_dir(args, started_at=started_at, override=self.logging_dir)
+            self._tensorboard = TensorBoardSink(self.log_dir, mirror_trainer_logs=mirror, name=self.name)
+        if trainer is not None:
+            self._trackers = TrackerSink(trainer, self)
+        else:
+            wanted = [r for r in _report_to(args) if r in _TRACKERS]
+            if wanted:
+                logger.warning(
+                    "EfficiencyCallback could not find the Trainer, so %s will not receive the efficiency "
+                    "metrics; pass trainer=... to EfficiencyCallback",
+                    ", ".join(wanted),
+                )
+
+    def on_step_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self._flush_pending_trackers(state)
 
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -327,14 +514,31 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             return  # a step check already measured this very model
         self._check("epoch", args, state, control, kwargs.get("model"))
 
+    def on_evaluate(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        metrics: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Put the efficiency verdict into the evaluation metrics, where ``metric_for_best_model`` can use it."""
+        if metrics is None or self.monitor is None:
+            return
+        within = self.monitor.within_budget_at(state.global_step)
+        if within is not None:
+            metrics[_eval_key("efficiency_within_budget", self.name)] = float(within)
+
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if self.report is None:
+        if self.monitor is None:
             return
         path = os.path.join(str(args.output_dir), f"checkpoint-{state.global_step}")
-        self.report.record_checkpoint(state.global_step, path)
+        entry = self.monitor.record_checkpoint(state.global_step, path)
         if state.is_world_process_zero:
+            if entry["within_budget"] and args.save_total_limit is not None:
+                self._pin(path)
             self._save_report()
 
     def on_log(
@@ -345,123 +549,70 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         logs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        if self._sink is not None and logs and state.is_world_process_zero:
-            self._sink.log_trainer_logs(logs, state.global_step)
+        if self._tensorboard is not None and logs and state.is_world_process_zero:
+            self._tensorboard.log_trainer_logs(logs, state.global_step)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        if self.report is None or not state.is_world_process_zero:
+        if self.monitor is None or not state.is_world_process_zero:
             return
+        self._flush_pending_trackers(state)
+        self._warn_if_final_model_breaches(args, state)
         self._save_report()
-        if self._sink is not None:
-            self._sink.close()
-        if self.report.stopped is None:
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self.monitor.report.stopped is None:
             logger.info(
                 "training ended at step %d after %d check(s); report: %s",
                 state.global_step,
-                len(self.report.checks),
+                len(self.monitor.report.checks),
                 self.report_path,
             )
 
     # ------------------------------------------------------------------ checks
-    def _validate_probe(self, model: Any) -> None:
-        """Fail at train begin, not hours later, on a probe the model cannot run."""
-        validate_probe(
-            model,
-            self.tokenizer,
-            self.prompts,
-            max_new_tokens=self.max_new_tokens,
-            generation_kwargs=self.generation_kwargs,
-            apply_chat_template=self.apply_chat_template,
-        )
-
-    def _new_report(self, args: TrainingArguments, baseline: dict[str, Any] | None, source: str) -> RunReport:
-        return RunReport(
-            budget=self.budget.to_dict(),
-            settings=self.settings(),
-            baseline=baseline,
-            baseline_source=source,
-            output_dir=str(args.output_dir),
-        )
-
-    def _report_for_resume(self, args: TrainingArguments, state: TrainerState) -> RunReport:
-        path = report_path(str(args.output_dir))
-        try:
-            previous = RunReport.load(path)
-        except FTCallbackError as exc:
-            logger.warning(
-                "resuming at step %d without a saved baseline (%s): measuring the partly trained model as the "
-                "baseline; pass `baseline=` or use restore_callback_states_from_checkpoint=True to keep the "
-                "original one",
-                state.global_step,
-                exc,
-            )
-            return self._new_report(args, None, f"measured at resume (step {state.global_step})")
-        baseline = previous.baseline_measurement()
-        if baseline is None or self._incompatibilities(baseline):
-            logger.warning(
-                "resuming at step %d: the report at %s has no baseline matching this probe; measuring the "
-                "partly trained model as the baseline",
-                state.global_step,
-                path,
-            )
-            return self._new_report(args, None, f"measured at resume (step {state.global_step})")
-        previous.checks = [c for c in previous.checks if c.step <= state.global_step]
-        previous.checkpoints = [c for c in previous.checkpoints if c["step"] <= state.global_step]
-        previous.stopped = None
-        previous.settings = self.settings()
-        logger.warning(
-            "resuming at step %d: reusing the baseline measured at train begin from %s instead of measuring "
-            "the partly trained model",
-            state.global_step,
-            path,
-        )
-        previous.baseline_source = f"reloaded from {path} at resume"
-        return previous
-
     def _check(
         self, kind: str, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any
     ) -> None:
-        if model is None or self.report is None:
+        if model is None or self.monitor is None:
+            return
+        if kind != "baseline" and _termination_requested(self._trainer):
+            # transformers' JIT checkpointing after SIGTERM: the job has seconds left to save, not minutes to
+            # measure. (A callback that merely ends training early still gets its last epoch measured.)
+            logger.warning(
+                "%sSIGTERM received: training is stopping at step %d to save a checkpoint; skipping the %s "
+                "check so that the job can exit in time",
+                f"[{self.name}] " if self.name else "",
+                state.global_step,
+                kind,
+            )
             return
         self._last_check_step = state.global_step
         mode = distributed.sharding_mode(model)
         is_main = state.is_world_process_zero
         if mode is None:
             decision = distributed.run_on_main(
-                lambda beat: self._measure_and_decide(kind, args, state, model, beat, None), is_main=is_main
+                lambda beat: self._measure_and_decide(kind, state, model, beat, None), is_main=is_main
             )
         else:
-            # Sharded parameters: every rank must take part in every forward pass.
-            decision = self._measure_and_decide(kind, args, state, model, lambda: None, mode)
-            if not is_main:
-                decision = None
-        decision = distributed.broadcast_from_main(decision)
+            # Sharded parameters: every rank must take part in every forward pass; the main one decides.
+            decision = self._measure_and_decide(kind, state, model, lambda: None, mode, decide=is_main)
+        decision = distributed.broadcast_from_main(decision if is_main else None)
         if decision is None:  # cannot happen unless the main process died; never stop one rank alone
             return
-        self._consecutive_breaches = decision["consecutive"]
         if decision.get("error") and self.strict:
-            raise MeasurementError(
-                f"{kind} measurement at step {state.global_step} failed: {decision['error']}"
-            )
+            raise MeasurementError(f"{kind} measurement at step {state.global_step} failed: {decision['error']}")
         if decision["stop"]:
             control.should_training_stop = True
 
     def _measure_once(self, model: Any, batch_size: int, beat: Any, mode: str | None) -> Measurement:
+        kwargs = {**self.spec.measure_kwargs(), "batch_size": batch_size}
         with distributed.generation_context(model, mode):
             m = measure(
                 model,
                 self.tokenizer,
-                self.prompts,
-                max_new_tokens=self.max_new_tokens,
-                generation_kwargs=self.generation_kwargs,
-                warmup=self.warmup,
-                repeats=self.repeats,
-                batch_size=batch_size,
-                apply_chat_template=self.apply_chat_template,
-                seed=self.seed,
-                num_sample_outputs=self.num_sample_outputs,
+                list(self.spec.prompts),
+                **kwargs,
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
             )
@@ -469,35 +620,43 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
 
     def _measure(self, model: Any, beat: Any, mode: str | None) -> Measurement:
+        batch_size = self.spec.batch_size
         try:
-            return self._measure_once(model, self.batch_size, beat, mode)
+            return self._measure_once(model, batch_size, beat, mode)
         except (torch.OutOfMemoryError, MemoryError) as exc:
             _release_memory()
-            smaller = max(1, self.batch_size // 2)
-            if smaller == self.batch_size:
+            smaller = max(1, batch_size // 2)
+            if smaller == batch_size:
                 raise
             logger.warning(
-                "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d",
-                self.batch_size,
+                "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
+                "its latency will not be compared with the baseline, its tokens will",
+                batch_size,
                 exc,
                 smaller,
             )
-            return self._measure_once(model, smaller, beat, mode)
+            m = self._measure_once(model, smaller, beat, mode)
+            retry = {"reason": "out_of_memory", "changed": {"batch_size": [batch_size, smaller]}}
+            return dataclasses.replace(m, environment={**m.environment, "retry": retry})
 
     def _measure_and_decide(
         self,
         kind: str,
-        args: TrainingArguments,
         state: TrainerState,
         model: Any,
         beat: Any,
         mode: str | None,
-    ) -> dict[str, Any]:
-        assert self.report is not None  # set in on_train_begin, before any check
+        *,
+        decide: bool = True,
+    ) -> dict[str, Any] | None:
+        monitor = self.monitor
+        assert monitor is not None  # set in on_train_begin, before any check
         epoch = state.epoch if kind != "baseline" else 0.0
         step = state.global_step
+        quiet = contextlib.nullcontext() if decide else _silenced()
         try:
-            m = self._measure(model, beat, mode)
+            with quiet:
+                m = self._measure(model, beat, mode)
             impossible = _impossible(m)
             if impossible:
                 raise MeasurementError(f"impossible measurement: {impossible}")
@@ -505,227 +664,203 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             raise  # a user error: the probe itself is wrong, say so now
         except Exception as exc:  # a failed measurement must not kill a healthy run
             _release_memory()
+            if not decide:
+                return None
             error = f"{type(exc).__name__}: {exc}"
-            record = CheckRecord(
-                index=len(self.report.checks),
-                kind=kind,
-                epoch=epoch,
-                step=step,
-                status="failed",
-                error=error,
-                consecutive_breaches=self._consecutive_breaches,
-            )
-            self.report.add_check(record)
-            if state.is_world_process_zero:
-                self._save_report()
+            outcome = monitor.observe_failure(error, kind=kind, epoch=epoch, step=step, run=self._run)
+            self._save_report()
             logger.warning(
-                "%s measurement at epoch %s (step %d) failed and was recorded; training continues%s: %s",
+                "%s%s measurement at epoch %s (step %d) failed and was recorded; training continues%s: %s",
+                f"[{self.name}] " if self.name else "",
                 kind,
-                _fmt_epoch(epoch),
+                fmt_epoch(epoch),
                 step,
                 "" if not self.strict else " (strict mode: raising)",
                 error,
             )
-            return {"stop": False, "consecutive": self._consecutive_breaches, "error": error}
-
-        baseline: Measurement | None
-        if kind == "baseline":
-            self.report.baseline = m.to_dict()
-            baseline = m
-        else:
-            baseline = self.report.baseline_measurement()
-        verdict = evaluate(self.budget, m, baseline)
-        if kind == "baseline":
-            # Nothing to stop yet, but an SLA the untouched model already misses deserves a word now.
-            for check in verdict.breaches:
-                logger.warning("the baseline already breaches the budget: %s", check.describe())
-            verdict = Verdict(checks=tuple(c for c in verdict.checks if not c.breached))
-        breached = bool(verdict.breaches)
-        consecutive = self._consecutive_breaches + 1 if breached else 0
-        ratios, cost = self._ratios_and_cost(m, baseline)
-        record = CheckRecord(
-            index=len(self.report.checks),
-            kind=kind,
-            epoch=epoch,
-            step=step,
-            status="ok",
-            summary=m.summary(),
-            ratios=ratios,
-            cost=cost,
-            verdict=[_verdict_entry(c) for c in verdict.checks],
-            breached=breached,
-            consecutive_breaches=consecutive,
-            measurement=m.to_dict(),
-        )
-        self.report.add_check(record)
-        self._log_check(kind, epoch, step, m, verdict, ratios)
-
-        stop = False
-        if breached and consecutive >= self.patience:
-            stop = self._on_budget_breached(epoch, step, verdict, args)
-        elif breached:
-            logger.warning(
-                "budget breached at epoch %s (step %d), %d of %d consecutive checks before stopping: %s",
-                _fmt_epoch(epoch),
-                step,
-                consecutive,
-                self.patience,
-                "; ".join(c.describe() for c in verdict.breaches),
-            )
-
+            # A bug in ftcallback must not look like an ordinary failed check to whoever debugs it.
+            logger.debug("traceback of the failed %s measurement", kind, exc_info=exc)
+            self._send_trackers(outcome, state, immediately=kind != "baseline")
+            return {"stop": False, "error": error}
+        if not decide:
+            return None
+        outcome = monitor.observe(m, kind=kind, epoch=epoch, step=step, run=self._run)
+        outcome.record.loss = _last_loss(state)
         if state.is_world_process_zero:
-            self._append_log_history(state, m, ratios, cost, breached)
-            if self._sink is not None:
-                limits = self.budget.limits(baseline)
-                self._sink.write_layout(list(limits))
-                self._sink.log_check(
-                    step if kind != "baseline" else 0, m.summary(), {**ratios, **cost}, limits
-                )
-                self._sink.log_samples(step if kind != "baseline" else 0, list(m.sample_outputs))
-                self._sink.flush()
+            tb_step = step if kind != "baseline" else 0
+            if self._tensorboard is not None:
+                self._tensorboard.write(outcome, tb_step)
+            self._send_trackers(outcome, state, immediately=kind != "baseline")
             self._save_report()
-        return {"stop": stop, "consecutive": consecutive, "error": None}
-
-    def _ratios_and_cost(
-        self, m: Measurement, baseline: Measurement | None
-    ) -> tuple[dict[str, float], dict[str, float]]:
-        from ._stats import paired_ratio
-
-        ratios: dict[str, float] = {}
-        if baseline is not None:
-            est = paired_ratio(
-                baseline.per_prompt("latency_s"), m.per_prompt("latency_s"), seed=self.seed, resamples=500
-            )
-            ratios["latency_ratio"] = est.ratio
-            ratios["latency_ratio_low"] = est.low
-            ratios["latency_ratio_high"] = est.high
-            b_out = baseline.output_tokens.mean
-            ratios["output_tokens_ratio"] = m.output_tokens.mean / b_out if b_out > 0 else math.nan
-        cost: dict[str, float] = {}
-        per_request = self.budget.cost_per_request_of(m)
-        if per_request is not None:
-            cost["cost_per_request"] = per_request
-            if self.budget.requests_per_month is not None:
-                cost["monthly_cost"] = per_request * self.budget.requests_per_month
-            if baseline is not None:
-                b_cost = self.budget.cost_per_request_of(baseline)
-                if b_cost:
-                    cost["cost_ratio"] = per_request / b_cost
-        return ratios, cost
-
-    def _on_budget_breached(
-        self, epoch: float | None, step: int, verdict: Verdict, args: TrainingArguments
-    ) -> bool:
-        assert self.report is not None
-        first = verdict.breaches[0]
-        recommended = self.report.last_within_budget_checkpoint
-        others = "; ".join(c.describe() for c in verdict.breaches[1:])
-        message = f"{first.describe()}" + (f"; also {others}" if others else "")
-        # No full stop after the path: it is copied from the terminal as it is.
-        hint = f". Last checkpoint within budget: {recommended}" if recommended else ""
-        if self.stop_training:
-            # Exactly `stopped["message"]` (plus the hint): the line users grep for and the report agree.
-            logger.warning(
-                "stopping training at epoch %s (step %d): %s%s", _fmt_epoch(epoch), step, message, hint
-            )
-        else:
-            logger.warning(
-                "budget breached at epoch %s (step %d): %s (stop_training=False: training continues)%s",
-                _fmt_epoch(epoch),
-                step,
-                message,
-                hint,
-            )
-            return False
-        self.report.stopped = {
-            "epoch": epoch,
-            "step": step,
-            "budget": first.budget,
-            "metric": first.metric,
-            "value": first.value,
-            "limit": first.limit,
-            "baseline": first.baseline,
-            "reason": "budget_breached",
-            "message": f"stopping training at epoch {_fmt_epoch(epoch)} (step {step}): {message}",
-            "breaches": [c.to_dict() for c in verdict.breaches],
-            "recommended_checkpoint": recommended,
-        }
-        return True
+        return {"stop": outcome.decision.stop, "error": None}
 
     # ------------------------------------------------------------------ sinks
-    def _log_check(
-        self,
-        kind: str,
-        epoch: float | None,
-        step: int,
-        m: Measurement,
-        verdict: Verdict,
-        ratios: Mapping[str, float],
-    ) -> None:
-        where = "baseline" if kind == "baseline" else f"epoch {_fmt_epoch(epoch)} (step {step})"
-        ratio = ratios.get("latency_ratio")
-        ratio_text = f", latency x{ratio:.2f}" if ratio is not None and math.isfinite(ratio) else ""
-        tokens_ratio = ratios.get("output_tokens_ratio")
-        tokens_text = (
-            f" (x{tokens_ratio:.2f})" if tokens_ratio is not None and math.isfinite(tokens_ratio) else ""
-        )
-        status = (
-            "" if kind == "baseline" else (" - within budget" if verdict.passed else " - BUDGET BREACHED")
-        )
-        logger.info(
-            "%s: latency p50 %.1f ms p95 %.1f ms%s, ttft p50 %.1f ms, tpot p50 %.2f ms, output tokens %.1f%s%s",
-            where,
-            m.latency_ms.p50,
-            m.latency_ms.p95,
-            ratio_text,
-            m.ttft_ms.p50,
-            m.tpot_ms.p50,
-            m.output_tokens.mean,
-            tokens_text,
-            status,
-        )
+    def _send_trackers(self, outcome: CheckOutcome, state: TrainerState, *, immediately: bool) -> None:
+        """Trackers and the console get each check; the baseline waits for the first step, when the progress
+        bar that prints logged metrics exists."""
+        if immediately:
+            if self._trackers is not None:
+                self._trackers.write(outcome, state.global_step)
+            else:
+                state.log_history.append({**outcome.metrics(), "epoch": state.epoch or 0.0, "step": state.global_step})
+        else:
+            self._pending_tracker_send = outcome
 
-    def _append_log_history(
-        self,
-        state: TrainerState,
-        m: Measurement,
-        ratios: Mapping[str, float],
-        cost: Mapping[str, float],
-        breached: bool,
-    ) -> None:
-        summary = m.summary()
-        entry: dict[str, Any] = {}
-        for key in _LOG_HISTORY_KEYS:
-            entry[f"efficiency/{key}"] = summary.get(key)
-        for key in ("latency_ratio", "output_tokens_ratio"):
-            entry[f"efficiency/{key}"] = ratios.get(key)
-        for key, value in cost.items():
-            entry[f"efficiency/{key}"] = value
-        entry["efficiency/breached"] = int(breached)
-        # trainer_state.json is JSON: no NaN, no None noise.
-        clean = {k: float(v) for k, v in entry.items() if v is not None and math.isfinite(float(v))}
-        state.log_history.append({**clean, "epoch": state.epoch or 0.0, "step": state.global_step})
+    def _flush_pending_trackers(self, state: TrainerState) -> None:
+        outcome, self._pending_tracker_send = self._pending_tracker_send, None
+        if outcome is not None and state.is_world_process_zero:
+            self._send_trackers(outcome, state, immediately=True)
 
-    def _write_baseline_to_tensorboard(self) -> None:
-        assert self.report is not None
-        baseline = self.report.baseline_measurement()
-        if self._sink is None or baseline is None:
+    def _write_baseline(self, state: TrainerState) -> None:
+        """A given or restored baseline: write its curves at step 0 once, as a measured one would be."""
+        assert self.monitor is not None
+        baseline = self.monitor.baseline
+        if baseline is None or self._run > 0 or any(c.kind == "baseline" for c in self.monitor.report.checks):
+            self._save_report()
             return
-        limits = self.budget.limits(baseline)
-        self._sink.write_layout(list(limits))
-        _, cost = self._ratios_and_cost(baseline, baseline)
-        self._sink.log_check(
-            0, baseline.summary(), {"latency_ratio": 1.0, "output_tokens_ratio": 1.0, **cost}, limits
-        )
-        self._sink.flush()
+        outcome = self.monitor.observe(baseline, kind="baseline", epoch=0.0, step=0, record=False)
+        if self._tensorboard is not None:
+            self._tensorboard.write(outcome, 0)
+        self._send_trackers(outcome, state, immediately=False)
+        self._save_report()
+
+    def _pin(self, path: str) -> None:
+        """Keep a within-budget checkpoint from ``save_total_limit`` rotation: hard links (no extra disk) under
+        ``<output_dir>/efficiency/[<name>/]checkpoints/``; the previous pin goes once a newer one exists."""
+        assert self.report_path is not None and self.monitor is not None
+        source = Path(path)
+        if not source.is_dir():
+            return
+        pins = self.report_path.parent / "checkpoints"
+        target = pins / source.name
+        try:
+            if target.exists():
+                shutil.rmtree(target)
+            shutil.copytree(source, target, copy_function=_link_or_copy)
+        except OSError as exc:
+            logger.warning("could not keep %s from checkpoint rotation: %s", path, exc)
+            return
+        for old in pins.iterdir():
+            if old != target:
+                shutil.rmtree(old, ignore_errors=True)
+        self.monitor.report.pinned_checkpoints = {os.path.abspath(path): str(target)}
+
+    def _warn_if_final_model_breaches(self, args: TrainingArguments, state: TrainerState) -> None:
+        """Say so when the weights left in memory are over budget (e.g. ``load_best_model_at_end`` loaded a
+        checkpoint that breaches it)."""
+        assert self.monitor is not None
+        report = self.monitor.report
+        loaded = state.best_model_checkpoint if args.load_best_model_at_end else None
+        step = int(loaded.rstrip("/").rsplit("-", 1)[-1]) if loaded and loaded.rstrip("/")[-1].isdigit() else None
+        at = step if step is not None else state.global_step
+        within = self.monitor.within_budget_at(at)
+        report.final_model = {"step": at, "source": loaded or "last step", "within_budget": within}
+        # After our own stop the stop line has said it (with the checkpoint to use); say it when nothing did.
+        if within is False and (report.stopped is None or loaded):
+            recommended = self.monitor.recommended_checkpoint()
+            logger.warning(
+                "%sthe model in memory at the end of training (%s) breaches the budget%s",
+                f"[{self.name}] " if self.name else "",
+                f"{loaded}, loaded by load_best_model_at_end" if loaded else f"step {at}",
+                f"; the checkpoint within budget is {recommended}" if recommended else "",
+            )
 
     def _save_report(self) -> None:
-        if self.report is None or self.report_path is None:
-            return
-        try:
-            self.report.save(self.report_path)
-        except OSError as exc:  # a full disk must not kill training either
-            logger.warning("could not write %s: %s", self.report_path, exc)
+        if self._report_sink is not None:
+            self._report_sink.write()
+
+
+# ---------------------------------------------------------------------- helpers
+def _report_path(output_dir: Any, name: str | None) -> Path:
+    path = report_path(str(output_dir))
+    return path if not name else path.parent / name / path.name
+
+
+def _eval_key(key: str, name: str | None) -> str:
+    return f"eval_{key}" if not name else f"eval_{key}_{name}"
+
+
+def _report_to(args: TrainingArguments) -> list[str]:
+    report_to = getattr(args, "report_to", None) or []
+    return [report_to] if isinstance(report_to, str) else list(report_to)
+
+
+def _find_calling_trainer(callback: EfficiencyCallback) -> Any:
+    """The Trainer whose callback handler is calling ``callback`` now, found on the call stack (callbacks are
+    not given the Trainer). None when there is none, e.g. a callback driven by hand."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            candidate = frame.f_locals.get("self")
+            handler = getattr(candidate, "callback_handler", None)
+            if handler is not None and callback in getattr(handler, "callbacks", ()):
+                return candidate
+            frame = frame.f_back
+    finally:
+        del frame
+    return None
+
+
+def _termination_requested(trainer: Any) -> bool:
+    """True when transformers' JIT checkpointing caught a SIGTERM and the Trainer is about to save and exit."""
+    if trainer is None:
+        return False
+    for callback in trainer.callback_handler.callbacks:
+        manager = getattr(callback, "jit_manager", None)
+        if manager is not None and getattr(manager, "is_checkpoint_requested", False):
+            return True
+    return False
+
+
+def _check_not_meta(model: Any) -> None:
+    param = next(iter(model.parameters()), None)
+    if param is not None and param.device.type == "meta":
+        raise ModelError(
+            "the model's parameters are on the meta device (created without weights, e.g. under "
+            "init_empty_weights or device_map='meta'): nothing can be generated; load real weights before "
+            "training"
+        )
+
+
+def _check_parallelism(args: TrainingArguments) -> None:
+    config = getattr(args, "parallelism_config", None)
+    if config is None:
+        return
+    sizes = {
+        name: int(getattr(config, attr, 1) or 1)
+        for name, attr in (("tensor", "tp_size"), ("sequence", "sp_size"), ("context", "cp_size"))
+    }
+    split = {name: size for name, size in sizes.items() if size > 1}
+    if split:
+        raise ConfigError(
+            "EfficiencyCallback does not support `parallelism_config` with "
+            + ", ".join(f"{name} parallelism of size {size}" for name, size in split.items())
+            + ": the model is split across ranks and a measurement would time a partial model. Measure the "
+            "model with data parallelism, FSDP or DeepSpeed ZeRO, or with `ftcallback measure` after training"
+        )
+
+
+def _last_loss(state: TrainerState) -> float | None:
+    for entry in reversed(state.log_history):
+        loss = entry.get("loss")
+        if isinstance(loss, (int, float)):
+            return float(loss)
+    return None
+
+
+@contextlib.contextmanager
+def _silenced() -> Iterator[None]:
+    """Warnings of a rank that measures only to take part in sharded generation: the main rank says them once."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def _impossible(m: Measurement) -> str | None:
@@ -737,12 +872,6 @@ def _impossible(m: Measurement) -> str | None:
     if all(s.output_tokens == 0 for s in m.samples):
         return "no response has any output token (generate returned nothing new)"
     return None
-
-
-def _verdict_entry(check: BudgetCheck) -> dict[str, Any]:
-    """A budget line as the report keeps it: the check's own fields plus its headroom (``margin``)."""
-    margin = check.margin
-    return {**check.to_dict(), "margin": margin if math.isfinite(margin) else None}
 
 
 def _release_memory() -> None:

@@ -25,8 +25,9 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ._budget import Budget, Verdict, _significant, evaluate
+from ._budget import Budget, Verdict, evaluate
 from ._errors import ConfigError
+from ._format import percent_change, significant
 from ._measurement import Measurement, json_float
 
 __all__ = ["Comparison", "Row", "compare"]
@@ -78,10 +79,6 @@ def _change(base: float, new: float) -> float:
     if math.isfinite(base) and math.isfinite(new) and base != 0:
         return (new - base) / base
     return math.nan
-
-
-def _pct(change: float) -> str:
-    return f"{change * 100:+.0f}%" if math.isfinite(change) else "n/a"
 
 
 def _accuracy_points(accuracy: tuple[float, float]) -> float:
@@ -205,7 +202,7 @@ def _fmt_cell(metric: str, unit: str, value: float) -> str:
     if not math.isfinite(value):
         return "n/a"
     if "cost" in metric:
-        return _significant(value, 4)
+        return significant(value, 4)
     if unit == "" or metric == "accuracy":
         return f"{value:.3f}" if value <= 1.0 else f"{value:.1f}"
     return f"{value:.1f}"
@@ -251,12 +248,12 @@ def _tradeoff(
             if budget.latency_ms is not None
             else (f"{b_lat:.0f} ms before" if math.isfinite(b_lat) else "no baseline figure")
         )
-        latency = f"{_pct(_change(b_lat, n_lat))} latency ({stat} {n_lat:.0f} ms against {against})"
+        latency = f"{percent_change(_change(b_lat, n_lat))} latency ({stat} {n_lat:.0f} ms against {against})"
     else:
         latency = "latency not measured"
     b_tok, n_tok = base.output_tokens.mean, new.output_tokens.mean
     if math.isfinite(b_tok) and math.isfinite(n_tok):
-        tokens = f"{_pct(_change(b_tok, n_tok))} output tokens (mean {n_tok:.1f} against {b_tok:.1f})"
+        tokens = f"{percent_change(_change(b_tok, n_tok))} output tokens (mean {n_tok:.1f} against {b_tok:.1f})"
     else:
         tokens = "output tokens not measured"
     if accuracy is None:
@@ -288,7 +285,7 @@ def _remedies(base: Measurement, new: Measurement, verdict: Verdict) -> list[str
         if math.isfinite(token_growth) and token_growth > _LENGTH_GROWTH_THAT_EXPLAINS_LATENCY:
             # Latency grows with length: fixing length is cheaper than changing how the model is served.
             remedies.append(
-                f"Responses got longer ({_pct(token_growth)} output tokens), which alone makes requests "
+                f"Responses got longer ({percent_change(token_growth)} output tokens), which alone makes requests "
                 f"slower: control their length first."
             )
             remedies += _length_remedies(base, new)

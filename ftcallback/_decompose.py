@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._drift import MachineFactor
+from ._format import percent_change
+from ._json import json_float
 from ._measurement import Measurement, RequestSample
 from ._stats import RESAMPLES, RatioEstimate, combine_log_intervals, paired_ratio
 
@@ -29,7 +31,8 @@ __all__ = ["LatencyDecomposition", "decompose"]
 
 
 def _pct(ratio: float) -> str:
-    return f"{(ratio - 1.0) * 100:+.0f}%"
+    """A ratio as the signed percentage change it means: ``1.25`` -> ``"+25%"``."""
+    return percent_change(ratio - 1.0)
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,6 @@ class LatencyDecomposition:
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        from ._measurement import json_float
-
         return {
             "total": json_float(self.total),
             "length": json_float(self.length),

@@ -26,10 +26,8 @@ import datetime
 import functools
 import importlib.metadata
 import logging
-import math
 import platform
 import random
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -43,7 +41,8 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from ._drift import ReferenceWorkload
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
 from ._measurement import Measurement, RequestSample
-from ._prompts import encode_prompts, load_prompts, prompts_sha256, resolve_tokenizer
+from ._probe import probe_settings
+from ._prompts import encode_prompts, load_prompts, resolve_tokenizer
 from ._sequential import sequential_settings
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
@@ -311,7 +310,6 @@ def measure(
         cpu_clock = thread_cpu_clock()
     cpu_time = None if cpu_clock is None or device.type != "cpu" else (lambda: cpu_clock()[0])
 
-    settings_kwargs = _json_safe(user_kwargs)
     eos_ids = _eos_ids(base_config, tokenizer)
     sync = _synchronizer(device)
     timer = _StepTimer(clock, sync)
@@ -372,17 +370,16 @@ def measure(
     samples: list[RequestSample] = []
     last_outputs: dict[int, list[int]] = {}
     warmup_latencies: list[float] = []
-    settings: dict[str, Any] = {
-        "max_new_tokens": max_new_tokens,
-        "generation_kwargs": settings_kwargs,
-        "warmup": warmup,
-        "repeats": repeats,
-        "batch_size": batch_size,
-        "apply_chat_template": bool(apply_chat_template),
-        "num_prompts": len(prompt_list),
-        "prompts_sha256": prompts_sha256(prompt_list, apply_chat_template),
-        "seed": seed,
-    }
+    settings = probe_settings(
+        prompt_list,
+        max_new_tokens=max_new_tokens,
+        generation_kwargs=user_kwargs,
+        warmup=warmup,
+        repeats=repeats,
+        batch_size=batch_size,
+        apply_chat_template=apply_chat_template,
+        seed=seed,
+    )
     if until is not None:
         settings["sequential"] = sequential_settings(repeats, cap)
     model_info = _model_info(target, device)
@@ -796,25 +793,6 @@ def _make_batches(
 
 
 # ----------------------------------------------------------------- records
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with anything JSON cannot hold replaced by its repr (memory addresses removed, so that
-    two runs with the same settings record the same text)."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, GenerationConfig):
-        return _json_safe(value.to_diff_dict())
-    return _ADDRESS.sub("", repr(value))
-
-
 def _model_info(target: Any, device: torch.device) -> dict[str, Any]:
     config = getattr(target, "config", None)
     name = getattr(target, "name_or_path", None) or getattr(config, "_name_or_path", None) or ""

@@ -8,10 +8,8 @@ and reused.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -19,15 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import BaselineError
+from ._json import float_from_json, json_float, read_json, write_json_atomic
 from ._stats import Stats, summarize
 
 __all__ = ["SCHEMA_VERSION", "Measurement", "RequestSample"]
 
 #: Version of the JSON layout written by :meth:`Measurement.to_dict`. Bumped on incompatible changes.
 SCHEMA_VERSION = 1
-
-#: Settings that must agree between a baseline and a later measurement for a comparison to be fair.
-COMPARABLE_SETTINGS = ("prompts_sha256", "num_prompts", "max_new_tokens", "generation_kwargs", "apply_chat_template")
 
 
 @dataclass(frozen=True)
@@ -256,12 +252,9 @@ class Measurement:
     # ----------------------------------------------------------------- comparison
     def incompatibilities(self, other: Measurement) -> list[str]:
         """Settings that differ between ``self`` and ``other``, as readable lines (empty when comparable)."""
-        problems = []
-        for key in COMPARABLE_SETTINGS:
-            mine, theirs = self.settings.get(key), other.settings.get(key)
-            if mine != theirs:
-                problems.append(f"{key}: {theirs!r} here, {mine!r} in the baseline")
-        return problems
+        from ._probe import settings_incompatibilities  # _probe imports _prompts; keep this module light
+
+        return settings_incompatibilities(self.settings, other.settings)
 
     # ----------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
@@ -310,12 +303,12 @@ class Measurement:
                 RequestSample(
                     prompt_index=int(cols["prompt_index"][i]),
                     repeat=int(cols["repeat"][i]),
-                    latency_s=_fromjson_float(cols["latency_s"][i]),
-                    ttft_s=_fromjson_float(cols["ttft_s"][i]),
+                    latency_s=float_from_json(cols["latency_s"][i]),
+                    ttft_s=float_from_json(cols["ttft_s"][i]),
                     input_tokens=int(cols["input_tokens"][i]),
                     output_tokens=int(cols["output_tokens"][i]),
                     finished=bool(cols["finished"][i]),
-                    token_times_s=tuple(_fromjson_float(t) for t in token_times[i]),
+                    token_times_s=tuple(float_from_json(t) for t in token_times[i]),
                 )
                 for i in range(n)
             )
@@ -324,12 +317,12 @@ class Measurement:
                 settings=dict(data.get("settings", {})),
                 model=dict(data.get("model", {})),
                 environment=dict(data.get("environment", {})),
-                warmup_latencies_s=tuple(_fromjson_float(v) for v in data.get("warmup_latencies_s", [])),
-                reference_s=tuple(_fromjson_float(v) for v in data.get("reference_s", [])),
-                cpu_share=tuple(_fromjson_float(v) for v in data.get("cpu_share", [])),
+                warmup_latencies_s=tuple(float_from_json(v) for v in data.get("warmup_latencies_s", [])),
+                reference_s=tuple(float_from_json(v) for v in data.get("reference_s", [])),
+                cpu_share=tuple(float_from_json(v) for v in data.get("cpu_share", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
-                wall_time_s=_fromjson_float(data.get("wall_time_s")),
+                wall_time_s=float_from_json(data.get("wall_time_s")),
                 created_at=str(data.get("created_at", "")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
@@ -360,50 +353,3 @@ class Measurement:
             return cls.from_dict(data)
         except BaselineError as exc:
             raise BaselineError(f"{what} {str(path)!r}: {exc}") from exc
-
-
-def json_float(value: Any) -> Any:
-    """JSON has no NaN or infinity: write them as null (or a string for infinities)."""
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-    return value
-
-
-def _fromjson_float(value: Any) -> float:
-    if value is None:
-        return math.nan
-    return float(value)
-
-
-def read_json(path: Path, *, what: str, error: type[Exception]) -> Any:
-    """Parse the JSON file at ``path``; a missing, unreadable or invalid file raises ``error`` in one line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise error(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise error(f"{what} {str(path)!r} is not valid JSON: {exc}") from exc
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` via a temporary file and a rename in the same folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, allow_nan=False)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

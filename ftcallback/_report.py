@@ -10,8 +10,6 @@ and :meth:`RunReport.from_dict` gives defaults for missing keys, so an older rep
 from __future__ import annotations
 
 import logging
-import math
-import numbers
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
@@ -21,7 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ReportError
-from ._measurement import Measurement, read_json, write_json_atomic
+from ._format import finite_float as _finite_float
+from ._format import number
+from ._json import float_from_json, jsonable, read_json, write_json_atomic
+from ._measurement import Measurement
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -56,55 +57,8 @@ def _utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _jsonable(value: Any) -> Any:
-    """A deep copy of ``value`` that ``json.dump(..., allow_nan=False)`` accepts.
-
-    NaN becomes ``null`` and infinities ``"inf"`` / ``"-inf"`` (as in :class:`Measurement`); numpy and
-    torch scalars and arrays become Python numbers and lists. Anything else unknown becomes its
-    ``repr``: a stray object must not cost the run its record.
-    """
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        number = float(value)
-        if math.isnan(number):
-            return None
-        if math.isinf(number):
-            return "inf" if number > 0 else "-inf"
-        return number
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if callable(getattr(value, "tolist", None)):
-        return _jsonable(value.tolist())  # numpy / torch scalars and arrays, numpy bool included
-    to_dict = getattr(value, "to_dict", None)
-    if callable(to_dict):
-        return _jsonable(to_dict())
-    return repr(value)
-
-
-def _float(value: Any) -> float:
-    """Inverse of :func:`_jsonable` for a number: ``null`` -> NaN, ``"inf"`` -> inf."""
-    if value is None:
-        return math.nan
-    return float(value)
-
-
 def _float_dict(data: Any) -> dict[str, float]:
-    return {str(k): _float(v) for k, v in (data or {}).items()}
-
-
-def _finite_float(value: Any) -> float | None:
-    """``float(value)`` for a finite real number (bools excluded), else None."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return None
-    number = float(value)
-    return number if math.isfinite(number) else None
+    return {str(k): float_from_json(v) for k, v in (data or {}).items()}
 
 
 @dataclass(kw_only=True)
@@ -126,6 +80,10 @@ class CheckRecord:
         consecutive_breaches: breaching checks in a row, this one included (what ``patience`` counts).
         measurement: the full :meth:`Measurement.to_dict`, or None when not kept.
         time: when the check ended, ISO-8601 UTC.
+        run: which ``train()`` call of the callback the check belongs to (0 for the first; a callback reused
+            for a second ``train()`` keeps its first baseline and numbers steps from 0 again).
+        loss: the training loss last logged at or before the check's step, when the Trainer logged one
+            (``ftcallback report`` shows it when the run left no ``trainer_state.json``).
 
     Example:
         >>> rec = CheckRecord(index=1, kind="epoch", epoch=1.0, step=10, summary={"latency_ms_p50": 41.0})
@@ -149,6 +107,8 @@ class CheckRecord:
     consecutive_breaches: int = 0
     measurement: dict[str, Any] | None = None
     time: str = field(default_factory=_utcnow)
+    run: int = 0
+    loss: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CHECK_KINDS:
@@ -165,7 +125,7 @@ class CheckRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (NaN -> null, inf -> ``"inf"``); inverse of :meth:`from_dict`."""
-        out: dict[str, Any] = _jsonable(
+        out: dict[str, Any] = jsonable(
             {
                 "index": self.index,
                 "kind": self.kind,
@@ -181,6 +141,8 @@ class CheckRecord:
                 "consecutive_breaches": self.consecutive_breaches,
                 "measurement": self.measurement,
                 "time": self.time,
+                "run": self.run,
+                "loss": self.loss,
             }
         )
         return out
@@ -213,6 +175,8 @@ class CheckRecord:
                 consecutive_breaches=int(data.get("consecutive_breaches", 0)),
                 measurement=None if measurement is None else dict(measurement),
                 time=str(data.get("time", "")),
+                run=int(data.get("run", 0)),
+                loss=_finite_float(data.get("loss")),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):
@@ -240,6 +204,10 @@ class RunReport:
         created_at: ISO-8601 UTC time the report was created.
         updated_at: ISO-8601 UTC time of the last :meth:`save` (``created_at`` until then).
         output_dir: the Trainer's ``output_dir``.
+        pinned_checkpoints: ``{checkpoint path: kept copy}`` for a within-budget checkpoint kept (as hard links)
+            from ``save_total_limit`` rotation.
+        final_model: ``{"step", "source", "within_budget"}`` of the weights in memory when training ended
+            (``source`` is the checkpoint ``load_best_model_at_end`` loaded, or ``"last step"``).
 
     Example:
         >>> report = RunReport(output_dir="out")
@@ -260,6 +228,8 @@ class RunReport:
     created_at: str = field(default_factory=_utcnow)
     updated_at: str = ""
     output_dir: str = ""
+    pinned_checkpoints: dict[str, str] = field(default_factory=dict)
+    final_model: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.updated_at:
@@ -291,7 +261,8 @@ class RunReport:
             return None
         return Measurement.from_dict(self.baseline)
 
-    def _within_budget_at(self, step: int) -> bool | None:
+    def within_budget_at(self, step: int) -> bool | None:
+        """Whether the weights at ``step`` were within budget: the latest ok check at or before it decides."""
         # The most recent check that measured something speaks for the weights at `step`; a failed
         # check says nothing, so it is skipped rather than counted as a breach or a pass.
         measured = [c for c in self.checks if c.status == "ok" and c.step <= step]
@@ -310,7 +281,7 @@ class RunReport:
         Returns:
             The entry, ``{"step", "path", "within_budget"}``.
         """
-        entry = {"step": int(step), "path": os.fspath(path), "within_budget": self._within_budget_at(step)}
+        entry = {"step": int(step), "path": os.fspath(path), "within_budget": self.within_budget_at(step)}
         self.checkpoints = [c for c in self.checkpoints if c.get("path") != entry["path"]]
         self.checkpoints.append(entry)
         self.checkpoints.sort(key=lambda c: int(c.get("step", 0)))
@@ -321,21 +292,23 @@ class RunReport:
 
     @property
     def last_within_budget_checkpoint(self) -> str | None:
-        """Path of the latest checkpoint saved within budget that still exists on disk.
-
-        ``save_total_limit`` may have deleted it; then the latest within-budget path is returned
-        anyway (it names the step to retrain to). None when no checkpoint was within budget.
+        """Path of the latest checkpoint saved within budget that exists on disk: the checkpoint itself, or the
+        copy kept from ``save_total_limit`` rotation (:attr:`pinned_checkpoints`). None when none exists: a
+        path that rotation deleted is never named.
         """
         good = sorted(
             (c for c in self.checkpoints if c.get("within_budget") is True),
             key=lambda c: int(c.get("step", 0)),
         )
-        if not good:
-            return None
+        pinned = {os.path.abspath(k): v for k, v in self.pinned_checkpoints.items()}
         for entry in reversed(good):
-            if Path(entry["path"]).exists():
-                return str(entry["path"])
-        return str(good[-1]["path"])
+            path = str(entry["path"])
+            if Path(path).exists():
+                return path
+            kept = pinned.get(os.path.abspath(path))
+            if kept is not None and Path(kept).exists():
+                return kept
+        return None
 
     # ----------------------------------------------------------------- JSON
     def to_dict(self, *, include_measurements: bool = True) -> dict[str, Any]:
@@ -351,7 +324,7 @@ class RunReport:
         """
         import ftcallback  # here, not at module level: the package's __init__ imports this module
 
-        out: dict[str, Any] = _jsonable(
+        out: dict[str, Any] = jsonable(
             {
                 "schema_version": REPORT_SCHEMA_VERSION,
                 "ftcallback_version": getattr(ftcallback, "__version__", "unknown"),
@@ -365,6 +338,8 @@ class RunReport:
                 "checks": [_without_measurement(c.to_dict(), include_measurements) for c in self.checks],
                 "checkpoints": self.checkpoints,
                 "last_within_budget_checkpoint": self.last_within_budget_checkpoint,
+                "pinned_checkpoints": self.pinned_checkpoints,
+                "final_model": self.final_model,
                 "stopped": self.stopped,
             }
         )
@@ -412,6 +387,8 @@ class RunReport:
                 created_at=str(data.get("created_at") or ""),
                 updated_at=str(data.get("updated_at") or ""),
                 output_dir=str(data.get("output_dir") or ""),
+                pinned_checkpoints={str(k): str(v) for k, v in (data.get("pinned_checkpoints") or {}).items()},
+                final_model=None if data.get("final_model") is None else dict(data["final_model"]),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):
@@ -457,7 +434,7 @@ class RunReport:
             >>> RunReport.load("/nonexistent")  # doctest: +ELLIPSIS
             Traceback (most recent call last):
             ...
-            ftcallback.errors.ReportError: cannot read report '/nonexistent...': No such file or directory
+            ftcallback.ReportError: cannot read report '/nonexistent...': No such file or directory
         """
         target = Path(path)
         if target.is_dir():
@@ -518,8 +495,7 @@ def _logged_value(history: Sequence[Mapping[str, Any]], key: str, step: int) -> 
 
 
 def _fmt(value: Any, spec: str) -> str:
-    number = _finite_float(value)
-    return "-" if number is None else format(number, spec)
+    return number(value, spec, missing="-")  # a table cell: "-" reads as "nothing here"
 
 
 def _verdict_text(check: CheckRecord) -> str:
@@ -549,6 +525,17 @@ def _stopped_text(stopped: Mapping[str, Any]) -> str:
     where = f"step {stopped.get('step', '?')}"
     why = stopped.get("reason") or stopped.get("metric") or "budget breached"
     return f"stopped at {where}: {why}"
+
+
+def _recommended_text(report: RunReport) -> str:
+    """The checkpoint to use, or why there is none: a path that no longer exists is never printed as one."""
+    found = report.last_within_budget_checkpoint
+    if found is not None:
+        return found
+    gone = [c["path"] for c in report.checkpoints if c.get("within_budget") is True]
+    if gone:
+        return f"none on disk ({gone[-1]} was within budget but has been deleted, e.g. by save_total_limit)"
+    return "none"
 
 
 def format_checks_table(
@@ -637,5 +624,5 @@ def format_checks_table(
     lines.append("")
     footer = _stopped_text(report.stopped) if report.stopped else "trained to the end (no budget stop)"
     lines += textwrap.wrap(footer, width=width, subsequent_indent="  ") or [footer]
-    lines.append(f"last within-budget checkpoint: {report.last_within_budget_checkpoint or 'none'}")
+    lines.append(f"last within-budget checkpoint: {_recommended_text(report)}")
     return "\n".join(lines)

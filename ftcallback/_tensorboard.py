@@ -23,7 +23,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._monitor import CheckOutcome
 
 __all__ = [
     "EXTRA_KEYS",
@@ -221,8 +224,13 @@ class TensorBoardSink:
         ['efficiency/latency_ms_p50', 'efficiency/latency_ratio', 'efficiency/limit/latency_ratio']
     """
 
-    def __init__(self, log_dir: str | os.PathLike[str], *, mirror_trainer_logs: bool) -> None:
+    def __init__(
+        self, log_dir: str | os.PathLike[str], *, mirror_trainer_logs: bool, name: str | None = None
+    ) -> None:
         self.log_dir = os.fspath(log_dir)
+        # Several callbacks in one Trainer write to one run: each under its own `efficiency/<name>/` tags.
+        self.prefix = TAG_PREFIX if not name else f"{TAG_PREFIX}{name}/"
+        self.limit_prefix = LIMIT_PREFIX if not name else f"{self.prefix}limit/"
         self.mirror_trainer_logs = mirror_trainer_logs
         self._writer: Any = None
         self._layout_written = False
@@ -274,10 +282,10 @@ class TensorBoardSink:
         Returns:
             The tags written (non-finite and missing values are skipped).
         """
-        written = [TAG_PREFIX + k for k in SUMMARY_KEYS if self._scalar(TAG_PREFIX + k, summary.get(k), step)]
-        written += [TAG_PREFIX + k for k, v in (extra or {}).items() if self._scalar(TAG_PREFIX + k, v, step)]
+        written = [self.prefix + k for k in SUMMARY_KEYS if self._scalar(self.prefix + k, summary.get(k), step)]
+        written += [self.prefix + k for k, v in (extra or {}).items() if self._scalar(self.prefix + k, v, step)]
         written += [
-            LIMIT_PREFIX + k for k, v in (limits or {}).items() if self._scalar(LIMIT_PREFIX + k, v, step)
+            self.limit_prefix + k for k, v in (limits or {}).items() if self._scalar(self.limit_prefix + k, v, step)
         ]
         # Checks are rare and each one cost seconds of generation: flush so a crash loses none.
         self.flush()
@@ -296,12 +304,12 @@ class TensorBoardSink:
         if self._layout_written:
             return False
         budget_charts = {
-            f"{m} vs limit": ["Multiline", [_exact(TAG_PREFIX + m), _exact(LIMIT_PREFIX + m)]]
+            f"{m} vs limit": ["Multiline", [_exact(self.prefix + m), _exact(self.limit_prefix + m)]]
             for m in dict.fromkeys(metrics)
         }
         overview = {
-            "latency percentiles (ms)": ["Multiline", [_exact(TAG_PREFIX + k) for k in _LATENCY_PERCENTILES]],
-            "ratios to baseline": ["Multiline", [_exact(TAG_PREFIX + k) for k in _RATIOS]],
+            "latency percentiles (ms)": ["Multiline", [_exact(self.prefix + k) for k in _LATENCY_PERCENTILES]],
+            "ratios to baseline": ["Multiline", [_exact(self.prefix + k) for k in _RATIOS]],
         }
         layout: dict[str, dict[str, list[Any]]] = {}
         if budget_charts:
@@ -328,7 +336,7 @@ class TensorBoardSink:
             index = sample.get("prompt_index", i)
             parts.append(f"**prompt {index}**\n\n{_code_block(str(sample.get('prompt', '')))}")
             parts.append(f"**output**\n\n{_code_block(str(sample.get('output', '')))}")
-        self.writer.add_text(TAG_PREFIX + "samples", "\n\n".join(parts), global_step=int(step))
+        self.writer.add_text(self.prefix + "samples", "\n\n".join(parts), global_step=int(step))
         self.flush()
 
     def log_trainer_logs(self, logs: Mapping[str, Any], step: int) -> list[str]:
@@ -347,6 +355,16 @@ class TensorBoardSink:
         if written:
             self.flush()
         return written
+
+    def write(self, outcome: CheckOutcome, step: int) -> None:
+        """Write one check of the monitor: its scalars, the budget limits, the layout and the sample outputs."""
+        rec = outcome.record
+        if outcome.failed:
+            return
+        self.write_layout(list(outcome.limits))
+        self.log_check(step, rec.summary, {**rec.ratios, **rec.cost}, outcome.limits)
+        if outcome.measurement is not None:
+            self.log_samples(step, list(outcome.measurement.sample_outputs))
 
     def flush(self) -> None:
         """Push pending events to disk (nothing to do before the first write)."""

@@ -1,4 +1,4 @@
-"""Benchmark 7 - decisions on a busy machine: a slower machine is not a slower model.
+"""Benchmark 8 - decisions on a busy machine: a slower machine is not a slower model.
 
 Every run measures a baseline on the quiet machine and then a check, both with the real engine on a tiny
 model, the reference workload timed before every ``generate`` call and the adaptive rule

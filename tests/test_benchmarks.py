@@ -41,8 +41,11 @@ EXPECTED: dict[str, list[str]] = {
     "decisions": ["forward_share"],
     "agreement": ["ratio", "deviation", "worst_deviation"],
     "scaling": ["slope_prompts", "slope_max_new_tokens", "batch_speedup"],
+    "cli": ["help_s", "bare_s", "help_ratio", "median_s"],
     "drift": ["forward_share", "cost_ratio", "growth_matches", "load_average_start"],
 }
+# What each --quick run reports under results.models[i].model: a tiny model, or none for the CLI.
+QUICK_MODELS = {"cli": ["none"]}
 
 
 def _finite_numbers(value: Any) -> Iterable[float]:
@@ -96,11 +99,18 @@ def test_quick_mode_writes_complete_results(name: str, results_dir: Path) -> Non
     assert data["tables"] and all(t["markdown"].startswith("| ") for t in data["tables"])
 
     models = data["results"]["models"]
-    assert [m["model"] for m in models] == ["tiny-gpt2"]
+    assert [m["model"] for m in models] == QUICK_MODELS.get(name, ["tiny-gpt2"])
     for model in models:
         for key in EXPECTED[name]:
             numbers = list(_finite_numbers(model[key]))
             assert numbers and all(math.isfinite(v) for v in numbers), (key, model[key])
+
+
+def test_cli_help_imports_no_heavy_module(results_dir: Path) -> None:
+    path = results_dir / "cli.json"
+    data = json.loads(path.read_text()) if path.exists() else _run("cli", path)
+    assert "torch" not in data["results"]["heavy_imports"]
+    assert "transformers" not in data["results"]["heavy_imports"]
 
 
 def test_decisions_count_every_condition(results_dir: Path) -> None:

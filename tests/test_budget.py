@@ -544,3 +544,47 @@ def test_cost_checks():
     assert (monthly.value, monthly.limit, monthly.passed) == (pytest.approx(260.0), 300.0, True)
     assert monthly.describe() == "monthly_cost 260.0 within budget 300.0 (baseline 180.0, +44%)"
     assert evaluate(budget, new).checks[1].passed is None
+
+
+# ----------------------------------------------------------------------------- budget files
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("budget.toml", 'max_token_increase = 0.2\nlatency_ms = 400\nlatency_stat = "p50"\n'),
+        ("budget.toml", '[budget]\nmax_token_increase = 0.2\nlatency_ms = 400\nlatency_stat = "p50"\n'),
+        ("budget.json", '{"max_token_increase": 0.2, "latency_ms": 400, "latency_stat": "p50"}'),
+    ],
+)
+def test_from_file_reads_toml_and_json_with_the_field_names(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    expected = Budget(max_token_increase=0.2, latency_ms=400, latency_stat="p50")
+    assert Budget.from_file(path) == expected
+    assert Budget.from_file(str(path)) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        (
+            "b.toml",
+            "max_tokens_increase = 0.2\n",
+            r"budget file '.*b\.toml': unknown budget field\(s\) max_tokens_increase",
+        ),
+        ("b.toml", "max_token_increase = -1\n", r"budget file '.*b\.toml': `max_token_increase` must be > 0, got -1"),
+        ("b.json", '{"latency_ms": "fast"}', r"budget file '.*b\.json': `latency_ms` must be a number, got 'fast'"),
+        ("b.toml", "max_token_increase = \n", r"budget file '.*b\.toml' is not valid TOML"),
+        ("b.json", "[0.2]", r"budget file '.*b\.json': a budget must be a mapping"),
+        ("b.yaml", "max_token_increase: 0.2\n", r"budget file '.*b\.yaml' must end with \.toml or \.json"),
+    ],
+)
+def test_from_file_errors_name_the_file_and_the_field(tmp_path, name, text, match):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=match):
+        Budget.from_file(path)
+
+
+def test_from_file_names_a_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot read budget file '.*nope\.toml'"):
+        Budget.from_file(tmp_path / "nope.toml")

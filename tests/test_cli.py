@@ -6,11 +6,9 @@ import json
 import re
 import runpy
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from ftcallback._callback import EfficiencyCallback
 from ftcallback._errors import BaselineError
@@ -26,14 +24,6 @@ FAST = ["--max-new-tokens", "4", "--repeats", "2", "--warmup", "0"]
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core machine two threads spin against each other and a 4-token
-    generate of the tiny model takes 0.6 s instead of 7 ms."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -401,3 +391,181 @@ def test_report_plot_with_bad_suffix_is_a_usage_error(
 ) -> None:
     assert main(["report", str(run_dir), "--plot", str(run_dir / "x.docx"), "-q"]) == 2
     assert "cannot write a plot as '.docx'" in _error_line(capsys)
+
+
+# ----------------------------------------------------------------------------- parser and budget files
+def test_budget_flags_are_generated_from_every_budget_field(capsys: pytest.CaptureFixture[str]) -> None:
+    import dataclasses
+
+    from ftcallback import Budget
+    from ftcallback.cli._parser import BUDGET_FLAGS
+
+    names = [f.name for f in dataclasses.fields(Budget)]
+    assert [name for _, name in BUDGET_FLAGS] == names
+    for command in ("measure", "compare"):
+        assert main([command, "--help"]) == 0
+        out = " ".join(capsys.readouterr().out.split())
+        for flag, _ in BUDGET_FLAGS:
+            assert flag in out, (command, flag)
+        assert "--budget FILE" in out
+        # Help comes from the Budget docstring, not just the name.
+        assert "judged prompt by prompt" in out and "price of 1000 output tokens" in out
+
+
+@pytest.mark.parametrize("suffix", [".toml", ".json"])
+def test_compare_budget_file_and_flag_override(
+    pair: tuple[str, str], tmp_path: Path, suffix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / f"budget{suffix}"
+    text = "max_token_increase = 0.2\nlatency_ms = 500\n" if suffix == ".toml" else (
+        '{"max_token_increase": 0.2, "latency_ms": 500}'
+    )
+    path.write_text(text, encoding="utf-8")
+    assert main(["compare", *pair, "--budget", str(path), "--json"]) == 1  # tokens doubled: over +20%
+    data = json.loads(capsys.readouterr().out)
+    assert data["budget"] == {"latency_ms": 500.0, "latency_stat": "p95", "max_token_increase": 0.2}
+    # A flag given as well overrides the file's value and keeps the others.
+    assert main(["compare", *pair, "--budget", str(path), "--max-token-increase", "2.0", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["budget"] == {"latency_ms": 500.0, "latency_stat": "p95", "max_token_increase": 2.0}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("max_tokens_increase = 0.2\n", r"budget file '.*budget\.toml': unknown budget field\(s\) max_tokens_increase"),
+        ("latency_ms = -5\n", r"budget file '.*budget\.toml': `latency_ms` must be > 0"),
+        ("latency_ms = [\n", r"budget file '.*budget\.toml' is not valid TOML"),
+    ],
+)
+def test_budget_file_errors_name_the_file_and_field(
+    pair: tuple[str, str], tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "budget.toml"
+    path.write_text(text, encoding="utf-8")
+    assert main(["compare", *pair, "--budget", str(path)]) == 2
+    line = _error_line(capsys)
+    assert re.search(message, line), line
+
+
+def test_measure_checks_an_absolute_budget(
+    models: tuple[Path, Path], probe_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    budget = tmp_path / "budget.toml"
+    budget.write_text("output_tokens = 1\n", encoding="utf-8")
+    argv = ["measure", str(models[0]), "--prompts", str(probe_file), *FAST, "-q"]
+    assert main([*argv, "--budget", str(budget)]) == 1  # every response is longer than one token
+    out = capsys.readouterr().out
+    assert "output_tokens_mean" in out and "exceeds budget 1.0" in out and "OVER BUDGET" in out
+    assert main([*argv, "--budget", str(budget), "--output-tokens", "100"]) == 0
+    assert "within budget" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- forgiving errors
+def _run_in_fresh_python(code: str, tmp_path: Path) -> str:
+    import os
+    import subprocess
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env, cwd=tmp_path
+    )
+    return proc.stdout.strip()
+
+
+def test_help_imports_neither_torch_nor_transformers(tmp_path: Path) -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from ftcallback.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    codes = [main(['--help']), main(['measure', '--help']), main(['compare', '--help'])]\n"
+        "print(codes, sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))"
+    )
+    assert _run_in_fresh_python(code, tmp_path) == "[0, 0, 0] []"
+
+
+def test_a_mistyped_model_name_suggests_the_known_one_without_transformers(
+    probe_file: Path, tmp_path: Path
+) -> None:
+    code = (
+        "import sys, contextlib, io\n"
+        "from ftcallback.cli import main\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stderr(err):\n"
+        f"    code = main(['measure', 'smolm2', '--prompts', {str(probe_file)!r}])\n"
+        "print(code, 'transformers' in sys.modules, 'torch' in sys.modules)\n"
+        "print(err.getvalue().strip())"
+    )
+    first, message = _run_in_fresh_python(code, tmp_path).splitlines()
+    assert first == "2 False False"
+    assert message == "ftcallback: error: unknown model 'smolm2'; did you mean 'smollm2'?"
+
+
+def test_a_hub_id_missing_from_the_offline_cache_says_the_hub_is_offline(
+    probe_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    argv = ["measure", "no-such-org/no-such-model", "--prompts", str(probe_file), *FAST, "-q"]
+    assert main(argv) == 2
+    line = _error_line(capsys)
+    assert "the hub is offline (HF_HUB_OFFLINE=1)" in line, line
+    assert "internet connection" not in line
+
+
+@pytest.mark.parametrize(("name", "text"), [("empty.txt", ""), ("blank.txt", "\n  \n"), ("empty.jsonl", "")])
+def test_an_empty_prompts_file_is_named(
+    name: str, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    assert main(["measure", "smollm2", "--prompts", str(path)]) == 2
+    line = _error_line(capsys)
+    assert f"prompts file {str(path)!r} holds no prompts" in line, line
+
+
+def test_warnings_print_one_line_without_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from ftcallback.cli._console import cli_console
+
+    with cli_console(0, False):
+        text = warnings.formatwarning("timing is\nnoisy", UserWarning, "/x/measure.py", 3, "m = measure(")
+    assert text == "ftcallback: warning: timing is noisy (UserWarning)\n"
+    assert "measure(" in warnings.formatwarning("w", UserWarning, "/x/measure.py", 3, "m = measure(")
+
+
+def test_foreign_progress_bars_are_off_while_loading_and_restored() -> None:
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    from ftcallback.cli._console import no_foreign_progress_bars
+
+    original = gguf_utils.tqdm
+    assert hf_logging.is_progress_bar_enabled()
+    with no_foreign_progress_bars():
+        assert not hf_logging.is_progress_bar_enabled()
+        assert gguf_utils.tqdm([1, 2], desc="x").disable
+    assert hf_logging.is_progress_bar_enabled()
+    assert gguf_utils.tqdm is original
+
+
+# ----------------------------------------------------------------------------- report without trainer_state
+def test_report_shows_the_recorded_loss_without_a_trainer_state(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for step in (10, 20):
+        (run_dir / f"checkpoint-{step}" / "trainer_state.json").unlink()
+    report = RunReport.load(run_dir / "efficiency" / "report.json")
+    for check, loss in zip(report.checks, (None, 2.0, None, 1.5), strict=True):
+        check.loss = loss
+    report.save()
+
+    assert main(["report", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "loss:     recorded in the report (no trainer_state.json found)" in out
+    row = {line.split()[0] + line.split()[2]: line for line in out.splitlines() if line.startswith("epoch ")}
+    assert "2.0000" in row["epoch10"] and "1.5000" in row["epoch20"]
+
+    assert main(["report", str(run_dir), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [c["loss"] for c in data["checks"]] == [None, 2.0, 2.0, 1.5]  # last logged at or before the step

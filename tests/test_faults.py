@@ -17,18 +17,20 @@ import subprocess
 import sys
 import textwrap
 import time
+import types
 
 import pytest
 import torch
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+from helpers_training import make_trainer, token_rows, training_args
+from transformers import TrainerCallback
 
 from ftcallback import Budget, EfficiencyCallback
-from ftcallback import callback as callback_module
-from ftcallback import measurement as measurement_module
+from ftcallback import _callback as callback_module
+from ftcallback import _json as json_module
 from ftcallback._errors import MeasurementError
 from ftcallback._measurement import Measurement, RequestSample
 from ftcallback._report import CheckRecord, RunReport, report_path
-from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
+from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
 
@@ -55,26 +57,11 @@ def _callback(**kwargs) -> EfficiencyCallback:
 
 def _trainer(tmp_path, cb, *, model=None, tokenizer=None, phase=None, epochs=EPOCHS):
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
-    rows = [{"input_ids": tok(t, truncation=True, max_length=16)["input_ids"]} for t in tiny_corpus()[:16]]
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=8,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        logging_strategy="no",
-        seed=0,
+    args = training_args(
+        tmp_path / "out", num_train_epochs=epochs, per_device_train_batch_size=8, logging_strategy="no"
     )
-    return Trainer(
-        model=model if model is not None else tiny_causal_lm(),
-        args=args,
-        train_dataset=rows,
-        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-        processing_class=tok,
-        callbacks=[phase or Phase(), cb],
-    )
+    model = model if model is not None else tiny_causal_lm()
+    return make_trainer(model, args, token_rows(tok), tok, [phase or Phase(), cb])
 
 
 def _patch_generate(model, fault):
@@ -178,7 +165,7 @@ def test_oom_retries_once_with_half_the_batch(tmp_path, caplog, releases):
     assert cb.report.baseline["settings"]["batch_size"] == 1  # the record says what was really measured
     assert (
         "measurement ran out of memory with batch_size=2 (CUDA out of memory. Tried to allocate 2.00 GiB); "
-        "retrying once with batch_size=1"
+        "retrying once with batch_size=1: its latency will not be compared with the baseline, its tokens will"
     ) in _warnings(caplog)
     assert len(releases) >= 2
 
@@ -259,7 +246,7 @@ def _fake_measurement(cb, *, latency: float, output_tokens: int) -> Measurement:
         )
         for i in range(len(PROMPTS))
     )
-    return Measurement(samples=samples, settings={**cb.probe_settings(), "batch_size": 1})
+    return Measurement(samples=samples, settings={**cb.spec.settings(), "batch_size": 1})
 
 
 BUDGET = Budget(latency_ms=1000.0, max_latency_increase=0.5, output_tokens=100.0, max_token_increase=0.5)
@@ -345,23 +332,23 @@ def test_crash_mid_write_leaves_the_previous_report_whole(tmp_path, monkeypatch)
     path = tmp_path / "efficiency" / "report.json"
     _report(2).save(path)
     before = path.read_bytes()
-    real_dump = json.dump
 
     def dying_dump(obj, fh, **kwargs):
         fh.write(json.dumps(obj)[:100])  # half a report reaches the disk, then the process "dies"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(measurement_module.json, "dump", dying_dump)
+    # Only ftcallback's JSON module sees the dying dump, not the rest of the process.
+    monkeypatch.setattr(json_module, "json", types.SimpleNamespace(dump=dying_dump, dumps=json.dumps))
     with pytest.raises(KeyboardInterrupt):
         _report(3).save(path)
-    monkeypatch.setattr(measurement_module.json, "dump", real_dump)
+    monkeypatch.undo()
     assert path.read_bytes() == before
     assert len(RunReport.load(path).checks) == 2
     assert sorted(p.name for p in path.parent.iterdir()) == ["report.json"]  # no temporary file left
 
 
 def test_a_failing_disk_does_not_stop_training(tmp_path, monkeypatch, caplog):
-    real = measurement_module.write_json_atomic
+    real = json_module.write_json_atomic
     failures = []
 
     def flaky(path, data):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import ftcallback._measurement as measurement_module
+import ftcallback._json as json_module
 from ftcallback._errors import FTCallbackError, ReportError
 from ftcallback._measurement import Measurement, RequestSample
 from ftcallback._report import (
@@ -187,7 +188,7 @@ def test_save_is_atomic(report: RunReport, tmp_path: Path, monkeypatch: pytest.M
         fh.write('{"schema_version": 1, "checks": [')
         raise OSError("disk full")
 
-    monkeypatch.setattr(measurement_module.json, "dump", dump_then_crash)
+    monkeypatch.setattr(json_module, "json", types.SimpleNamespace(dump=dump_then_crash))
     with pytest.raises(OSError, match="disk full"):
         report.save(path)
     monkeypatch.undo()
@@ -235,8 +236,8 @@ def test_checkpoint_bookkeeping(tmp_path: Path) -> None:
     assert r.record_checkpoint(30, tmp_path / "checkpoint-30")["within_budget"] is False
     assert [c["step"] for c in r.checkpoints] == [5, 10, 15, 20, 30]
 
-    # None of them exist on disk: the latest within-budget one is named anyway.
-    assert r.last_within_budget_checkpoint == str(tmp_path / "checkpoint-15")
+    # None of them exist on disk: none is named (a path that is gone is no recommendation).
+    assert r.last_within_budget_checkpoint is None
     (tmp_path / "checkpoint-10").mkdir()  # save_total_limit removed checkpoint-15
     assert r.last_within_budget_checkpoint == str(tmp_path / "checkpoint-10")
     assert r.to_dict()["last_within_budget_checkpoint"] == str(tmp_path / "checkpoint-10")
@@ -277,8 +278,10 @@ def test_table_rows_verdicts_and_footer(report: RunReport) -> None:
     assert rows[3].endswith("failed: generate raised")
     assert rows[4].endswith("n/a")
     assert "trained to the end" in text
-    assert lines[-1] == "last within-budget checkpoint: out/checkpoint-10"
-    assert max(len(line) for line in lines) <= 100
+    assert lines[-1] == (
+        "last within-budget checkpoint: none on disk (out/checkpoint-10 was within budget but has been deleted, "
+        "e.g. by save_total_limit)"
+    )
 
 
 def test_table_stopped_footer_and_long_verdicts() -> None:

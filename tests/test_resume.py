@@ -11,17 +11,19 @@ Output lengths are forced through the logits, so every breach is deterministic: 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
 
 import pytest
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+from helpers_training import ForcedLength, make_trainer, token_rows, training_args
+from transformers import TrainerCallback
 
-from ftcallback import Budget, EfficiencyCallback
-from ftcallback import callback as callback_module
+from ftcallback import Budget, ConfigError, EfficiencyCallback
+from ftcallback import _callback as callback_module
 from ftcallback._report import RunReport, report_path
-from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
+from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
 
@@ -29,29 +31,6 @@ PROMPTS = ["the model returns", "a user measures the latency"]
 MAX_NEW_TOKENS = 4
 STEPS_PER_EPOCH = 2  # 16 rows, batch 8
 EPOCHS = 4
-
-
-class AnswerLength:
-    """Forward hook: in eval mode, make the next token EOS (1-token answers) or a word (never ending)."""
-
-    def __init__(self, eos_id: int, word_id: int) -> None:
-        self.eos_id, self.word_id, self.long = eos_id, word_id, False
-
-    def __call__(self, module, args, output):
-        if module.training:
-            return
-        logits = output.logits
-        logits[:, -1, self.word_id if self.long else self.eos_id] = logits[:, -1].max() + 100.0
-
-
-class LongFromEpoch(TrainerCallback):
-    """Long answers from the first epoch of training on: only the baseline at train begin is short."""
-
-    def __init__(self, length: AnswerLength) -> None:
-        self.length = length
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.length.long = True
 
 
 class InterruptAfterEpoch(TrainerCallback):
@@ -75,33 +54,20 @@ def _efficiency_callback() -> EfficiencyCallback:
 
 
 def _trainer(output_dir, *, restore: bool, extra_callbacks=(), long_from_start: bool = False):
+    """Answers are long from the first epoch on (EOS forbidden), short before it unless ``long_from_start``."""
     tok = tiny_tokenizer()
     model = tiny_causal_lm()
-    length = AnswerLength(tok.eos_token_id, tok.convert_tokens_to_ids("the"))
-    length.long = long_from_start
-    model.register_forward_hook(length)
-    rows = [{"input_ids": tok(t, truncation=True, max_length=16)["input_ids"]} for t in tiny_corpus()[:16]]
+    length = ForcedLength(model, tok.eos_token_id, range(1, EPOCHS + 1), long_at_start=long_from_start)
     cb = _efficiency_callback()
-    args = TrainingArguments(
-        output_dir=str(output_dir),
+    args = training_args(
+        output_dir,
         num_train_epochs=EPOCHS,
         per_device_train_batch_size=8,
         save_strategy="epoch",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
         logging_strategy="no",
-        seed=0,
         restore_callback_states_from_checkpoint=restore,
     )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=rows,
-        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-        processing_class=tok,
-        callbacks=[LongFromEpoch(length), *extra_callbacks, cb],
-    )
+    trainer = make_trainer(model, args, token_rows(tok), tok, [length, *extra_callbacks, cb])
     return trainer, cb
 
 
@@ -158,6 +124,10 @@ def _assert_resumed_and_stopped(trainer, out, baseline_before):
     assert cb.report.checks[-1].ratios["output_tokens_ratio"] == pytest.approx(MAX_NEW_TOKENS)
     on_disk = RunReport.load(report_path(out))
     assert [c.kind for c in on_disk.checks] == ["baseline", "epoch", "epoch"]
+    # Nothing recorded before the interruption is lost: every check keeps its raw samples, and the
+    # checkpoint the run resumed from is still listed (it was saved before its own callback state was).
+    assert all(c.measurement is not None and c.measurement["samples"] for c in on_disk.checks)
+    assert [c["step"] for c in on_disk.checkpoints] == [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH]
     assert on_disk.stopped["step"] == 2 * STEPS_PER_EPOCH
     return cb
 
@@ -178,7 +148,7 @@ def test_resume_with_restored_callback_state(interrupted_run, count_measurements
     ) in caplog.record_tuples
     state = json.loads((checkpoint / "trainer_state.json").read_text())
     saved = state["stateful_callbacks"]["EfficiencyCallback"]
-    assert saved["attributes"]["_consecutive_breaches"] == 1
+    assert saved["attributes"]["_saved_report"]["checks"][-1]["consecutive_breaches"] == 1
     assert saved["args"]["prompts"] == PROMPTS and saved["args"]["patience"] == 2
 
 
@@ -216,7 +186,7 @@ def test_resume_without_any_saved_baseline_says_it_measures_the_trained_model(
         m for name, level, m in caplog.record_tuples if level == logging.WARNING and name == "ftcallback"
     ]
     assert any(
-        m.startswith("resuming at step 2 without a saved baseline (cannot read report")
+        m.startswith("resuming at step 2 without a saved baseline matching this probe (no readable report)")
         and m.endswith(
             "measuring the partly trained model as the baseline; pass `baseline=` or use "
             "restore_callback_states_from_checkpoint=True to keep the original one"
@@ -229,3 +199,58 @@ def test_resume_without_any_saved_baseline_says_it_measures_the_trained_model(
     assert trainer.state.global_step == EPOCHS * STEPS_PER_EPOCH
     assert cb.report.stopped is None
     assert len(count_measurements) == 1 + (EPOCHS - 1)
+
+
+def _comparable(report: RunReport) -> list:
+    """What an uninterrupted run and a resumed one must agree on (timings differ between any two runs)."""
+    return [
+        (c.kind, c.step, c.breached, c.consecutive_breaches, c.summary["output_tokens_mean"], c.measurement is not None)
+        for c in report.checks
+    ]
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_a_resumed_report_equals_the_uninterrupted_one(tmp_path, interrupted_run, restore):
+    out, checkpoint, _ = interrupted_run
+    trainer, _ = _trainer(out, restore=restore)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    resumed = RunReport.load(report_path(out))
+
+    straight_out = tmp_path / "straight"
+    trainer, _ = _trainer(straight_out, restore=False)
+    trainer.train()
+    straight = RunReport.load(report_path(straight_out))
+
+    assert _comparable(resumed) == _comparable(straight)
+    assert [(c["step"], c["within_budget"]) for c in resumed.checkpoints] == [
+        (c["step"], c["within_budget"]) for c in straight.checkpoints
+    ]
+    assert resumed.stopped["message"] == straight.stopped["message"]
+
+
+def test_on_restore_this_runs_budget_wins_and_says_so(interrupted_run, caplog):
+    out, checkpoint, _ = interrupted_run
+    trainer, _ = _trainer(out, restore=True)
+    given = _efficiency(trainer)
+    given.budget = Budget(max_token_increase=10.0)  # looser than the checkpoint's 1.0: epoch 2 stays within
+    with caplog.at_level(logging.WARNING, logger="ftcallback"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))
+    cb = _efficiency(trainer)
+    assert cb is not given and cb.budget == given.budget
+    assert cb.report.budget == given.budget.to_dict()
+    assert trainer.state.global_step == EPOCHS * STEPS_PER_EPOCH  # never stopped: the new budget was used
+    assert (
+        "ftcallback",
+        logging.WARNING,
+        f"resuming: EfficiencyCallback argument `budget` is {Budget(max_token_increase=1.0).to_dict()!r} in the "
+        f"checkpoint and {given.budget.to_dict()!r} in this run; using this run's value",
+    ) in caplog.record_tuples
+
+
+def test_on_restore_another_probe_is_refused(interrupted_run):
+    out, checkpoint, _ = interrupted_run
+    trainer, _ = _trainer(out, restore=True)
+    given = _efficiency(trainer)
+    given.spec = dataclasses.replace(given.spec, max_new_tokens=MAX_NEW_TOKENS + 1)
+    with pytest.raises(ConfigError, match=r"max_new_tokens: 4 in the checkpoint, 5 now\): its baseline cannot"):
+        trainer.train(resume_from_checkpoint=str(checkpoint))

@@ -1,0 +1,215 @@
+"""Loading what the subcommands measure: model names, devices, prompts files, saved measurements.
+
+Every check that can fail on a user's typo runs before torch or transformers is imported, so a
+mistake costs milliseconds and reads as one line, not a hub error.
+"""
+
+from __future__ import annotations
+
+import difflib
+import gc
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._embedded import EMBEDDED_MODEL
+from .._errors import FTCallbackError, PromptError
+from .._probe import ProbeSpec
+from ._console import no_foreign_progress_bars
+from ._errors import UsageError, one_line
+
+if TYPE_CHECKING:
+    from .._measurement import Measurement
+
+__all__ = [
+    "KNOWN_MODELS",
+    "MEASURE_DEFAULTS",
+    "MeasureSettings",
+    "check_model_name",
+    "is_measurement_file",
+    "load_measurement",
+    "load_prompts",
+    "measure_model",
+    "resolve_device",
+]
+
+logger = logging.getLogger("ftcallback.cli")
+
+#: Model names the CLI knows without a hub or a folder (did-you-mean suggests these).
+KNOWN_MODELS = (EMBEDDED_MODEL,)
+#: Environment variables that put huggingface_hub / transformers offline.
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+# Measurement defaults when nothing else decides them (same as measure() and EfficiencyCallback).
+MEASURE_DEFAULTS: dict[str, Any] = {
+    "max_new_tokens": 128,
+    "apply_chat_template": False,
+    "repeats": 3,
+    "warmup": 1,
+    "batch_size": 1,
+}
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How a model is measured from the CLI: the probe (the same :class:`ProbeSpec` the callback uses) plus
+    how the model is loaded."""
+
+    spec: ProbeSpec
+    dtype: str
+    device: str | None
+
+
+def resolve_device(device: str | None) -> str:
+    """``device`` checked against this machine (default: cuda when available, else cpu)."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UsageError(
+            f"--device {device!r} is not a torch device; use e.g. cpu, cuda, cuda:1 or mps"
+        ) from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise UsageError(f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device!r}: MPS is not available on this machine; use --device cpu")
+    return device
+
+
+def check_model_name(name: str) -> None:
+    """Catch a mistyped name or local path before transformers turns it into a confusing hub error."""
+    if name in KNOWN_MODELS:
+        return
+    path = Path(name).expanduser()
+    # A hub id is "name" or "org/name"; anything else with a slash can only be a local folder.
+    looks_local = name.startswith((".", "/", "~")) or name.rstrip("/").count("/") > 1
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise UsageError(
+                f"model folder {name!r} has no config.json; pass a folder written by save_pretrained, "
+                f"a hub id, or '{EMBEDDED_MODEL}'"
+            )
+        if path.is_file():
+            raise UsageError(
+                f"model {name!r} is a file; pass the folder written by save_pretrained (a saved "
+                "measurement must end with .json)"
+            )
+        return
+    if looks_local:
+        raise UsageError(f"model folder {name!r} does not exist")
+    close = difflib.get_close_matches(name.lower(), KNOWN_MODELS, n=1, cutoff=0.75)
+    if close:
+        raise UsageError(f"unknown model {name!r}; did you mean {close[0]!r}?")
+
+
+def _offline_var() -> str | None:
+    """The variable that puts the hub offline, when one does."""
+    for var in _OFFLINE_VARS:
+        if os.environ.get(var, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+            return var
+    return None
+
+
+def _load_model(name: str, dtype: str, device: str) -> tuple[Any, Any]:
+    from .._embedded import load_model_and_tokenizer
+
+    logger.info("loading %s (%s) on %s", name, dtype, device)
+    try:
+        with no_foreign_progress_bars():
+            model, tokenizer = load_model_and_tokenizer(name, dtype=dtype)
+    except FTCallbackError:
+        raise
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        # transformers reports a missing hub id, an offline cache miss or a broken folder this way.
+        offline = _offline_var()
+        if offline is not None and not Path(name).expanduser().exists():
+            raise UsageError(
+                f"cannot load model {name!r}: it is not in the local Hugging Face cache and the hub is "
+                f"offline ({offline}={os.environ[offline]}); unset {offline} to download it, or pass a "
+                f"local folder or '{EMBEDDED_MODEL}'"
+            ) from exc
+        raise UsageError(f"cannot load model {name!r}: {one_line(exc)}") from exc
+    try:
+        model.to(device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise UsageError(f"cannot move model {name!r} to {device}: {one_line(exc)}") from exc
+    return model, tokenizer
+
+
+def measure_model(name: str, settings: MeasureSettings) -> Measurement:
+    """Load a model, measure it on the probe, and free it again (compare loads two in turn)."""
+    check_model_name(name)  # before torch and transformers are imported: a typo costs milliseconds
+    from .._measure import measure
+
+    device = resolve_device(settings.device)
+    model, tokenizer = _load_model(name, settings.dtype, device)
+    logger.info(
+        "measuring %s: %d prompts x %d repeats (+%d warm-up), max_new_tokens %d",
+        name,
+        len(settings.spec.prompts),
+        settings.spec.repeats,
+        settings.spec.warmup,
+        settings.spec.max_new_tokens,
+    )
+    try:
+        m = measure(model, tokenizer, list(settings.spec.prompts), **settings.spec.measure_kwargs())
+    finally:
+        # The second model of a compare must not share memory (or the allocator's cache) with the first.
+        del model, tokenizer
+        gc.collect()
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+    # Record the model as the user named it: for the embedded model transformers only knows a
+    # site-packages folder, and the name is what reproduces the measurement from the command line.
+    return replace(m, model={**m.model, "name_or_path": name})
+
+
+def load_prompts(path: str | None) -> list[str]:
+    """The prompts of ``--prompts FILE``; every error names the file."""
+    from .._prompts import load_prompts as load
+
+    if path is None:
+        raise UsageError("--prompts FILE is required to measure a model")
+    try:
+        return load(path)
+    except PromptError as exc:
+        if path in str(exc):
+            raise  # the message names the file already
+        if _holds_no_text(path):
+            raise UsageError(
+                f"prompts file {path!r} holds no prompts; write one prompt per line (.txt) or one "
+                '{"prompt": ...} object per line (.jsonl)'
+            ) from exc
+        # The library words its messages for the Python API (`prompts[3]`); say which file it was.
+        raise UsageError(f"prompts file {path!r}: {one_line(exc)}") from exc
+
+
+def _holds_no_text(path: str) -> bool:
+    try:
+        return not Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def is_measurement_file(arg: str) -> bool:
+    """A saved measurement is named ``*.json``; anything else is a model."""
+    return arg.lower().endswith(".json")
+
+
+def load_measurement(path: str, role: str) -> Measurement:
+    """Read a saved measurement, with errors that name its role (BASE / FINETUNED), not "baseline"."""
+    from .._measurement import Measurement
+
+    try:
+        return Measurement.load(path, what=f"{role} measurement")
+    except FTCallbackError as exc:
+        raise UsageError(one_line(exc)) from exc
