@@ -168,10 +168,14 @@ def controlled(
 
 
 def first_look(m: Measurement) -> Measurement:
-    """``m`` as 0.1 would have judged it: its first 3 repeats, no reference, no sequential plan."""
+    """``m`` as 0.1 would have judged it: its first 3 repeats, no machine timings, no sequential plan."""
     settings = {k: v for k, v in m.settings.items() if k != "sequential"}
     return dataclasses.replace(
-        m, samples=tuple(s for s in m.samples if s.repeat < 3), reference_s=(), settings=settings
+        m,
+        samples=tuple(s for s in m.samples if s.repeat < 3),
+        reference_s=(),
+        cpu_share=(),
+        settings=settings,
     )
 
 
