@@ -10,9 +10,7 @@ import contextlib
 import json
 import os
 import re
-import socket
 import subprocess
-import sys
 import time
 import traceback
 from datetime import timedelta
@@ -22,11 +20,11 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers_launch import ROOT, STOP_LINE, free_port, launch
 
 from ftcallback import _distributed as fd
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "multiprocess_train.py"
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
 
@@ -147,12 +145,6 @@ def test_gloo_worker_idle_detection(line, idle):
 
 
 # ============================================================== two processes, torch.multiprocessing
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(fn, *args, timeout: float = 240.0) -> None:
     """Run ``fn(rank, *args)`` in two spawned processes; fail (and kill them) past ``timeout``."""
     ctx = mp.start_processes(fn, args=args, nprocs=2, join=False, start_method="spawn")
@@ -229,7 +221,7 @@ def _heartbeat_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.slow
 def test_heartbeat_keeps_the_waiting_rank_past_the_timeout(tmp_path):
-    _spawn(_heartbeat_worker, _free_port(), str(tmp_path), timeout=180)
+    _spawn(_heartbeat_worker, free_port(), str(tmp_path), timeout=180)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert "error" not in r0 and "error" not in r1, (r0.get("error"), r1.get("error"))
 
@@ -332,7 +324,7 @@ def _fsdp2_worker(rank: int, port: int, out: str) -> None:
 @pytest.mark.slow
 def test_fsdp_two_rank_generation_on_cpu(tmp_path):
     """Real FSDP2 (``fully_shard``) and FSDP1 models on two gloo ranks: every rank generates, synced."""
-    _spawn(_fsdp2_worker, _free_port(), str(tmp_path), timeout=240)
+    _spawn(_fsdp2_worker, free_port(), str(tmp_path), timeout=240)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert "error" not in r0 and "error" not in r1, (r0.get("error"), r1.get("error"))
     for r in (r0, r1):
@@ -360,9 +352,6 @@ def test_fsdp_two_rank_generation_on_cpu(tmp_path):
 
 # ============================================================== two-rank training runs, real launchers
 LAUNCH_TIMEOUT_S = 300
-# Not anchored at line starts: two ranks share one stdout, and a rank's line can land right after the other
-# rank's unterminated output (seen in CI: "...'epoch': '2'}rank 1/2: stopped at step 8 of 12, exit ok").
-STOP_LINE = re.compile(r"rank (\d+)/(\d+): stopped at step (\d+) of (\d+), exit ok")
 # The probe runs 4 prompts x 16 tokens (~17 forward passes per request); 30 ms per pass adds ~0.5 s per
 # request, several times the baseline even on a loaded machine, and +200% is far above timing noise.
 SLOWDOWN_MS = "30"
@@ -371,31 +360,13 @@ EPOCHS = 3
 STEPS_PER_EPOCH = 4  # 64 texts / (8 per device x 2 ranks)
 
 
-def _launcher_command(launcher: str, port: int) -> list[str]:
-    if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
-    return [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(port),
-    ]  # fmt: skip
-
-
 def _launch(launcher: str, output_dir: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "OMP_NUM_THREADS": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONUNBUFFERED": "1",
-        "CUDA_VISIBLE_DEVICES": "",
-    }
-    cmd = [
-        *_launcher_command(launcher, _free_port()), str(EXAMPLE),
+    return launch(
+        launcher, EXAMPLE,
         "--output-dir", str(output_dir), "--epochs", str(EPOCHS),
         "--max-latency-increase", MAX_LATENCY_INCREASE, "--slowdown-ms", SLOWDOWN_MS, *extra,
-    ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S, env=env, cwd=ROOT)
+        timeout=LAUNCH_TIMEOUT_S,
+    )  # fmt: skip
 
 
 def _check_run(proc: subprocess.CompletedProcess[str], output_dir: Path) -> tuple[int, dict]:
