@@ -38,18 +38,17 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from ._drift import ReferenceWorkload
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
 from ._execution import ComputeProbe, Decoding, adapters_info, build_generation_config, compile_info
 from ._measurement import Measurement, RequestSample
 from ._probe import probe_settings
 from ._prompts import encode_prompts, load_prompts, resolve_tokenizer
+from ._sequential import sequential_settings
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
 
 logger = logging.getLogger("ftcallback.measure")
-
-#: The clock every timestamp comes from; a module attribute so tests can drive time exactly.
-_clock: Callable[[], float] = time.perf_counter
 
 # Above this median per-prompt CV of latency across repeats the timing is called noisy (the usual 10%
 # of benchmark tools).
@@ -206,6 +205,11 @@ def measure(
     synced_gpus: bool | None = None,
     trained_compiled: bool | None = None,
     warn_ignored: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+    cpu_clock: Callable[[], tuple[float, float]] | None = None,
+    reference: ReferenceWorkload | None = None,
+    until: Callable[[Measurement], bool] | None = None,
+    max_repeats: int | None = None,
 ) -> Measurement:
     """Measure latency and output length of ``model.generate`` on a probe of prompts.
 
@@ -236,9 +240,24 @@ def measure(
         warn_ignored: log one WARNING when ``generation_kwargs`` set flags that have no effect (e.g.
             ``temperature`` without ``do_sample=True``). The callback warns once at construction instead
             and passes False.
+        clock: where every timestamp comes from (seconds); tests inject a fake one to drive time exactly.
+        cpu_clock: returns ``(seconds this thread ran, seconds it waited, ready, for a CPU)``; default
+            :func:`thread_cpu_clock` where the OS tells (Linux), else none. It gives each call's share
+            of the CPU (``Measurement.cpu_share``), which tells a contended CPU from a slower model:
+            time the thread slept or blocked (a model that waits) is in neither number.
+        reference: a fixed workload on the model's device, run once before every ``generate`` call
+            (warm-up included) into ``Measurement.reference_s``, to sense the machine's own speed:
+            timed in thread CPU seconds on a CPU when ``cpu_clock`` is there (being descheduled is
+            what ``cpu_share`` measures), by ``clock`` with the device synchronised otherwise.
+        until: adaptive measurement: called with the measurement so far after every ``repeats``
+            passes; True ends it, False adds ``repeats`` more passes, up to ``max_repeats``
+            (typically ``lambda m: not needs_more(budget, m, baseline, seed=seed)``).
+        max_repeats: the cap on timed passes for ``until`` (default ``3 * repeats``); recorded with
+            the number of looks in ``settings["sequential"]``, which sets the decision's confidence.
 
     Returns:
-        A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples.
+        A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples
+        (more when ``until`` asked for more); ``settings["repeats"]`` is the number of passes done.
 
     Raises:
         ConfigError: an argument is out of range, or ``generation_kwargs`` sets what measure() owns.
@@ -252,7 +271,13 @@ def measure(
         >>> len(m.samples), m.samples[0].output_tokens <= 4
         (2, True)
     """
-    clock = _clock
+    if not callable(clock):
+        raise ConfigError(f"`clock` must be a callable returning seconds, got {type(clock).__name__}")
+    if cpu_clock is not None and not callable(cpu_clock):
+        raise ConfigError(
+            f"`cpu_clock` must be a callable returning (run seconds, wait seconds) or None, got "
+            f"{type(cpu_clock).__name__}"
+        )
     wall_start = clock()
     _check_int("max_new_tokens", max_new_tokens, 1)
     _check_int("repeats", repeats, 1)
@@ -260,6 +285,17 @@ def measure(
     _check_int("warmup", warmup, 0)
     _check_int("num_sample_outputs", num_sample_outputs, 0)
     _check_int("seed", seed, None)
+    if reference is not None and not isinstance(reference, ReferenceWorkload):
+        raise ConfigError(
+            f"`reference` must be a ReferenceWorkload or None, got {type(reference).__name__}"
+        )
+    if until is not None and not callable(until):
+        raise ConfigError(f"`until` must be callable (Measurement -> bool) or None, got {type(until).__name__}")
+    if max_repeats is not None:
+        _check_int("max_repeats", max_repeats, 1)
+        if max_repeats < repeats:
+            raise ConfigError(f"`max_repeats` must be >= `repeats` ({repeats}), got {max_repeats}")
+    cap = repeats if until is None else (max_repeats if max_repeats is not None else 3 * repeats)
     if on_batch_end is not None and not callable(on_batch_end):
         raise ConfigError(f"`on_batch_end` must be callable or None, got {type(on_batch_end).__name__}")
     probe = _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template)
@@ -270,6 +306,9 @@ def measure(
     if warn_ignored:
         probe.decoding.warn()
     compute = ComputeProbe(model, target, device)
+    if cpu_clock is None and device.type == "cpu":
+        cpu_clock = thread_cpu_clock()
+    cpu_time = None if cpu_clock is None or device.type != "cpu" else (lambda: cpu_clock()[0])
 
     eos_ids = _eos_ids(base_config, tokenizer)
     sync = _synchronizer(device)
@@ -301,9 +340,12 @@ def measure(
         batch = batches[index]
         if do_sample:
             _seed_all(seed + index, device)  # same seed per batch: repeats see the same tokens
+        if reference is not None:
+            reference_times.append(reference.seconds(cpu_time or clock, sync))
         timer.reset()
         if sync is not None:
             sync()
+        cpu_start = cpu_clock() if cpu_time is not None and cpu_clock is not None else None
         start = clock()
         out = target.generate(
             input_ids=batch.input_ids,
@@ -314,13 +356,64 @@ def measure(
         if sync is not None:
             sync()
         end = clock()
+        if cpu_start is not None and cpu_clock is not None:
+            cpu_end = cpu_clock()
+            ran, waited = cpu_end[0] - cpu_start[0], cpu_end[1] - cpu_start[1]
+            if ran > 0:
+                cpu_shares.append(ran / (ran + max(0.0, waited)))
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         return sequences[:, batch.input_ids.shape[1] :].tolist(), start, end
 
     cuda = device.type == "cuda"
+    reference_times: list[float] = []
+    cpu_shares: list[float] = []
     samples: list[RequestSample] = []
     last_outputs: dict[int, list[int]] = {}
     warmup_latencies: list[float] = []
+    settings = probe_settings(
+        prompt_list,
+        max_new_tokens=max_new_tokens,
+        generation_kwargs=user_kwargs,
+        warmup=warmup,
+        repeats=repeats,
+        batch_size=batch_size,
+        apply_chat_template=apply_chat_template,
+        seed=seed,
+    )
+    if until is not None:
+        settings["sequential"] = sequential_settings(repeats, cap)
+    reference_label = None
+    if reference is not None:
+        reference_label = f"{reference.spec}/{'cpu' if cpu_time is not None else 'wall'}"
+
+    def snapshot(done: int, peak: int | None) -> Measurement:
+        # The compute dtype is known once a forward pass has run: the record is built after generating.
+        environment = _environment(target, device, synced_gpus, compute)
+        if reference_label is not None:
+            environment["reference"] = reference_label
+        return Measurement(
+            samples=tuple(samples),
+            settings={**settings, "repeats": done},
+            model=_model_info(target, device, model, compute, trained_compiled),
+            environment=environment,
+            decoding=probe.decoding.to_dict(),
+            warmup_latencies_s=tuple(warmup_latencies),
+            reference_s=tuple(reference_times),
+            cpu_share=tuple(cpu_shares),
+            peak_memory_bytes=peak,
+            sample_outputs=tuple(
+                {
+                    "prompt_index": i,
+                    "prompt": prompt_list[i],
+                    "output": tokenizer.decode(ids, skip_special_tokens=True),
+                }
+                for i, ids in sorted(last_outputs.items())
+            ),
+            wall_time_s=clock() - wall_start,
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    done = 0
     with _undisturbed(target, device), _installed(compute):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
@@ -330,57 +423,62 @@ def measure(
             if on_batch_end is not None:
                 on_batch_end()
         logger.debug("measure: %d warm-up calls took %.3f s", warmup, sum(warmup_latencies))
-        for r in range(repeats):
-            for b, batch in enumerate(batches):
-                rows, start, end = run(b)
-                for row, prompt_index, input_len in zip(
-                    rows, batch.indices, batch.input_lengths, strict=True
-                ):
-                    n_out, finished = _count_output(row, eos_ids)
-                    latency = (
-                        _request_end(timer, batch.input_ids.shape[1] + n_out, len(row), n_out, end) - start
-                    )
-                    ttft = (timer.times[0] if timer.times else end) - start
-                    samples.append(RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished))
-                    if r == repeats - 1 and prompt_index < num_sample_outputs:
-                        last_outputs[prompt_index] = row[:n_out]
-                if on_batch_end is not None:
-                    on_batch_end()
-        peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+        while True:
+            for r in range(done, min(done + repeats, cap)):
+                for b, batch in enumerate(batches):
+                    rows, start, end = run(b)
+                    width = batch.input_ids.shape[1]
+                    for row, prompt_index, input_len in zip(
+                        rows, batch.indices, batch.input_lengths, strict=True
+                    ):
+                        n_out, finished = _count_output(row, eos_ids)
+                        latency = _request_end(timer, width + n_out, len(row), n_out, end) - start
+                        ttft = (timer.times[0] if timer.times else end) - start
+                        token_times = tuple(_token_time(timer, width, k, end) - start for k in range(n_out))
+                        samples.append(
+                            RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished, token_times)
+                        )
+                        if prompt_index < num_sample_outputs:
+                            last_outputs[prompt_index] = row[:n_out]
+                    if on_batch_end is not None:
+                        on_batch_end()
+            done = min(done + repeats, cap)
+            peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+            measurement = snapshot(done, peak)
+            if until is None or done >= cap or until(measurement):
+                break
+            logger.debug("measure: look at %d repeats inconclusive, measuring %d more", done, repeats)
 
-    measurement = Measurement(
-        samples=tuple(samples),
-        settings=probe_settings(
-            prompt_list,
-            max_new_tokens=max_new_tokens,
-            generation_kwargs=user_kwargs,
-            warmup=warmup,
-            repeats=repeats,
-            batch_size=batch_size,
-            apply_chat_template=apply_chat_template,
-            seed=seed,
-        ),
-        model=_model_info(target, device, model, compute, trained_compiled),
-        environment=_environment(target, device, synced_gpus, compute),
-        decoding=probe.decoding.to_dict(),
-        warmup_latencies_s=tuple(warmup_latencies),
-        peak_memory_bytes=peak,
-        sample_outputs=tuple(
-            {
-                "prompt_index": i,
-                "prompt": prompt_list[i],
-                "output": tokenizer.decode(ids, skip_special_tokens=True),
-            }
-            for i, ids in sorted(last_outputs.items())
-        ),
-        wall_time_s=clock() - wall_start,
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
     _log_result(measurement)
     return measurement
 
 
 # ----------------------------------------------------------------- timing
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def thread_cpu_clock() -> Callable[[], tuple[float, float]] | None:
+    """A clock of ``(CPU seconds this thread ran, seconds it waited ready-to-run)``, or None off Linux.
+
+    Linux accounts a thread's run-queue wait in ``/proc/thread-self/schedstat`` (second field): time it
+    was ready but other work had the CPU. Sleeping and blocking are in neither number, so a model that
+    waits inside ``forward`` is not mistaken for a busy machine. The run time comes from
+    ``time.thread_time`` (schedstat's own is only updated at scheduler ticks).
+    """
+    try:
+        with open(_SCHEDSTAT, encoding="ascii") as fh:
+            int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+    def read() -> tuple[float, float]:
+        with open(_SCHEDSTAT, encoding="ascii") as fh:
+            waited_ns = int(fh.read().split()[1])
+        return time.thread_time(), waited_ns / 1e9
+
+    return read
+
+
 class _StepTimer(StoppingCriteria):
     """A stopping criterion that never stops: it notes when each decoding step's token exists.
 
@@ -419,6 +517,14 @@ def _request_end(timer: _StepTimer, length: int, n_cols: int, n_out: int, end: f
     # One token per step in greedy / sampling / beam search, so the index is direct; assisted decoding
     # appends several tokens per step, hence the search.
     k = n_out - 1
+    if not (0 <= k < len(lengths) and lengths[k] == length):
+        k = bisect.bisect_left(lengths, length)
+    return timer.times[k] if k < len(timer.times) else end
+
+
+def _token_time(timer: _StepTimer, width: int, k: int, end: float) -> float:
+    """When output token ``k`` (0-based) of a row existed: the step that reached ``width + k + 1`` tokens."""
+    lengths, length = timer.lengths, width + k + 1
     if not (0 <= k < len(lengths) and lengths[k] == length):
         k = bisect.bisect_left(lengths, length)
     return timer.times[k] if k < len(timer.times) else end

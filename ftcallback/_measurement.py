@@ -194,6 +194,8 @@ class RequestSample:
         input_tokens: prompt tokens, padding excluded.
         output_tokens: generated tokens up to and including the first EOS, padding excluded.
         finished: True when the response ended with EOS; False when it was cut at ``max_new_tokens``.
+        token_times_s: seconds since the call started at which each output token existed (one per
+            output token; empty when not recorded, e.g. in files written before it existed).
     """
 
     prompt_index: int
@@ -203,6 +205,7 @@ class RequestSample:
     input_tokens: int
     output_tokens: int
     finished: bool
+    token_times_s: tuple[float, ...] = ()
 
     @property
     def tpot_s(self) -> float:
@@ -210,6 +213,12 @@ class RequestSample:
         if self.output_tokens < 2:
             return math.nan
         return (self.latency_s - self.ttft_s) / (self.output_tokens - 1)
+
+    @property
+    def inter_token_s(self) -> tuple[float, ...]:
+        """Gaps between consecutive output tokens (inter-token latency), seconds; empty when not recorded."""
+        t = self.token_times_s
+        return tuple(b - a for a, b in zip(t, t[1:], strict=False))
 
     @property
     def truncated(self) -> bool:
@@ -235,6 +244,11 @@ class Measurement:
             (:class:`ftcallback._execution.Decoding`).
         retry: None, or what a retry changed: ``{"reason": "out_of_memory", "changed": {"batch_size": [4, 2]}}``.
         warmup_latencies_s: wall time of each untimed warm-up call, the first call apart.
+        reference_s: wall time of each run of the fixed reference workload, timed between the
+            ``generate`` calls (see :class:`~ftcallback._drift.ReferenceWorkload`); empty when none ran.
+        cpu_share: per ``generate`` call on a CPU device, the share of the time the calling thread was
+            ready to run that it did run (1.0 on a quiet machine, less when other processes take the CPU;
+            sleeping or blocking counts in neither); empty where the OS does not tell (not Linux).
         peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
         sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
         wall_time_s: wall time of the whole measurement, warm-up included.
@@ -254,6 +268,8 @@ class Measurement:
     decoding: Mapping[str, Any] = field(default_factory=dict)
     retry: Mapping[str, Any] | None = None
     warmup_latencies_s: tuple[float, ...] = ()
+    reference_s: tuple[float, ...] = ()
+    cpu_share: tuple[float, ...] = ()
     peak_memory_bytes: int | None = None
     sample_outputs: tuple[Mapping[str, Any], ...] = ()
     wall_time_s: float = math.nan
@@ -275,6 +291,11 @@ class Measurement:
     def tpot_ms(self) -> Stats:
         """Time per output token after the first, milliseconds (requests with fewer than 2 tokens left out)."""
         return summarize(_ms([s.tpot_s for s in self.samples if s.output_tokens >= 2]))
+
+    @cached_property
+    def itl_ms(self) -> Stats:
+        """Inter-token latency, milliseconds: every gap between consecutive tokens of every request."""
+        return summarize(_ms([gap for s in self.samples for gap in s.inter_token_s]))
 
     @cached_property
     def output_tokens(self) -> Stats:
@@ -314,6 +335,33 @@ class Measurement:
         finite = [c for c in cvs if math.isfinite(c)]
         return summarize(finite).p50 if finite else math.nan
 
+    def slo_attainment(
+        self, *, latency_ms: float | None = None, ttft_ms: float | None = None, tpot_ms: float | None = None
+    ) -> float:
+        """Fraction of requests meeting every limit given (vLLM's "goodput" share); NaN without samples.
+
+        A request with fewer than 2 output tokens has no TPOT and meets a TPOT limit by definition;
+        a request with a non-finite latency or TTFT meets nothing.
+
+        Example:
+            >>> m = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 9, True),
+            ...                          RequestSample(1, 0, 0.9, 0.1, 5, 9, True)))
+            >>> m.slo_attainment(latency_ms=600)
+            0.5
+        """
+        if not self.samples:
+            return math.nan
+
+        def meets(s: RequestSample) -> bool:
+            if latency_ms is not None and not s.latency_s * 1000.0 <= latency_ms:
+                return False
+            if ttft_ms is not None and not s.ttft_s * 1000.0 <= ttft_ms:
+                return False
+            tpot = s.tpot_s
+            return tpot_ms is None or math.isnan(tpot) or tpot * 1000.0 <= tpot_ms
+
+        return sum(meets(s) for s in self.samples) / len(self.samples)
+
     def cost_per_request(self, input_price_per_1k: float = 0.0, output_price_per_1k: float = 0.0) -> float:
         """Mean cost of one request: input tokens x input price + output tokens x output price, per 1000 tokens."""
         if not self.samples:
@@ -342,6 +390,9 @@ class Measurement:
         for prefix, stats in (("output_tokens", self.output_tokens), ("input_tokens", self.input_tokens)):
             for stat in ("mean", "p50", "p95", "min", "max"):
                 out[f"{prefix}_{stat}"] = stats.get(stat)
+        if any(s.token_times_s for s in self.samples):
+            for stat in ("mean", "p50", "p99", "max"):
+                out[f"itl_ms_{stat}"] = self.itl_ms.get(stat)
         out["tokens_per_second"] = self.tokens_per_second
         out["eos_fraction"] = self.eos_fraction
         out["truncated_fraction"] = self.truncated_fraction
@@ -399,7 +450,6 @@ class Measurement:
 
         ``include_samples=False`` leaves out the raw samples and the summary (the record alone).
         """
-        cols = [f.name for f in fields(RequestSample)]
         record = {
             "schema_version": self.schema_version,
             "created_at": self.created_at,
@@ -411,15 +461,21 @@ class Measurement:
         }
         if not include_samples:
             return record
+        cols = [f.name for f in fields(RequestSample) if f.name != "token_times_s"]
+        samples: dict[str, list[Any]] = {c: [json_float(getattr(s, c)) for s in self.samples] for c in cols}
+        if any(s.token_times_s for s in self.samples):
+            samples["token_times_s"] = [[json_float(t) for t in s.token_times_s] for s in self.samples]
         return {
             **record,
             "wall_time_s": json_float(self.wall_time_s),
             "warmup_latencies_s": [json_float(v) for v in self.warmup_latencies_s],
+            "reference_s": [json_float(v) for v in self.reference_s],
+            "cpu_share": [json_float(v) for v in self.cpu_share],
             "peak_memory_bytes": self.peak_memory_bytes,
             "summary": {k: json_float(v) for k, v in self.summary().items()},
             "sample_outputs": [dict(o) for o in self.sample_outputs],
             # Columnar: compact, and readable with one line of pandas.
-            "samples": {c: [json_float(getattr(s, c)) for s in self.samples] for c in cols},
+            "samples": samples,
         }
 
     @classmethod
@@ -440,6 +496,7 @@ class Measurement:
         try:
             cols = data["samples"]
             n = len(cols["latency_s"])
+            token_times = cols.get("token_times_s") or [[] for _ in range(n)]
             samples = tuple(
                 RequestSample(
                     prompt_index=int(cols["prompt_index"][i]),
@@ -449,6 +506,7 @@ class Measurement:
                     input_tokens=int(cols["input_tokens"][i]),
                     output_tokens=int(cols["output_tokens"][i]),
                     finished=bool(cols["finished"][i]),
+                    token_times_s=tuple(float_from_json(t) for t in token_times[i]),
                 )
                 for i in range(n)
             )
@@ -460,6 +518,8 @@ class Measurement:
                 decoding=dict(data.get("decoding") or {}),
                 retry=None if data.get("retry") is None else dict(data["retry"]),
                 warmup_latencies_s=tuple(float_from_json(v) for v in data.get("warmup_latencies_s", [])),
+                reference_s=tuple(float_from_json(v) for v in data.get("reference_s", [])),
+                cpu_share=tuple(float_from_json(v) for v in data.get("cpu_share", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
                 wall_time_s=float_from_json(data.get("wall_time_s")),
