@@ -31,6 +31,7 @@ from transformers.trainer_callback import ExportableState
 from . import _distributed as distributed
 from ._budget import Budget
 from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
+from ._execution import describe_decoding
 from ._measure import measure, validate_probe
 from ._measurement import Measurement
 from ._monitor import CheckOutcome, Monitor, fmt_epoch
@@ -168,6 +169,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             )
         # Now, not at the first check: with a given baseline that check comes after an epoch of training.
         check_generation_kwargs(dict(generation_kwargs or {}))
+        # Flags that have no effect (temperature without do_sample=True) are said once, here.
+        describe_decoding(None, generation_kwargs).warn()
         self.spec = ProbeSpec(
             prompts=tuple(load_prompts(prompts)),
             max_new_tokens=_positive_int("max_new_tokens", max_new_tokens),
@@ -210,6 +213,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
         self._last_check_step: int | None = None
         self._run = -1  # train() calls seen; 0 during the first
+        self._trained_compiled: bool | None = None
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
         self._restored_args: dict[str, Any] | None = None
@@ -336,6 +340,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         model = kwargs.get("model")
         started_at = time.time()
+        # The Trainer trains a compiled module but hands callbacks the original: say so in every record.
+        self._trained_compiled = bool(getattr(args, "torch_compile", False))
         # User errors surface here, before any optimizer step, on every rank.
         if model is None:
             raise ModelError("EfficiencyCallback got no model from the Trainer")
@@ -661,6 +667,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 **kwargs,
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
+                trained_compiled=self._trained_compiled,
+                warn_ignored=False,
             )
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
@@ -682,9 +690,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                     exc,
                     smaller,
                 )
-            m = self._measure_once(model, smaller, beat, mode)
-            retry = {"reason": "out_of_memory", "changed": {"batch_size": [batch_size, smaller]}}
-            return dataclasses.replace(m, environment={**m.environment, "retry": retry})
+            return self._measure_once(model, smaller, beat, mode).with_retry(
+                "out_of_memory", batch_size=(batch_size, smaller)
+            )
 
     def _measure_and_decide(
         self,

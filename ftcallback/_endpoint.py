@@ -56,6 +56,8 @@ _OWNED_FIELDS = {
     "max_completion_tokens": "use the `max_new_tokens` argument",
     "n": "one choice per request is what is measured",
 }
+# Request fields that shape sampling, recorded as the decoding's parameters.
+_SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "seed", "frequency_penalty", "presence_penalty")
 # Greedy unless generation_kwargs says otherwise, like ftcallback.measure().
 _DEFAULT_FIELDS: dict[str, Any] = {"temperature": 0.0}
 _MAX_ERROR_BODY = 300
@@ -227,6 +229,7 @@ def measure_endpoint(
             "platform": platform.platform(),
             "ftcallback": _version(),
         },
+        decoding=_decoding(body),
         warmup_latencies_s=tuple(warmup_latencies),
         peak_memory_bytes=None,
         sample_outputs=tuple(
@@ -653,6 +656,14 @@ class _TokenCounter:
 
 
 # ----------------------------------------------------------------- helpers
+def _decoding(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The decoding the requests ask for, in the shape :class:`~ftcallback._execution.Decoding` records."""
+    if not body.get("temperature"):
+        return {"mode": "greedy", "parameters": {}, "ignored": {}}
+    params = {k: body[k] for k in _SAMPLING_FIELDS if k in body}
+    return {"mode": "sampling", "parameters": _json_safe(params), "ignored": {}}
+
+
 def _one_source(counts: Mapping[str, int]) -> str:
     if len(counts) == 1:
         return next(iter(counts))

@@ -18,7 +18,7 @@ from typing import Any
 
 from ._budget import Budget, BudgetCheck, Verdict, evaluate
 from ._measurement import Measurement
-from ._probe import ProbeSpec, latency_incompatibilities
+from ._probe import ProbeSpec
 from ._report import CheckRecord, RunReport
 from ._stats import paired_ratio
 
@@ -214,7 +214,10 @@ class Monitor:
             self._baseline = measurement
         baseline = self.baseline
         verdict = evaluate(self.budget, measurement, baseline)
-        unlike = latency_incompatibilities(baseline.settings, measurement.settings) if baseline else []
+        # What makes latency incomparable (a retry, another batch size, dtype, compile, adapters, ...) is decided
+        # by Measurement.incompatibilities alone; evaluate() already left relative budgets over it unjudged.
+        differences = baseline.incompatibilities(measurement) if baseline else []
+        unlike = [d.message for d in differences if "latency" in d.affects]
         if unlike:
             verdict = _latency_not_evaluable(verdict, unlike)
         if kind == "baseline" and record:

@@ -9,7 +9,7 @@ What it checks, on one CUDA device:
 2. **Peak memory.** ``Measurement.peak_memory_bytes`` is set, at least the weights' size, and equals
    ``torch.cuda.max_memory_allocated`` after the call (``measure`` resets the peak first).
 3. **bf16 autocast.** ``measure`` under ``torch.autocast("cuda", torch.bfloat16)`` runs and records
-   ``autocast_enabled`` / ``autocast_dtype`` in its environment; latency next to fp32.
+   ``environment["autocast"]`` as enabled, bfloat16; latency next to fp32.
 4. **RNG restore.** After a sampling ``measure`` the CUDA (and CPU) RNG states are what they were.
 5. **Non-disturbance.** Three training steps of a GPT-2 with dropout on the GPU give bit-identical
    losses and weights with a sampling ``measure`` after the first step and without (a control pair
@@ -152,10 +152,10 @@ def check_autocast(lm: common.LoadedModel, n_prompts: int, max_new_tokens: int) 
     fp32 = run()
     with torch.autocast(lm.device.type, dtype=torch.bfloat16):
         bf16 = run()
-    env = bf16.environment
+    autocast = bf16.environment.get("autocast") or {}
     return {
-        "passed": env.get("autocast_enabled") is True and env.get("autocast_dtype") == "bfloat16",
-        "autocast_dtype": env.get("autocast_dtype"),
+        "passed": autocast.get("enabled") is True and autocast.get("dtype") == "bfloat16",
+        "autocast_dtype": autocast.get("dtype"),
         "fp32_latency_ms_p50": fp32.latency_ms.p50,
         "bf16_latency_ms_p50": bf16.latency_ms.p50,
         "fp32_output_tokens_mean": fp32.output_tokens.mean,

@@ -204,6 +204,7 @@ def test_chat_stream_is_timed_counted_and_recorded(url: str, script: Script) -> 
     counts = m.environment["token_counts"]
     assert counts["output_source"] == "usage_nonstreamed" and counts["disagreements"] == 0
     assert counts["one_token_per_chunk"] is True
+    assert m.decoding["mode"] == "greedy"
     assert m.settings["apply_chat_template"] is True
     assert m.settings["prompts_sha256"] == prompts_sha256(PROMPTS, True)
     assert m.sample_outputs[0]["output"] == "Four. Done"
@@ -242,17 +243,17 @@ def test_disagreeing_counts_are_recorded_and_logged(url: str, script: Script, ca
     assert "token counts" not in caplog.text  # chunks are not tokens: no disagreement without a second count
 
 
-def test_concurrency_keeps_requests_in_flight_and_goodput_uses_the_budget(url: str, script: Script) -> None:
+def test_concurrency_keeps_requests_in_flight_and_slo_attainment_uses_the_budget(url: str, script: Script) -> None:
     script.barrier = threading.Barrier(2, timeout=10)  # a request returns only when a second one is in flight
     m = measure_endpoint(url, PROMPTS, warmup=0, repeats=2, concurrency=2, timeout_s=20)
     assert script.max_in_flight == 2
     assert m.environment["concurrency"] == 2
     assert [(s.repeat, s.prompt_index) for s in m.samples] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     slowest = max(s.latency_s for s in m.samples) * 1000
-    assert Budget(latency_ms=slowest * 2).goodput_of(m) == 1.0
+    assert Budget(latency_ms=slowest * 2).slo_attainment_of(m) == 1.0
     fastest = min(s.latency_s for s in m.samples) * 1000
-    assert Budget(latency_ms=fastest / 2).goodput_of(m) == 0.0
-    assert Budget(max_token_increase=0.1).goodput_of(m) is None
+    assert Budget(latency_ms=fastest / 2).slo_attainment_of(m) == 0.0
+    assert Budget(max_token_increase=0.1).slo_attainment_of(m) is None
 
 
 def test_json_round_trip_keeps_token_times(url: str, tmp_path: Path) -> None:
@@ -267,6 +268,7 @@ def test_generation_kwargs_override_the_greedy_default(url: str, script: Script)
     m = measure_endpoint(url, PROMPTS[:1], warmup=0, repeats=1, generation_kwargs={"temperature": 0.7, "seed": 3})
     assert script.bodies[0]["temperature"] == 0.7 and script.bodies[0]["seed"] == 3
     assert m.settings["generation_kwargs"] == {"temperature": 0.7, "seed": 3}
+    assert m.decoding == {"mode": "sampling", "parameters": {"temperature": 0.7, "seed": 3}, "ignored": {}}
 
 
 # ----------------------------------------------------------------- errors
@@ -348,7 +350,7 @@ def test_base_url_forms(url: str) -> None:
 
 def test_goodput_is_nan_free_on_empty_and_none_without_limit() -> None:
     assert math.isnan(Measurement(samples=()).slo_attainment(latency_ms=1.0))
-    assert Budget().goodput_of(Measurement(samples=())) is None
+    assert Budget().slo_attainment_of(Measurement(samples=())) is None
 
 
 # ----------------------------------------------------------------- a real server: llama.cpp
@@ -442,7 +444,7 @@ def test_real_server_under_concurrency(llama_server: str) -> None:
     assert m.environment["concurrency"] == 2 and len(m.samples) == 2
     assert all(0 < s.ttft_s <= s.latency_s and s.output_tokens >= 1 for s in m.samples)
     assert m.environment["token_counts"]["nonstreamed_text_mismatches"] == 0
-    goodput = Budget(latency_ms=60_000).goodput_of(m)
+    goodput = Budget(latency_ms=60_000).slo_attainment_of(m)
     assert goodput == 1.0
 
 
@@ -458,7 +460,7 @@ def test_cli_measure_endpoint_writes_a_file_compare_accepts(
     argv = ["measure", "--endpoint", url, "--prompts", str(probe), "--repeats", "2", "--warmup", "0"]
     assert main([*argv, "--concurrency", "2", "--latency-ms", "60000", "--json", str(out), "-q"]) == 0
     printed = capsys.readouterr().out
-    assert "goodput: 100% of requests within 60000 ms at concurrency 2" in printed
+    assert "goodput: 100% of requests within every per-request limit at concurrency 2" in printed
     m = Measurement.load(out)
     assert m.environment["backend"] == BACKEND and m.environment["concurrency"] == 2
     assert len(m.samples) == 2 * len(PROMPTS)

@@ -64,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"budget: {budget!r}")
     for check in verdict.checks:
         print(f"  {check.describe()}")
-    goodput = budget.goodput_of(m)
+    goodput = budget.slo_attainment_of(m)
     if goodput is not None:
         concurrency = m.environment.get("concurrency", 1)
-        print(f"  goodput: {goodput:.0%} of requests within {budget.latency_ms:g} ms at concurrency {concurrency}")
+        print(f"  goodput: {goodput:.0%} of requests within every per-request limit at concurrency {concurrency}")
     print("within budget" if verdict.passed else "OVER BUDGET")
     return EXIT_OK if verdict.passed else EXIT_DO_NOT_SHIP
 
