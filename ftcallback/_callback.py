@@ -30,6 +30,7 @@ from transformers.trainer_callback import ExportableState
 
 from . import _distributed as distributed
 from ._budget import Budget
+from ._drift import ReferenceWorkload
 from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
 from ._execution import describe_decoding
 from ._measure import measure, validate_probe
@@ -38,6 +39,7 @@ from ._monitor import CheckOutcome, Monitor, fmt_epoch
 from ._probe import ProbeSpec
 from ._prompts import load_prompts, resolve_tokenizer
 from ._report import RunReport, report_path
+from ._sequential import needs_more
 from ._sinks import ReportSink, TrackerSink
 from ._tensorboard import TensorBoardSink, resolve_log_dir
 
@@ -211,6 +213,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._trackers: TrackerSink | None = None
         self._pending_tracker_send: CheckOutcome | None = None
         self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
+        self._reference: ReferenceWorkload | None = None
         self._last_check_step: int | None = None
         self._run = -1  # train() calls seen; 0 during the first
         self._trained_compiled: bool | None = None
@@ -658,7 +661,19 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             control.should_training_stop = True
 
     def _measure_once(self, model: Any, batch_size: int, beat: Any, mode: str | None) -> Measurement:
-        kwargs = {**self.spec.measure_kwargs(), "batch_size": batch_size}
+        kwargs: dict[str, Any] = {**self.spec.measure_kwargs(), "batch_size": batch_size}
+        device = next(iter(model.parameters())).device
+        if self._reference is None or self._reference.device != device:
+            # One fixed workload per run, timed beside every generate call: how fast is the machine right now?
+            self._reference = ReferenceWorkload(device)
+        kwargs["reference"] = self._reference
+        baseline = self.monitor.baseline if self.monitor is not None else None
+        if baseline is not None and mode is None and self.budget.max_latency_increase is not None:
+            # Adaptive: measure more while the latency verdict is inconclusive, up to 3x the repeats. Not when
+            # sharded: every rank must make the same number of generate calls, and their timings differ.
+            budget, seed = self.budget, self.spec.seed
+            kwargs["until"] = lambda m: not needs_more(budget, m, baseline, seed=seed)
+            kwargs["max_repeats"] = 3 * self.spec.repeats
         with distributed.generation_context(model, mode):
             m = measure(
                 model,
