@@ -42,7 +42,6 @@ from ._errors import BaselineError, ConfigError
 from ._format import percent_change, significant
 from ._json import json_float
 from ._measurement import Measurement
-from ._probe import latency_incompatibilities
 
 __all__ = ["LENGTH_REMEDIES", "SPEED_REMEDIES", "Comparison", "LatencyCause", "Row", "compare", "latency_cause"]
 
@@ -516,7 +515,7 @@ def _causes(
             "the runaway answers."
         )
     if speed:
-        dtype = str(new.model.get("dtype", ""))
+        dtype = str(new.model.get("param_dtype") or new.model.get("dtype") or "")
         for remedy in SPEED_REMEDIES:
             if remedy is _SMALLER_DTYPE:
                 if dtype == "float32":
@@ -654,7 +653,7 @@ def compare(
         True
     """
     accuracy = _validate_accuracy(accuracy)
-    incompatible = base.incompatibilities(new) + latency_incompatibilities(base.settings, new.settings)
+    incompatible = [d.message for d in base.incompatibilities(new)]
     if incompatible and not allow_mismatch:
         raise BaselineError(
             "the measurements cannot be compared: they were taken with different prompts or settings ("

@@ -244,12 +244,13 @@ def test_mismatched_measurements_are_refused_naming_each_difference():
 def test_allow_mismatch_compares_with_a_warning():
     new = make(0.4, settings={**SETTINGS, "max_new_tokens": 128})
     comparison = compare(make(0.4), new, Budget(latency_ms=500), allow_mismatch=True)
-    assert comparison.incompatible == ["max_new_tokens is 64 in the baseline but 128 here"]
+    message = "max_new_tokens is 64 in the baseline but 128 here; latency and output tokens are not comparable"
+    assert comparison.incompatible == [message]
     assert comparison.ship
     table = comparison.format_table()
     assert table.startswith("WARNING: the measurements were taken with different settings")
-    assert "max_new_tokens is 64 in the baseline but 128 here" in table
-    assert comparison.to_dict()["incompatible"] == ["max_new_tokens is 64 in the baseline but 128 here"]
+    assert "max_new_tokens is 64 in the baseline but 128 here;" in table
+    assert comparison.to_dict()["incompatible"] == [message]
 
 
 def test_format_table_fits_80_columns_and_ends_with_the_verdict():
