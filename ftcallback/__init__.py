@@ -50,9 +50,9 @@ _EXPORTS: dict[str, str] = {
     "compare": "_compare",
     "evaluate": "_budget",
     "measure": "_measure",
-    "pareto": "_pareto",
     "measure_endpoint": "_endpoint",
     "needs_more": "_sequential",
+    "pareto": "_pareto",
     "plot_report": "_plot",
     "shutdown_distributed": "_distributed",
 }
@@ -90,9 +90,9 @@ __all__ = [
     "compare",
     "evaluate",
     "measure",
-    "pareto",
     "measure_endpoint",
     "needs_more",
+    "pareto",
     "plot_report",
     "shutdown_distributed",
 ]

@@ -10,9 +10,9 @@ Cost is priced one of two ways:
 
 * API pricing: ``input_price_per_1k`` / ``output_price_per_1k``;
   cost per request = (mean input tokens x input price + mean output tokens x output price) / 1000.
-* Self-hosted pricing: ``gpu_price_per_hour`` (and ``concurrency``, the requests one accelerator
+* Self-hosted pricing: ``gpu_price_per_hour`` (and ``gpu_concurrency``, the requests one accelerator
   serves at once); cost per request = mean end-to-end latency in seconds x
-  ``gpu_price_per_hour`` / 3600 / ``concurrency``, so a slower model costs more.
+  ``gpu_price_per_hour`` / 3600 / ``gpu_concurrency``, so a slower model costs more.
 
 Either way cost per 1M output tokens = cost per request / mean output tokens x 1e6, and the
 monthly cost = cost per request x ``requests_per_month``.
@@ -85,7 +85,7 @@ _LIMIT_HINTS = {
     "monthly_cost": "a cap on projected monthly cost, in the currency of the prices",
     "cost_per_request": "a cap on mean cost per request, in the currency of the prices",
     "gpu_price_per_hour": "the price of one accelerator hour when self-hosting, e.g. 2.5",
-    "concurrency": "requests one accelerator serves at once, e.g. 8",
+    "gpu_concurrency": "requests one accelerator serves at once, e.g. 8",
     "min_quality": "the lowest acceptable mean quality score, e.g. 0.85",
 }
 _FRACTIONS = ("max_latency_increase", "max_token_increase", "max_cost_increase")
@@ -147,8 +147,8 @@ class Budget:
         input_price_per_1k: API pricing: price of 1000 input (prompt) tokens.
         output_price_per_1k: API pricing: price of 1000 output tokens.
         gpu_price_per_hour: self-hosted pricing: price of one accelerator hour; cost per request =
-            mean latency (s) x ``gpu_price_per_hour`` / 3600 / ``concurrency``. Not with token prices.
-        concurrency: self-hosted pricing: requests one accelerator serves at once.
+            mean latency (s) x ``gpu_price_per_hour`` / 3600 / ``gpu_concurrency``. Not with token prices.
+        gpu_concurrency: self-hosted pricing: requests one accelerator serves at once.
         requests_per_month: expected traffic, to project a monthly cost.
         monthly_cost: cap on cost per request x ``requests_per_month``.
         cost_per_request: cap on mean cost per request.
@@ -188,7 +188,7 @@ class Budget:
     cost_per_request: float | None = None
     max_cost_increase: float | None = None
     gpu_price_per_hour: float | None = None
-    concurrency: float = _DEFAULT_CONCURRENCY
+    gpu_concurrency: float = _DEFAULT_CONCURRENCY
     min_quality: float | None = None
     max_quality_drop: float | None = None
     confidence: float = _DEFAULT_CONFIDENCE
@@ -356,15 +356,15 @@ class Budget:
             return measurement.cost_per_request(self.input_price_per_1k or 0.0, self.output_price_per_1k or 0.0)
         if self.gpu_price_per_hour is not None:
             # Accelerator time is what is paid for: the mean request holds the accelerator for its
-            # end-to-end latency, shared with `concurrency - 1` other requests.
-            return measurement.latency_ms.mean / 1000.0 * self.gpu_price_per_hour / 3600.0 / self.concurrency
+            # end-to-end latency, shared with `gpu_concurrency - 1` other requests.
+            return measurement.latency_ms.mean / 1000.0 * self.gpu_price_per_hour / 3600.0 / self.gpu_concurrency
         return None
 
     def cost_per_1m_output_tokens_of(self, measurement: Measurement) -> float | None:
         """Cost of one million output tokens: cost per request / mean output tokens x 1e6; None when unpriced.
 
         Under self-hosted pricing this is ``gpu_price_per_hour`` / 3600 / (tokens per second x
-        ``concurrency``) x 1e6, i.e. it follows the measured throughput.
+        ``gpu_concurrency``) x 1e6, i.e. it follows the measured throughput.
 
         Example:
             >>> from ftcallback._measurement import Measurement, RequestSample
@@ -446,11 +446,11 @@ class Budget:
 
     # ----------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
-        """The fields that are set, plus ``latency_stat`` (``confidence``, ``concurrency`` when not the default)."""
+        """The fields that are set, plus ``latency_stat`` (``confidence``, ``gpu_concurrency`` when not the default)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if (f.name, value) in (("confidence", _DEFAULT_CONFIDENCE), ("concurrency", _DEFAULT_CONCURRENCY)):
+            if (f.name, value) in (("confidence", _DEFAULT_CONFIDENCE), ("gpu_concurrency", _DEFAULT_CONCURRENCY)):
                 continue
             if value is not None:
                 out[f.name] = value

@@ -98,7 +98,7 @@ def noisy_pair(seed: int, slowdown: float, *, prompts: int = 8, repeats: int = 3
             r"`gpu_price_per_hour` \(self-hosted pricing\) and .* cannot both be set",
         ),
         ({"gpu_price_per_hour": 0}, r"`gpu_price_per_hour` must be > 0, got 0\.0"),
-        ({"concurrency": 0}, r"`concurrency` must be > 0, got 0\.0 \(requests one accelerator"),
+        ({"gpu_concurrency": 0}, r"`gpu_concurrency` must be > 0, got 0\.0 \(requests one accelerator"),
         ({"min_quality": -0.5}, r"`min_quality` must be > 0, got -0\.5"),
         ({"max_quality_drop": -0.01}, r"`max_quality_drop` must be >= 0, got -0\.01 \(score points"),
         ({"max_quality_drop": math.inf}, r"`max_quality_drop` must be a finite number"),

@@ -199,16 +199,16 @@ def test_quality_budgets_without_scores_are_not_evaluable():
 # ----------------------------------------------------------------- cost as users state it
 def test_self_hosted_cost_follows_latency_and_throughput():
     m = _scored([1.0], latency=0.8, tokens=40)
-    budget = Budget(gpu_price_per_hour=3.6, concurrency=4, requests_per_month=1_000_000, monthly_cost=500)
+    budget = Budget(gpu_price_per_hour=3.6, gpu_concurrency=4, requests_per_month=1_000_000, monthly_cost=500)
     # per request = 0.8 s x 3.6 / 3600 / 4 = 0.0002; per 1M output tokens = 0.0002 / 40 x 1e6 = 5.0
     assert budget.cost_per_request_of(m) == pytest.approx(0.0002)
     assert budget.cost_per_1m_output_tokens_of(m) == pytest.approx(5.0)
     check = evaluate(budget, m).checks[0]
     assert (check.value, check.passed) == (pytest.approx(200.0), True)
-    assert Budget(gpu_price_per_hour=3.6, concurrency=4).to_dict() == {
+    assert Budget(gpu_price_per_hour=3.6, gpu_concurrency=4).to_dict() == {
         "latency_stat": "p95",
         "gpu_price_per_hour": 3.6,
-        "concurrency": 4.0,
+        "gpu_concurrency": 4.0,
     }
 
 
@@ -247,7 +247,7 @@ def test_cost_increase_without_prices_is_bounded_by_token_ratios(new_tokens, fra
 
 def test_cost_increase_without_prices_breaches_when_every_token_count_grew():
     base = _scored([1.0])
-    new = Measurement(samples=(RequestSample(0, 0, 0.2, 0.05, 40, 74, True),))  # input +100%, output +100%
+    new = Measurement(samples=(RequestSample(0, 0, 0.2, 0.05, 40, 74, True),), settings=base.settings)  # all x2
     check = evaluate(Budget(max_cost_increase=0.5), new, base).checks[0]
     assert check.passed is False and check.value == pytest.approx(2.0)
 
@@ -280,7 +280,9 @@ def test_a_file_without_summary_or_quality_scores_still_loads():
 # ----------------------------------------------------------------- references must match to compare quality
 def test_quality_settings_count_only_when_both_sides_are_scored():
     a, b = _scored([1.0]), _scored([1.0], references_sha256="other")
-    assert a.incompatibilities(b) == ["references_sha256 is 'ref' in the baseline but 'other' here"]
+    assert [str(p) for p in a.incompatibilities(b)] == [
+        "references_sha256 is 'ref' in the baseline but 'other' here; quality is not comparable"
+    ]
     unscored = Measurement(samples=a.samples, settings={"prompts_sha256": "abc"})
     assert a.incompatibilities(unscored) == []
 
