@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ._budget import Budget, BudgetCheck, Verdict, evaluate
+from ._decompose import LatencyDecomposition
 from ._errors import BaselineError, ConfigError
 from ._format import percent_change, significant
 from ._json import json_float
@@ -144,7 +145,8 @@ class LatencyCause:
     Attributes:
         latency_change: relative change of mean latency, e.g. 3.0 for +300%.
         token_change: relative change of mean output tokens.
-        per_token_change: relative change of mean latency per output token.
+        per_token_change: relative change of time per output token (the decomposition's speed factor
+            when there is one, else mean latency per output token).
         kind: ``"speed"`` (tokens within 5%, each token slower), ``"length"`` (per-token time within 5%,
             more tokens), ``"both"``, ``"none"`` (neither moved by 5%) or ``"unknown"`` (not measurable).
     """
@@ -179,8 +181,15 @@ class LatencyCause:
         return "the latency change cannot be split into length and speed (a figure is missing)"
 
 
-def latency_cause(base: Measurement, new: Measurement) -> LatencyCause:
-    """Split the change of mean latency into output-token change and per-token time change.
+def latency_cause(
+    base: Measurement, new: Measurement, decomposition: LatencyDecomposition | None = None
+) -> LatencyCause:
+    """Split the change of latency into output-token change and per-token time change.
+
+    With the verdict's :class:`~ftcallback._decompose.LatencyDecomposition` (prompt by prompt, the machine
+    divided out, the speed effect with an interval), its length and speed factors decide, and a speed change
+    counts only when significant. Without one, the means: mean latency = mean output tokens x mean time per
+    output token.
 
     Example:
         >>> from ftcallback._measurement import Measurement, RequestSample
@@ -190,6 +199,17 @@ def latency_cause(base: Measurement, new: Measurement) -> LatencyCause:
         >>> c.kind, round(c.per_token_change, 2), c.token_change
         ('speed', 3.0, 0.0)
     """
+    if decomposition is not None and all(
+        math.isfinite(v) for v in (decomposition.total, decomposition.length, decomposition.speed)
+    ):
+        d = decomposition
+        longer = abs(d.length - 1) > _NEGLIGIBLE
+        slower = d.speed_significant and abs(d.speed - 1) > _NEGLIGIBLE
+        kind = {(False, False): "none", (False, True): "speed", (True, False): "length", (True, True): "both"}[
+            (longer, slower)
+        ]
+        tokens = _change(base.output_tokens.mean, new.output_tokens.mean)  # what the sentence shows
+        return LatencyCause(d.total - 1, tokens, d.speed - 1, kind)
     b_lat, n_lat = base.latency_ms.mean, new.latency_ms.mean
     b_tok, n_tok = base.output_tokens.mean, new.output_tokens.mean
     latency = _change(b_lat, n_lat)
@@ -664,7 +684,7 @@ def compare(
     if accuracy is None and base.has_quality and new.has_quality:
         accuracy, source = (base.quality, new.quality), "measured"
     verdict = evaluate(budget, new, base)
-    cause = latency_cause(base, new)
+    cause = latency_cause(base, new, verdict.decomposition)
     token_note = _token_cost_note(base, new)
     causes, remedies = _causes(base, new, budget, verdict, cause)
     ship = verdict.passed
