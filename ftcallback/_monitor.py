@@ -36,6 +36,7 @@ TRACKED_SUMMARY_KEYS = (
     "tokens_per_second",
     "eos_fraction",
     "truncated_fraction",
+    "quality",
 )
 
 
@@ -400,8 +401,10 @@ class Monitor:
         return self.report.within_budget_at(step)
 
     def recommended_checkpoint(self) -> str | None:
-        """The checkpoint to ship: the latest saved within budget that still exists on disk (or is pinned)."""
-        return self.report.last_within_budget_checkpoint
+        """The checkpoint to ship, as a path that exists: best quality within budget (the latest within budget when
+        nothing is scored); see :attr:`RunReport.recommended_checkpoint`."""
+        found = self.report.recommended_checkpoint
+        return None if found is None else str(found["path"])
 
 
 def _verdict_entry(check: BudgetCheck) -> dict[str, Any]:
