@@ -197,6 +197,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._pending_tracker_send: CheckOutcome | None = None
         self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
         self._last_check_step: int | None = None
+        self._progress: bool | str = False  # what measure() shows while the current check runs
         self._run = -1  # train() calls seen; 0 during the first
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
@@ -557,6 +558,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         if self.monitor is None or not state.is_world_process_zero:
             return
+        if self._trackers is not None:
+            self._trackers.end_training()
         self._flush_pending_trackers(state)
         self._warn_if_final_model_breaches(args, state)
         self._save_report()
@@ -590,6 +593,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._last_check_step = state.global_step
         mode = distributed.sharding_mode(model)
         is_main = state.is_world_process_zero
+        # A bar where the Trainer shows its own, on the main process only.
+        label = "baseline" if kind == "baseline" else f"{kind} check at step {state.global_step}"
+        self._progress = label if is_main and not args.disable_tqdm else False
         if mode is None:
             decision = distributed.run_on_main(
                 lambda beat: self._measure_and_decide(kind, state, model, beat, None), is_main=is_main
@@ -615,6 +621,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 **kwargs,
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
+                progress=self._progress,
             )
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})

@@ -41,6 +41,7 @@ from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaLis
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
 from ._measurement import Measurement, RequestSample
 from ._probe import probe_settings
+from ._progress import Progress
 from ._prompts import encode_prompts, load_prompts, resolve_tokenizer
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
@@ -215,6 +216,7 @@ def measure(
     num_sample_outputs: int = 3,
     on_batch_end: Callable[[], Any] | None = None,
     synced_gpus: bool | None = None,
+    progress: bool | str = False,
 ) -> Measurement:
     """Measure latency and output length of ``model.generate`` on a probe of prompts.
 
@@ -239,6 +241,9 @@ def measure(
         num_sample_outputs: how many decoded responses (the first prompts, last repeat) to keep.
         on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
+        progress: show the timed requests' progress (a bar on a terminal, INFO lines every 10% elsewhere)
+            and announce the expected duration after the first request; a string names what is measured
+            ("baseline"), True says "measure". See :class:`~ftcallback._progress.Progress`.
 
     Returns:
         A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples.
@@ -321,7 +326,13 @@ def measure(
     samples: list[RequestSample] = []
     last_outputs: dict[int, list[int]] = {}
     warmup_latencies: list[float] = []
-    with _undisturbed(target, device):
+    bar = Progress(
+        len(prompt_list) * repeats,
+        progress if isinstance(progress, str) else "measure",
+        enabled=bool(progress),
+        clock=clock,
+    )
+    with _undisturbed(target, device), contextlib.closing(bar):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         for w in range(warmup):
@@ -330,6 +341,7 @@ def measure(
             if on_batch_end is not None:
                 on_batch_end()
         logger.debug("measure: %d warm-up calls took %.3f s", warmup, sum(warmup_latencies))
+        bar.start()
         for r in range(repeats):
             for b, batch in enumerate(batches):
                 rows, start, end = run(b)
@@ -344,6 +356,7 @@ def measure(
                     samples.append(RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished))
                     if r == repeats - 1 and prompt_index < num_sample_outputs:
                         last_outputs[prompt_index] = row[:n_out]
+                bar.update(len(rows))
                 if on_batch_end is not None:
                     on_batch_end()
         peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
