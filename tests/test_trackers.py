@@ -94,6 +94,7 @@ def _wandb_history(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return history
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_the_efficiency_series(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -114,6 +115,7 @@ def test_wandb_offline_run_holds_the_efficiency_series(env: Path, monkeypatch: p
 
 
 # --------------------------------------------------------------------------------------------- MLflow
+@pytest.mark.slow
 def test_mlflow_sqlite_run_holds_the_efficiency_series(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mlflow = pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -137,6 +139,7 @@ def test_mlflow_sqlite_run_holds_the_efficiency_series(env: Path, monkeypatch: p
 
 
 # --------------------------------------------------------------------------------------------- Trackio
+@pytest.mark.slow
 def test_trackio_local_run_holds_the_efficiency_series(env: Path) -> None:
     pytest.importorskip("trackio")
     from trackio.sqlite_storage import SQLiteStorage
