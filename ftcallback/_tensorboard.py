@@ -193,6 +193,14 @@ def _trainer_tag(key: str) -> str:
     return f"train/{key}"
 
 
+def _glance_order(metric: str) -> tuple[int, str]:
+    """Latency first, then output tokens, then the rest (cost), each group alphabetically."""
+    for rank, head in enumerate(("latency", "output_tokens")):
+        if metric.startswith(head):
+            return rank, metric
+    return 2, metric
+
+
 def _exact(tag: str) -> str:
     # Custom-scalars chart tags are regular expressions matched at the start of a tag name;
     # anchor both ends so "efficiency/x" does not also pick up "efficiency/x_y".
@@ -292,29 +300,40 @@ class TensorBoardSink:
         return written
 
     def write_layout(self, metrics: Iterable[str]) -> bool:
-        """Write the custom-scalars layout once: each budget metric with its limit, percentiles, ratios.
+        """Write the custom-scalars layout once: what to watch first, then ratios, then detail.
+
+        The first category, "efficiency at a glance", holds one "Multiline" chart per budget metric pairing
+        ``efficiency/<metric>`` with its limit ``efficiency/limit/<metric>`` (latency first, then output tokens,
+        then cost), a latency and an output-token chart when no budget covers them, and the Trainer's
+        ``train/loss`` (in the same run: the TensorBoardCallback's, or mirrored by this sink). Ratios to the
+        baseline (all near 1) get a category of their own, so that their scale is not squeezed by the others.
 
         Args:
-            metrics: the budget metrics (``latency_ratio``, ``output_tokens_mean``, ...), one
-                "Multiline" chart each pairing ``efficiency/<metric>`` with ``efficiency/limit/<metric>``.
+            metrics: the budget metrics (``latency_ms_p95``, ``output_tokens_mean``, ...).
 
         Returns:
             True when written, False when this sink had already written it.
         """
         if self._layout_written:
             return False
-        budget_charts = {
-            f"{m} vs limit": ["Multiline", [_exact(self.prefix + m), _exact(self.limit_prefix + m)]]
-            for m in dict.fromkeys(metrics)
+        budgeted = sorted(dict.fromkeys(metrics), key=_glance_order)
+        glance: dict[str, list[Any]] = {
+            f"{m} and its budget": ["Multiline", [_exact(self.prefix + m), _exact(self.limit_prefix + m)]]
+            for m in budgeted
         }
-        overview = {
-            "latency percentiles (ms)": ["Multiline", [_exact(self.prefix + k) for k in _LATENCY_PERCENTILES]],
-            "ratios to baseline": ["Multiline", [_exact(self.prefix + k) for k in _RATIOS]],
+        for metric in ("latency_ms_p50", "output_tokens_mean"):
+            if not any(m.split("_")[0] == metric.split("_")[0] for m in budgeted):
+                glance[metric] = ["Multiline", [_exact(self.prefix + metric)]]
+        glance["train/loss"] = ["Multiline", [_exact("train/loss")]]
+        layout: dict[str, dict[str, list[Any]]] = {
+            "efficiency at a glance": glance,
+            "efficiency: ratios to baseline": {
+                "latency and output-token ratios": ["Multiline", [_exact(self.prefix + k) for k in _RATIOS]],
+            },
+            "efficiency: latency detail": {
+                "latency percentiles (ms)": ["Multiline", [_exact(self.prefix + k) for k in _LATENCY_PERCENTILES]],
+            },
         }
-        layout: dict[str, dict[str, list[Any]]] = {}
-        if budget_charts:
-            layout["efficiency budget"] = budget_charts
-        layout["efficiency"] = overview
         self.writer.add_custom_scalars(layout)
         self._layout_written = True
         self.flush()

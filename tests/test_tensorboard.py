@@ -107,19 +107,31 @@ def test_layout_pairs_each_metric_with_its_limit(tmp_path: Path) -> None:
     assert len(configs) == 1
     layout = layout_pb2.Layout.FromString(configs[0].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for cat in layout.category for chart in cat.chart}
-    assert [cat.title for cat in layout.category] == ["efficiency budget", "efficiency"]
+    # What to watch first: each budget metric with its limit (latency first), then the loss; ratios apart.
+    assert [cat.title for cat in layout.category] == [
+        "efficiency at a glance",
+        "efficiency: ratios to baseline",
+        "efficiency: latency detail",
+    ]
+    assert [chart.title for chart in layout.category[0].chart] == [
+        "latency_ratio and its budget",
+        "output_tokens_mean and its budget",
+        "train/loss",
+    ]
     assert set(charts) == {
-        "latency_ratio vs limit",
-        "output_tokens_mean vs limit",
+        "latency_ratio and its budget",
+        "output_tokens_mean and its budget",
+        "train/loss",
         "latency percentiles (ms)",
-        "ratios to baseline",
+        "latency and output-token ratios",
     }
     # Chart tags are regular expressions (matched from the start): each must pick exactly its tag.
     tags = acc.Tags()["scalars"]
     for metric in ("latency_ratio", "output_tokens_mean"):
-        title = f"{metric} vs limit"
+        title = f"{metric} and its budget"
         matched = sorted(t for t in tags for pattern in charts[title] if re.match(pattern, t))
         assert matched == sorted([f"efficiency/{metric}", f"efficiency/limit/{metric}"])
+    assert charts["train/loss"] == ["^train/loss$"]
     assert [p for p in charts["latency percentiles (ms)"] if re.match(p, "efficiency/latency_ms_p50")]
 
 
@@ -246,9 +258,10 @@ def test_override(tmp_path: Path, report_to: str | list[str], mirror: bool) -> N
 
 
 def test_report_to_all(tmp_path: Path) -> None:
-    _events_file(tmp_path / "runs" / "x")
     # TrainingArguments expands "all" itself; a plain object keeps it, and is expanded here.
     for args in (_args(tmp_path, "all"), SimpleNamespace(output_dir=str(tmp_path), report_to="all")):
+        # Made after the arguments: with every tracker installed, expanding "all" imports them (seconds).
+        _events_file(tmp_path / "runs" / "x")
         assert resolve_log_dir(args, started_at=time.time()) == (str(tmp_path / "runs" / "x"), False)
 
 
