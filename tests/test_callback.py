@@ -423,9 +423,6 @@ TB_TAGS = [
         "cost_per_request",
         "monthly_cost",
         "cost_ratio",
-        "limit/output_tokens_mean",
-        "limit/latency_ms_p95",
-        "limit/monthly_cost",
     )
 ]
 
@@ -446,6 +443,13 @@ def test_tensorboard_shows_loss_and_efficiency_curves_together(full_run: dict[st
     with_loss = [folder for folder, acc in runs.items() if "train/loss" in acc.Tags()["scalars"]]
     assert len(with_loss) == 1
     acc = runs[with_loss[0]]
+    # The budget limits: a sibling run (its own colour) under the tags of the metrics they bound.
+    budget = runs.pop(with_loss[0] / "budget")
+    assert set(budget.Tags()["scalars"]) == {
+        "efficiency/output_tokens_mean",
+        "efficiency/latency_ms_p95",
+        "efficiency/monthly_cost",
+    }
     # One loss point per optimizer step: the loss is not written twice.
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
     every_efficiency_tag = {
@@ -465,11 +469,11 @@ def test_tensorboard_shows_loss_and_efficiency_curves_together(full_run: dict[st
             [c["summary"][key] for c in report["checks"]], rel=1e-5
         )
     assert [e.value for e in acc.Scalars("efficiency/output_tokens_ratio")] == pytest.approx([1.0, 1.0, 2.0])
-    assert [e.value for e in acc.Scalars("efficiency/limit/output_tokens_mean")] == pytest.approx([6.0] * 3)
+    assert [e.value for e in budget.Scalars("efficiency/output_tokens_mean")] == pytest.approx([6.0] * 3)
     assert [e.value for e in acc.Scalars("efficiency/monthly_cost")] == pytest.approx(
         [c["cost"]["monthly_cost"] for c in report["checks"]], rel=1e-5
     )
-    assert [e.step for e in acc.Scalars("efficiency/limit/latency_ms_p95")] == steps
+    assert [e.step for e in budget.Scalars("efficiency/latency_ms_p95")] == steps
     samples = acc.Tensors("efficiency/samples/text_summary")
     assert [e.step for e in samples] == steps
     assert PROBE[0] in samples[0].tensor_proto.string_val[0].decode()

@@ -68,17 +68,17 @@ def test_log_check_writes_summary_extra_and_limits(tmp_path: Path) -> None:
         "efficiency/output_tokens_mean",
         "efficiency/latency_ratio",
         "efficiency/cost_per_request",
-        "efficiency/limit/latency_ratio",
-        "efficiency/limit/output_tokens_mean",
+        "budget:efficiency/latency_ratio",
+        "budget:efficiency/output_tokens_mean",
     }
-    assert scalars == set(written)
+    assert scalars == {t for t in written if not t.startswith("budget:")}
     assert series(acc, "efficiency/latency_ms_p50") == [(10, 40.0), (20, 45.0)]
     assert series(acc, "efficiency/latency_ratio") == [(10, pytest.approx(1.1)), (20, pytest.approx(1.3))]
-    assert series(acc, "efficiency/limit/latency_ratio") == [
-        (10, pytest.approx(1.2)),
-        (20, pytest.approx(1.2)),
-    ]
-    assert series(acc, "efficiency/limit/output_tokens_mean") == [(10, 20.0)]
+    # The limits: a run of their own (TensorBoard colours by run), under the metric's own tag.
+    budget = read(tmp_path / "budget")
+    assert set(budget.Tags()["scalars"]) == {"efficiency/latency_ratio", "efficiency/output_tokens_mean"}
+    assert series(budget, "efficiency/latency_ratio") == [(10, pytest.approx(1.2)), (20, pytest.approx(1.2))]
+    assert series(budget, "efficiency/output_tokens_mean") == [(10, 20.0)]
     # NaN and inf were skipped, not written.
     assert not {"efficiency/noise_cv", "efficiency/tpot_ms_p50", "efficiency/cost_ratio"} & scalars
     assert all(math.isfinite(e.value) for tag in scalars for e in acc.Scalars(tag))
@@ -125,12 +125,15 @@ def test_layout_pairs_each_metric_with_its_limit(tmp_path: Path) -> None:
         "latency percentiles (ms)",
         "latency and output-token ratios",
     }
-    # Chart tags are regular expressions (matched from the start): each must pick exactly its tag.
+    # Chart tags are regular expressions (matched from the start): each must pick exactly its tag, which the
+    # measured run and the budget run both hold.
     tags = acc.Tags()["scalars"]
+    limits = read(tmp_path / "budget").Tags()["scalars"]
     for metric in ("latency_ratio", "output_tokens_mean"):
         title = f"{metric} and its budget"
         matched = sorted(t for t in tags for pattern in charts[title] if re.match(pattern, t))
-        assert matched == sorted([f"efficiency/{metric}", f"efficiency/limit/{metric}"])
+        assert matched == [f"efficiency/{metric}"]
+        assert [t for t in limits for pattern in charts[title] if re.match(pattern, t)] == [f"efficiency/{metric}"]
     assert charts["train/loss"] == ["^train/loss$"]
     assert [p for p in charts["latency percentiles (ms)"] if re.match(p, "efficiency/latency_ms_p50")]
 
