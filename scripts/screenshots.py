@@ -65,7 +65,9 @@ def train(out: Path) -> None:
     rows = []
     for text in texts:
         ids = tok(text)["input_ids"] + [eos]
-        rows.append({"input_ids": torch.tensor(ids), "attention_mask": torch.ones(len(ids)), "labels": torch.tensor(ids)})
+        rows.append(
+            {"input_ids": torch.tensor(ids), "attention_mask": torch.ones(len(ids)), "labels": torch.tensor(ids)}
+        )
     width = max(len(r["input_ids"]) for r in rows)
     for r in rows:
         pad = width - len(r["input_ids"])
