@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import gc
 import inspect
+import itertools
 import logging
+import math
 import os
 import shutil
 import time
@@ -111,6 +113,11 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             with the same name in one Trainer are refused at train begin.
         trainer: the Trainer, to route the metrics to its ``report_to`` trackers. Optional: when not
             given, the callback finds the Trainer that calls it.
+        best_model_within_budget: with ``metric_for_best_model`` set, weights over budget get the worst value of
+            that metric at evaluation, so that ``load_best_model_at_end`` and ``save_strategy="best"`` never pick
+            them. The evaluation metrics also carry ``eval_efficiency_within_budget`` (1 or 0),
+            ``eval_efficiency_latency_ms_p50`` / ``_p95``, ``eval_efficiency_output_tokens_mean`` and, with
+            references, ``eval_efficiency_quality``, from the latest check at or before the evaluated step.
 
     Raises:
         ConfigError: an argument is invalid (the message names it and the fix).
@@ -124,9 +131,10 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         >>> # Trainer(model=..., args=..., train_dataset=..., processing_class=tok, callbacks=[cb]).train()
     """
 
-    #: Live instances, oldest first: a callback rebuilt by transformers from a checkpoint finds the one the
-    #: user passed to this run (whose arguments win over the checkpoint's).
+    #: Live instances: a callback rebuilt by transformers from a checkpoint finds the one the user passed to this
+    #: run (whose arguments win over the checkpoint's): the newest unused one of the same name.
     _instances: weakref.WeakSet[EfficiencyCallback] = weakref.WeakSet()
+    _created = itertools.count()
 
     def __init__(
         self,
@@ -150,6 +158,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         num_sample_outputs: int = 3,
         name: str | None = None,
         trainer: Any = None,
+        best_model_within_budget: bool = True,
     ) -> None:
         from ._measure import check_generation_kwargs
 
@@ -185,6 +194,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             raise ConfigError(f"`name` must be a non-empty string without '/' (a folder and tag name), got {name!r}")
         self.name = name
         self.trainer = trainer
+        if not isinstance(best_model_within_budget, bool):
+            raise ConfigError(f"`best_model_within_budget` must be True or False, got {best_model_within_budget!r}")
+        self.best_model_within_budget = best_model_within_budget
 
         self._given_baseline, self._baseline_source = self._load_baseline(baseline)
 
@@ -202,6 +214,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
         self._restored_args: dict[str, Any] | None = None
+        self._serial = next(EfficiencyCallback._created)  # a WeakSet has no order; this tells the newest
         EfficiencyCallback._instances.add(self)
 
     # ------------------------------------------------------------------ read-only views
@@ -263,6 +276,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             "strict": self.strict,
             "logging_dir": self.logging_dir,
             "name": self.name,
+            "best_model_within_budget": self.best_model_within_budget,
         }
 
     def state(self) -> dict[str, Any]:
@@ -281,14 +295,13 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         naming both values; a different probe cannot reuse the saved baseline and is refused."""
         saved = self._restored_args
         self._restored_args = None
-        user = next(
-            (
-                cb
-                for cb in list(EfficiencyCallback._instances)
-                if cb is not self and cb.name == self.name and cb._saved_report is None and cb.monitor is None
-            ),
-            None,
-        )
+        candidates = [
+            cb
+            for cb in list(EfficiencyCallback._instances)
+            if cb is not self and cb.name == self.name and cb._saved_report is None and cb.monitor is None
+        ]
+        # A callback built but never trained (an earlier notebook cell) may still be alive: the newest one wins.
+        user = max(candidates, key=lambda cb: cb._serial, default=None)
         if user is None or saved is None:
             return
         mine, theirs = user._args(), saved
@@ -314,6 +327,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self.spec, self.budget = user.spec, user.budget
         self.every_n_steps, self.patience = user.every_n_steps, user.patience
         self.stop_training, self.strict = user.stop_training, user.strict
+        self.best_model_within_budget = user.best_model_within_budget
         self.logging_dir, self.trainer = user.logging_dir, user.trainer
         self.tokenizer = self.tokenizer or user.tokenizer
 
@@ -342,6 +356,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         trainer = self.trainer or _find_calling_trainer(self)
         self._trainer = trainer
         self._check_names(trainer)
+        _watch_jit_checkpoint(trainer)
         self._run += 1
         self.report_path = _report_path(args.output_dir, self.name)
         self._start_monitor(args, state)
@@ -365,7 +380,10 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 "fresh baseline)",
                 self._run + 1,
             )
-            self.monitor.report.stopped = None
+            report = self.monitor.report
+            if report.stopped is not None:  # this call may train to the end: what stopped the last one stays
+                report.earlier_stops.append(report.stopped)
+            report.stopped = None
             self.monitor.report.output_dir = str(args.output_dir)
             return
         monitor = Monitor(
@@ -390,6 +408,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 monitor.report.baseline_source = f"measured at resume (step {state.global_step})"
         monitor.report.settings = self.settings()
         monitor.report.budget = self.budget.to_dict()
+        monitor.report.output_dir = str(args.output_dir)  # a resume may write into another folder
         self.monitor = monitor
         if state.global_step > 0 and monitor.report.baseline is not None:
             self._note_resumed_checkpoint(args, state)
@@ -404,6 +423,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # checks from the file when it has the same baseline, so that a resumed run's report equals an
         # uninterrupted run's.
         on_disk = self._read_report()
+        if on_disk is None and saved.output_dir and saved.output_dir != str(args.output_dir):
+            # Resumed into another output_dir (a copied checkpoint): the raw samples are in the first run's.
+            on_disk = self._read_report(_report_path(saved.output_dir, self.name))
         if on_disk is not None and on_disk.baseline == saved.baseline:
             full = {c.index: c for c in on_disk.checks}
             saved.checks = [
@@ -421,11 +443,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         )
         return saved
 
-    def _read_report(self) -> RunReport | None:
-        if self.report_path is None or not self.report_path.exists():
+    def _read_report(self, path: Path | None = None) -> RunReport | None:
+        path = path if path is not None else self.report_path
+        if path is None or not path.exists():
             return None
         try:
-            return RunReport.load(self.report_path)
+            return RunReport.load(path)
         except FTCallbackError:
             return None
 
@@ -523,12 +546,30 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         metrics: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Put the efficiency verdict into the evaluation metrics, where ``metric_for_best_model`` can use it."""
+        """Put the efficiency of the weights being evaluated into the evaluation metrics, where
+        ``metric_for_best_model`` (and so ``load_best_model_at_end`` and ``save_strategy="best"``) can use them,
+        and keep a checkpoint over budget from ever being the best one."""
         if metrics is None or self.monitor is None:
             return
-        within = self.monitor.within_budget_at(state.global_step)
-        if within is not None:
-            metrics[_eval_key("efficiency_within_budget", self.name)] = float(within)
+        check = self.monitor.check_at(state.global_step)
+        if check is None:
+            return
+        for key in _EVAL_SUMMARY_KEYS:
+            value = check.summary.get(key)
+            if value is not None and math.isfinite(value):
+                metrics[_eval_key(f"efficiency_{key}", self.name)] = float(value)
+        metrics[_eval_key("efficiency_within_budget", self.name)] = float(not check.breached)
+        best_key = _best_metric_key(args)
+        if check.breached and self.best_model_within_budget and best_key in metrics:
+            # Over budget: the worst possible value, so _determine_best_metric never picks these weights.
+            metrics[best_key] = -math.inf if args.greater_is_better else math.inf
+            logger.info(
+                "%sstep %d is over budget: %s set to %s so that it is never the best model",
+                f"[{self.name}] " if self.name else "",
+                state.global_step,
+                best_key,
+                metrics[best_key],
+            )
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -579,20 +620,25 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         if model is None or self.monitor is None:
             return
-        if kind != "baseline" and _termination_requested(self._trainer):
-            # transformers' JIT checkpointing after SIGTERM: the job has seconds left to save, not minutes to
-            # measure. (A callback that merely ends training early still gets its last epoch measured.)
-            logger.warning(
-                "%sSIGTERM received: training is stopping at step %d to save a checkpoint; skipping the %s "
-                "check so that the job can exit in time",
-                f"[{self.name}] " if self.name else "",
-                state.global_step,
-                kind,
-            )
+        is_main = state.is_world_process_zero
+        # transformers' JIT checkpointing after SIGTERM: the job has seconds left to save, not minutes to
+        # measure. (A callback that merely ends training early still gets its last epoch measured.) The main
+        # process decides for all ranks, which must skip or measure alike, and says it once.
+        if kind != "baseline" and distributed.broadcast_from_main(
+            _termination_requested(self._trainer) if is_main else None
+        ):
+            if is_main:
+                logger.warning(
+                    "%sSIGTERM received: training is stopping at step %d to save a checkpoint; skipping the %s "
+                    "check so that the job can exit in time",
+                    f"[{self.name}] " if self.name else "",
+                    state.global_step,
+                    kind,
+                )
+            self._last_check_step = state.global_step  # one WARNING: the epoch end of this step is not a second
             return
         self._last_check_step = state.global_step
         mode = distributed.sharding_mode(model)
-        is_main = state.is_world_process_zero
         # A bar where the Trainer shows its own, on the main process only.
         label = "baseline" if kind == "baseline" else f"{kind} check at step {state.global_step}"
         self._progress = label if is_main and not args.disable_tqdm else False
@@ -626,7 +672,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
 
-    def _measure(self, model: Any, beat: Any, mode: str | None) -> Measurement:
+    def _measure(self, model: Any, beat: Any, mode: str | None, *, speak: bool = True) -> Measurement:
         batch_size = self.spec.batch_size
         try:
             return self._measure_once(model, batch_size, beat, mode)
@@ -635,13 +681,14 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             smaller = max(1, batch_size // 2)
             if smaller == batch_size:
                 raise
-            logger.warning(
-                "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
-                "its latency will not be compared with the baseline, its tokens will",
-                batch_size,
-                exc,
-                smaller,
-            )
+            if speak:  # in sharded mode every rank retries; the main one says it
+                logger.warning(
+                    "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
+                    "its latency will not be compared with the baseline, its tokens will",
+                    batch_size,
+                    exc,
+                    smaller,
+                )
             m = self._measure_once(model, smaller, beat, mode)
             retry = {"reason": "out_of_memory", "changed": {"batch_size": [batch_size, smaller]}}
             return dataclasses.replace(m, environment={**m.environment, "retry": retry})
@@ -663,7 +710,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         quiet = contextlib.nullcontext() if decide else _silenced()
         try:
             with quiet:
-                m = self._measure(model, beat, mode)
+                m = self._measure(model, beat, mode, speak=decide)
             impossible = _impossible(m)
             if impossible:
                 raise MeasurementError(f"impossible measurement: {impossible}")
@@ -787,6 +834,18 @@ def _eval_key(key: str, name: str | None) -> str:
     return f"eval_{key}" if not name else f"eval_{key}_{name}"
 
 
+#: Summary keys put into the evaluation metrics as ``eval_efficiency_<key>``.
+_EVAL_SUMMARY_KEYS = ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean", "quality")
+
+
+def _best_metric_key(args: TrainingArguments) -> str | None:
+    """``metric_for_best_model`` as the Trainer looks it up in the evaluation metrics."""
+    name = getattr(args, "metric_for_best_model", None)
+    if not name:
+        return None
+    return name if name.startswith("eval_") else f"eval_{name}"
+
+
 def _report_to(args: TrainingArguments) -> list[str]:
     report_to = getattr(args, "report_to", None) or []
     return [report_to] if isinstance(report_to, str) else list(report_to)
@@ -808,15 +867,40 @@ def _find_calling_trainer(callback: EfficiencyCallback) -> Any:
     return None
 
 
-def _termination_requested(trainer: Any) -> bool:
-    """True when transformers' JIT checkpointing caught a SIGTERM and the Trainer is about to save and exit."""
+def _jit_managers(trainer: Any) -> list[Any]:
     if trainer is None:
-        return False
-    for callback in trainer.callback_handler.callbacks:
-        manager = getattr(callback, "jit_manager", None)
-        if manager is not None and getattr(manager, "is_checkpoint_requested", False):
-            return True
-    return False
+        return []
+    managers = (getattr(cb, "jit_manager", None) for cb in trainer.callback_handler.callbacks)
+    return [m for m in managers if m is not None]
+
+
+def _watch_jit_checkpoint(trainer: Any) -> None:
+    """Remember that transformers' JIT checkpointing saved on SIGTERM.
+
+    ``JITCheckpointCallback`` runs before user callbacks and resets ``is_checkpoint_requested`` as soon as it
+    starts saving, so by the time this callback's ``on_epoch_end`` runs the flag is False again although the job
+    is stopping. The manager's ``execute_jit_checkpoint`` is wrapped (once per manager) to leave a mark.
+    """
+    for manager in _jit_managers(trainer):
+        manager._ftcallback_terminating = False  # a new train() call: no SIGTERM seen in it yet
+        if getattr(manager, "_ftcallback_watched", False):
+            continue
+        execute = manager.execute_jit_checkpoint
+
+        def marked(_execute: Any = execute, _manager: Any = manager) -> Any:
+            _manager._ftcallback_terminating = True
+            return _execute()
+
+        manager.execute_jit_checkpoint = marked
+        manager._ftcallback_watched = True
+
+
+def _termination_requested(trainer: Any) -> bool:
+    """True when transformers' JIT checkpointing caught a SIGTERM and the Trainer is saving and exiting."""
+    return any(
+        getattr(m, "is_checkpoint_requested", False) or getattr(m, "_ftcallback_terminating", False)
+        for m in _jit_managers(trainer)
+    )
 
 
 def _check_not_meta(model: Any) -> None:

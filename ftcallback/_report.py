@@ -208,6 +208,8 @@ class RunReport:
             from ``save_total_limit`` rotation.
         final_model: ``{"step", "source", "within_budget"}`` of the weights in memory when training ended
             (``source`` is the checkpoint ``load_best_model_at_end`` loaded, or ``"last step"``).
+        earlier_stops: the ``stopped`` records of earlier ``train()`` calls of the same callback (a second
+            call starts with ``stopped`` cleared; what stopped the first is kept here, never dropped).
 
     Example:
         >>> report = RunReport(output_dir="out")
@@ -230,6 +232,7 @@ class RunReport:
     output_dir: str = ""
     pinned_checkpoints: dict[str, str] = field(default_factory=dict)
     final_model: dict[str, Any] | None = None
+    earlier_stops: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.updated_at:
@@ -292,9 +295,12 @@ class RunReport:
 
     @property
     def last_within_budget_checkpoint(self) -> str | None:
-        """Path of the latest checkpoint saved within budget that exists on disk: the checkpoint itself, or the
-        copy kept from ``save_total_limit`` rotation (:attr:`pinned_checkpoints`). None when none exists: a
-        path that rotation deleted is never named.
+        """Path of the latest checkpoint saved within budget that exists on disk: the copy kept from
+        ``save_total_limit`` rotation (:attr:`pinned_checkpoints`) when there is one, else the checkpoint itself.
+        None when none exists: a path that rotation deleted is never named.
+
+        The kept copy comes first: the original still exists while a stop is announced, but rotation deletes it
+        at the next save, and the path the stop line names must stay valid after training.
         """
         good = sorted(
             (c for c in self.checkpoints if c.get("within_budget") is True),
@@ -303,11 +309,11 @@ class RunReport:
         pinned = {os.path.abspath(k): v for k, v in self.pinned_checkpoints.items()}
         for entry in reversed(good):
             path = str(entry["path"])
-            if Path(path).exists():
-                return path
             kept = pinned.get(os.path.abspath(path))
             if kept is not None and Path(kept).exists():
                 return kept
+            if Path(path).exists():
+                return path
         return None
 
     # ----------------------------------------------------------------- JSON
@@ -341,6 +347,7 @@ class RunReport:
                 "pinned_checkpoints": self.pinned_checkpoints,
                 "final_model": self.final_model,
                 "stopped": self.stopped,
+                "earlier_stops": self.earlier_stops,
             }
         )
         return out
@@ -389,6 +396,7 @@ class RunReport:
                 output_dir=str(data.get("output_dir") or ""),
                 pinned_checkpoints={str(k): str(v) for k, v in (data.get("pinned_checkpoints") or {}).items()},
                 final_model=None if data.get("final_model") is None else dict(data["final_model"]),
+                earlier_stops=[dict(stop) for stop in data.get("earlier_stops") or []],
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._embedded import EMBEDDED_MODEL
 from .._errors import FTCallbackError, PromptError
+from .._probe import ProbeSpec
 from ._console import no_foreign_progress_bars
 from ._errors import UsageError, one_line
 
@@ -53,14 +54,10 @@ MEASURE_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """How a model is measured from the CLI (the arguments of :func:`ftcallback._measure.measure`)."""
+    """How a model is measured from the CLI: the probe (the same :class:`ProbeSpec` the callback uses) plus
+    how the model is loaded."""
 
-    prompts: list[str]
-    max_new_tokens: int
-    apply_chat_template: bool
-    repeats: int
-    warmup: int
-    batch_size: int
+    spec: ProbeSpec
     dtype: str
     device: str | None
 
@@ -156,22 +153,13 @@ def measure_model(name: str, settings: MeasureSettings) -> Measurement:
     logger.info(
         "measuring %s: %d prompts x %d repeats (+%d warm-up), max_new_tokens %d",
         name,
-        len(settings.prompts),
-        settings.repeats,
-        settings.warmup,
-        settings.max_new_tokens,
+        len(settings.spec.prompts),
+        settings.spec.repeats,
+        settings.spec.warmup,
+        settings.spec.max_new_tokens,
     )
     try:
-        m = measure(
-            model,
-            tokenizer,
-            settings.prompts,
-            max_new_tokens=settings.max_new_tokens,
-            warmup=settings.warmup,
-            repeats=settings.repeats,
-            batch_size=settings.batch_size,
-            apply_chat_template=settings.apply_chat_template,
-        )
+        m = measure(model, tokenizer, list(settings.spec.prompts), **settings.spec.measure_kwargs())
     finally:
         # The second model of a compare must not share memory (or the allocator's cache) with the first.
         del model, tokenizer
