@@ -7,9 +7,10 @@ own into which :class:`TensorBoardSink` also mirrors the Trainer's logs). Only t
 the sink creates nothing until its first write, so building it on every rank is harmless, but the
 callback calls it on ``state.is_world_process_zero`` only.
 
-Tags written: ``efficiency/<summary key>`` (see :data:`SUMMARY_KEYS`),
-``efficiency/<ratio or cost>`` (see :data:`EXTRA_KEYS`), the budget limit of a metric under the metric's own
-tag in the sibling run ``<log_dir>/budget`` (see :data:`BUDGET_RUN`) at the same steps,
+Tags written: ``efficiency/<key>`` for the headline (see :data:`HEADLINE_KEYS`), ``efficiency_detail/<key>``
+for the other summary keys (see :data:`SUMMARY_KEYS`), ratios and costs (see :data:`EXTRA_KEYS`), the budget
+limit of a metric under the metric's own tag in the sibling run ``<log_dir>/budget`` (see :data:`BUDGET_RUN`)
+at the same steps,
 ``efficiency/samples/text_summary`` (markdown; torch's ``add_text`` appends the suffix), and, when
 mirroring, ``train/<key>``, ``eval/<key>``, ``test/<key>`` as transformers' TensorBoardCallback names them.
 """
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
 __all__ = [
     "EXTRA_KEYS",
     "BUDGET_RUN",
+    "DETAIL_PREFIX",
+    "HEADLINE_KEYS",
     "SUMMARY_KEYS",
     "TAG_PREFIX",
     "TensorBoardSink",
@@ -40,8 +43,14 @@ __all__ = [
 
 logger = logging.getLogger("ftcallback.tensorboard")
 
-#: Prefix of every efficiency tag.
+#: Prefix of the headline tags: what to look at first.
 TAG_PREFIX = "efficiency/"
+#: Prefix of every other efficiency tag. TensorBoard's Time Series tab groups cards by the tag's first
+#: component and sorts them by name; a group of their own keeps percentiles, ratios, costs and fractions
+#: from filling its first page before latency and output tokens.
+DETAIL_PREFIX = "efficiency_detail/"
+#: Keys written under :data:`TAG_PREFIX`.
+HEADLINE_KEYS = ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean")
 #: The budget limits are a run of their own, ``<log_dir>/budget``, under the very tag of the metric they bound:
 #: TensorBoard colours lines by run, so every chart of a metric (Time Series card, custom-scalars chart) shows
 #: the measured line and its limit together, in two colours.
@@ -232,7 +241,7 @@ class TensorBoardSink:
         >>> import tempfile
         >>> with TensorBoardSink(tempfile.mkdtemp(), mirror_trainer_logs=False) as sink:
         ...     sink.log_check(10, {"latency_ms_p50": 41.5}, {"latency_ratio": 1.1}, {"latency_ratio": 1.2})
-        ['efficiency/latency_ms_p50', 'efficiency/latency_ratio', 'budget:efficiency/latency_ratio']
+        ['efficiency/latency_ms_p50', 'efficiency_detail/latency_ratio', 'budget:efficiency_detail/latency_ratio']
     """
 
     def __init__(
@@ -241,6 +250,7 @@ class TensorBoardSink:
         self.log_dir = os.fspath(log_dir)
         # Several callbacks in one Trainer write to one run: each under its own `efficiency/<name>/` tags.
         self.prefix = TAG_PREFIX if not name else f"{TAG_PREFIX}{name}/"
+        self.detail_prefix = DETAIL_PREFIX if not name else f"{DETAIL_PREFIX}{name}/"
         self.mirror_trainer_logs = mirror_trainer_logs
         self._writer: Any = None
         self._budget_writer: Any = None
@@ -278,6 +288,11 @@ class TensorBoardSink:
             )
         return self._budget_writer
 
+    def tag(self, key: str) -> str:
+        """The tag of a summary, ratio or cost key: ``efficiency/<key>`` for :data:`HEADLINE_KEYS`, else
+        ``efficiency_detail/<key>`` (a group of its own, after the headline, in the Time Series tab)."""
+        return (self.prefix if key in HEADLINE_KEYS else self.detail_prefix) + key
+
     def _scalar(self, tag: str, value: Any, step: int, *, limit: bool = False) -> bool:
         number = _finite_number(value)
         if number is None:
@@ -304,12 +319,12 @@ class TensorBoardSink:
         Returns:
             The tags written, ``budget:<tag>`` for the limits (non-finite and missing values are skipped).
         """
-        written = [self.prefix + k for k in SUMMARY_KEYS if self._scalar(self.prefix + k, summary.get(k), step)]
-        written += [self.prefix + k for k, v in (extra or {}).items() if self._scalar(self.prefix + k, v, step)]
+        written = [self.tag(k) for k in SUMMARY_KEYS if self._scalar(self.tag(k), summary.get(k), step)]
+        written += [self.tag(k) for k, v in (extra or {}).items() if self._scalar(self.tag(k), v, step)]
         written += [
-            f"{BUDGET_RUN}:{self.prefix}{k}"
+            f"{BUDGET_RUN}:{self.tag(k)}"
             for k, v in (limits or {}).items()
-            if self._scalar(self.prefix + k, v, step, limit=True)
+            if self._scalar(self.tag(k), v, step, limit=True)
         ]
         # Checks are rare and each one cost seconds of generation: flush so a crash loses none.
         self.flush()
@@ -334,20 +349,20 @@ class TensorBoardSink:
             return False
         budgeted = sorted(dict.fromkeys(metrics), key=_glance_order)
         glance: dict[str, list[Any]] = {
-            f"{m} and its budget": ["Multiline", [_exact(self.prefix + m)]]  # both runs: measured and limit
+            f"{m} and its budget": ["Multiline", [_exact(self.tag(m))]]  # both runs: measured and limit
             for m in budgeted
         }
         for metric in ("latency_ms_p50", "output_tokens_mean"):
             if not any(m.split("_")[0] == metric.split("_")[0] for m in budgeted):
-                glance[metric] = ["Multiline", [_exact(self.prefix + metric)]]
+                glance[metric] = ["Multiline", [_exact(self.tag(metric))]]
         glance["train/loss"] = ["Multiline", [_exact("train/loss")]]
         layout: dict[str, dict[str, list[Any]]] = {
             "efficiency at a glance": glance,
             "efficiency: ratios to baseline": {
-                "latency and output-token ratios": ["Multiline", [_exact(self.prefix + k) for k in _RATIOS]],
+                "latency and output-token ratios": ["Multiline", [_exact(self.tag(k)) for k in _RATIOS]],
             },
             "efficiency: latency detail": {
-                "latency percentiles (ms)": ["Multiline", [_exact(self.prefix + k) for k in _LATENCY_PERCENTILES]],
+                "latency percentiles (ms)": ["Multiline", [_exact(self.tag(k)) for k in _LATENCY_PERCENTILES]],
             },
         }
         self.writer.add_custom_scalars(layout)
