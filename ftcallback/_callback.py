@@ -30,13 +30,16 @@ from transformers.trainer_callback import ExportableState
 
 from . import _distributed as distributed
 from ._budget import Budget
+from ._drift import ReferenceWorkload
 from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
+from ._execution import describe_decoding
 from ._measure import measure, validate_probe
 from ._measurement import Measurement
 from ._monitor import CheckOutcome, Monitor, fmt_epoch
 from ._probe import ProbeSpec
 from ._prompts import load_prompts, resolve_tokenizer
 from ._report import RunReport, report_path
+from ._sequential import needs_more
 from ._sinks import ReportSink, TrackerSink
 from ._tensorboard import TensorBoardSink, resolve_log_dir
 
@@ -168,6 +171,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             )
         # Now, not at the first check: with a given baseline that check comes after an epoch of training.
         check_generation_kwargs(dict(generation_kwargs or {}))
+        # Flags that have no effect (temperature without do_sample=True) are said once, here.
+        describe_decoding(None, generation_kwargs).warn()
         self.spec = ProbeSpec(
             prompts=tuple(load_prompts(prompts)),
             max_new_tokens=_positive_int("max_new_tokens", max_new_tokens),
@@ -208,9 +213,11 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._trackers: TrackerSink | None = None
         self._pending_tracker_send: CheckOutcome | None = None
         self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
+        self._reference: ReferenceWorkload | None = None
         self._last_check_step: int | None = None
         self._progress: bool | str = False  # what measure() shows while the current check runs
         self._run = -1  # train() calls seen; 0 during the first
+        self._trained_compiled: bool | None = None
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
         self._restored_args: dict[str, Any] | None = None
@@ -337,6 +344,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         model = kwargs.get("model")
         started_at = time.time()
+        # The Trainer trains a compiled module but hands callbacks the original: say so in every record.
+        self._trained_compiled = bool(getattr(args, "torch_compile", False))
         # User errors surface here, before any optimizer step, on every rank.
         if model is None:
             raise ModelError("EfficiencyCallback got no model from the Trainer")
@@ -658,7 +667,19 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             control.should_training_stop = True
 
     def _measure_once(self, model: Any, batch_size: int, beat: Any, mode: str | None) -> Measurement:
-        kwargs = {**self.spec.measure_kwargs(), "batch_size": batch_size}
+        kwargs: dict[str, Any] = {**self.spec.measure_kwargs(), "batch_size": batch_size}
+        device = next(iter(model.parameters())).device
+        if self._reference is None or self._reference.device != device:
+            # One fixed workload per run, timed beside every generate call: how fast is the machine right now?
+            self._reference = ReferenceWorkload(device)
+        kwargs["reference"] = self._reference
+        baseline = self.monitor.baseline if self.monitor is not None else None
+        if baseline is not None and mode is None and self.budget.max_latency_increase is not None:
+            # Adaptive: measure more while the latency verdict is inconclusive, up to 3x the repeats. Not when
+            # sharded: every rank must make the same number of generate calls, and their timings differ.
+            budget, seed = self.budget, self.spec.seed
+            kwargs["until"] = lambda m: not needs_more(budget, m, baseline, seed=seed)
+            kwargs["max_repeats"] = 3 * self.spec.repeats
         with distributed.generation_context(model, mode):
             m = measure(
                 model,
@@ -668,6 +689,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
                 progress=self._progress,
+                trained_compiled=self._trained_compiled,
+                warn_ignored=False,
             )
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
@@ -689,9 +712,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                     exc,
                     smaller,
                 )
-            m = self._measure_once(model, smaller, beat, mode)
-            retry = {"reason": "out_of_memory", "changed": {"batch_size": [batch_size, smaller]}}
-            return dataclasses.replace(m, environment={**m.environment, "retry": retry})
+            return self._measure_once(model, smaller, beat, mode).with_retry(
+                "out_of_memory", batch_size=(batch_size, smaller)
+            )
 
     def _measure_and_decide(
         self,

@@ -116,6 +116,15 @@ class Progress:
             while self._next_line <= self.done / self.total + 1e-9:
                 self._next_line += _LINE_EVERY
 
+    def extend(self, n: int) -> None:
+        """Plan ``n`` more requests (an adaptive measurement that looks again)."""
+        if not self.enabled or n <= 0:
+            return
+        self.total += n
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
     def _say(self, line: str) -> None:
         if self._bar is not None:
             self._bar.write(line, file=self.stream)  # above the bar, which stays whole

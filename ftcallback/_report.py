@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._errors import ReportError
+from ._errors import BaselineError, ReportError
 from ._format import finite_float as _finite_float
 from ._format import number
 from ._json import float_from_json, jsonable, read_json, write_json_atomic
@@ -535,6 +535,27 @@ def _stopped_text(stopped: Mapping[str, Any]) -> str:
     return f"stopped at {where}: {why}"
 
 
+def _incomparable_checks(report: RunReport) -> list[str]:
+    """One line per difference between a check's measurement and the baseline (see ``comparable_facts``)."""
+    try:
+        baseline = report.baseline_measurement()
+    except BaselineError:
+        return []
+    if baseline is None:
+        return []
+    notes = []
+    for check in report.checks:
+        if check.kind == "baseline" or not check.measurement:
+            continue
+        try:
+            differences = baseline.incompatibilities(Measurement.from_dict(check.measurement))
+        except BaselineError:
+            continue
+        where = f"{check.kind} {_fmt(check.epoch, '.2f')} (step {check.step})"
+        notes += [f"{where}: {d.message}" for d in differences]
+    return notes
+
+
 def _recommended_text(report: RunReport) -> str:
     """The checkpoint to use, or why there is none: a path that no longer exists is never printed as one."""
     found = report.last_within_budget_checkpoint
@@ -629,6 +650,11 @@ def format_checks_table(
         lines += render(row)
     if not rows:
         lines.append("(no checks recorded)")
+    notes = _incomparable_checks(report)
+    if notes:
+        lines += ["", "not comparable with the baseline (relative budgets over these figures not evaluable):"]
+        for note in notes:
+            lines += textwrap.wrap(f"  - {note}", width=width, subsequent_indent="    ")
     lines.append("")
     footer = _stopped_text(report.stopped) if report.stopped else "trained to the end (no budget stop)"
     lines += textwrap.wrap(footer, width=width, subsequent_indent="  ") or [footer]
