@@ -442,11 +442,9 @@ def test_tensorboard_shows_loss_and_efficiency_curves_together(full_run: dict[st
     acc = runs[with_loss[0]]
     # The budget limits: a sibling run (its own colour) under the tags of the metrics they bound.
     budget = runs.pop(with_loss[0] / "budget")
-    assert set(budget.Tags()["scalars"]) == {
-        "efficiency/output_tokens_mean",
-        "efficiency/latency_ms_p95",
-        "efficiency_detail/monthly_cost",
-    }
+    limit_tags = set(budget.Tags()["scalars"])
+    assert "efficiency/output_tokens_mean" in limit_tags and "efficiency_detail/monthly_cost" in limit_tags
+    assert limit_tags <= set(acc.Tags()["scalars"])  # each limit next to the curve it bounds
     # One loss point per optimizer step: the loss is not written twice.
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
     every_efficiency_tag = {
@@ -470,7 +468,7 @@ def test_tensorboard_shows_loss_and_efficiency_curves_together(full_run: dict[st
     assert [e.value for e in acc.Scalars("efficiency_detail/monthly_cost")] == pytest.approx(
         [c["cost"]["monthly_cost"] for c in report["checks"]], rel=1e-5
     )
-    assert [e.step for e in budget.Scalars("efficiency/latency_ms_p95")] == steps
+    assert all([e.step for e in budget.Scalars(tag)] == steps for tag in limit_tags)
     samples = acc.Tensors("efficiency/samples/text_summary")
     assert [e.step for e in samples] == steps
     assert PROBE[0] in samples[0].tensor_proto.string_val[0].decode()

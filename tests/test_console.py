@@ -51,14 +51,17 @@ def test_default_console_shows_one_line_per_check_and_the_stop_reason(tmp_path: 
     assert len(checks) == 3  # baseline, epoch 1, epoch 2 (stopped there)
     for line in checks:
         # The key figures first: latency p50/p95, output tokens, ratios, the verdict; and not 30 keys.
-        assert list(line)[:6] == [
+        order = [
             "efficiency/latency_ms_p50",
             "efficiency/latency_ms_p95",
             "efficiency/output_tokens_mean",
-            "efficiency/latency_ratio",
+            "efficiency/latency_ratio",  # when the latencies are comparable
             "efficiency/output_tokens_ratio",
             "efficiency/breached",
         ]
+        present = [k for k in order if k in line]
+        assert list(line)[: len(present)] == present
+        assert {order[0], order[1], order[2], order[5]} <= set(present)
         assert len(line) <= 16
     assert [c["efficiency/breached"] for c in checks] == ["0", "0", "1"]
     assert [c["efficiency/output_tokens_mean"] for c in checks][-1] == "8"
