@@ -224,6 +224,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
         self._reference: ReferenceWorkload | None = None
         self._last_check_step: int | None = None
+        self._progress: bool | str = False  # what measure() shows while the current check runs
         self._run = -1  # train() calls seen; 0 during the first
         self._trained_compiled: bool | None = None
         # Set by transformers when restoring from a checkpoint (see `state()`).
@@ -621,6 +622,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         if self.monitor is None or not state.is_world_process_zero:
             return
+        if self._trackers is not None:
+            self._trackers.end_training()
         self._flush_pending_trackers(state)
         self._warn_if_final_model_breaches(args, state)
         self._save_report()
@@ -659,6 +662,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             return
         self._last_check_step = state.global_step
         mode = distributed.sharding_mode(model)
+        # A bar where the Trainer shows its own, on the main process only.
+        label = "baseline" if kind == "baseline" else f"{kind} check at step {state.global_step}"
+        self._progress = label if is_main and not args.disable_tqdm else False
         if mode is None:
             decision = distributed.run_on_main(
                 lambda beat: self._measure_and_decide(kind, state, model, beat, None), is_main=is_main
@@ -696,6 +702,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 **kwargs,
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
+                progress=self._progress,
                 trained_compiled=self._trained_compiled,
                 warn_ignored=False,
             )

@@ -93,14 +93,18 @@ class CheckOutcome:
     def metrics(self, prefix: str = "efficiency/") -> dict[str, float]:
         """The check as flat, finite numbers for trackers: the headline summary, ratios, cost and flags."""
         rec = self.record
-        values: dict[str, Any] = {k: rec.summary.get(k) for k in TRACKED_SUMMARY_KEYS}
+        # The Trainer prints this dict on the console as one line: the key figures and the verdict come first.
+        values: dict[str, Any] = {
+            k: rec.summary.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean")
+        }
         for key in ("latency_ratio", "output_tokens_ratio"):
             values[key] = rec.ratios.get(key)
-        values.update(rec.cost)
         if rec.status == "ok":
             values["breached"] = int(rec.breached)
         else:
             values["check_failed"] = 1
+        values.update({k: rec.summary.get(k) for k in TRACKED_SUMMARY_KEYS if k not in values})
+        values.update(rec.cost)
         out: dict[str, float] = {}
         for key, value in values.items():
             if value is None:
