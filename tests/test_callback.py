@@ -260,7 +260,9 @@ def test_simulated_slowdown_breaches_latency_budget(tmp_path: Path, caplog: pyte
     assert (stopped["budget"], stopped["metric"]) == ("max_latency_increase", "latency_ratio")
     assert stopped["value"] > stopped["limit"] == pytest.approx(1.2) and stopped["baseline"] is None
     slow_check = report["checks"][-1]
-    assert slow_check["ratios"]["latency_ratio"] > 1.2 and slow_check["ratios"]["latency_ratio_low"] > 1.0
+    ratios = slow_check["ratios"]
+    assert ratios["latency_judged_ratio"] == stopped["value"] and ratios["latency_judged_ratio_low"] > 1.0
+    assert ratios["latency_ratio"] > 1.2 and ratios["latency_length_ratio"] == 1.0  # same answers, slower tokens
     assert stop_lines(caplog.records) == [stopped["message"]]
     assert stopped["message"].startswith(
         f"stopping training at epoch 2 (step 4): latency_ratio x{stopped['value']:.3f} ["
@@ -345,7 +347,7 @@ def test_report_json_records_budget_baseline_checks_and_stop(full_run: dict[str,
         )
         ratios, summary = check["ratios"], check["summary"]
         assert ratios["output_tokens_ratio"] == pytest.approx(summary["output_tokens_mean"] / 4.0)
-        assert ratios["latency_ratio_low"] <= ratios["latency_ratio"] <= ratios["latency_ratio_high"]
+        assert ratios["latency_speed_ratio_low"] <= ratios["latency_speed_ratio"] <= ratios["latency_speed_ratio_high"]
         # Cost per request = input and output tokens at their prices; the month projects it.
         cost = check["cost"]
         assert cost["cost_per_request"] == pytest.approx(
