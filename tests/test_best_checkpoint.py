@@ -156,3 +156,23 @@ def test_the_best_quality_within_budget_is_in_memory_and_on_disk(tmp_path):
         (8, 0.95, False),
     ]
     assert not rows[1]["dominated"]  # the best quality is never dominated (timing decides the others)
+
+
+def test_an_older_best_quality_checkpoint_is_kept_from_rotation(tmp_path):
+    """No load_best_model_at_end: the Trainer protects only the newest checkpoint, ftcallback keeps the best."""
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm()
+    grades = QualityByEpoch({0: 0.5, 1: 0.6, 2: 0.9, 3: 0.7})
+    cb = EfficiencyCallback(
+        [(p, "a reference answer") for p in PROBE], scorer=grades.score, max_new_tokens=4, repeats=1, warmup=0
+    )
+    args = training_args(tmp_path, num_train_epochs=3, save_strategy="epoch", save_total_limit=1)
+    trainer = make_trainer(model, args, plain_dataset(tok, n=8), tok, [grades, cb])
+    trainer.train()
+
+    report = RunReport.load(tmp_path)
+    assert not (tmp_path / "checkpoint-4").exists()  # rotated away by the Trainer
+    recommended = report.recommended_checkpoint
+    assert recommended["step"] == 4 and Path(recommended["path"]).is_dir()
+    assert Path(recommended["path"]).parent == tmp_path / "efficiency" / "checkpoints"
+    assert sorted(p.name for p in (tmp_path / "efficiency" / "checkpoints").iterdir()) == ["checkpoint-4"]
