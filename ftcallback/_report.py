@@ -662,6 +662,9 @@ def format_checks_table(
     history = list(trainer_state.get("log_history") or []) if trainer_state is not None else None
     eval_key = _eval_metric_key(history) if history else None
     show_cost = any(_finite_float(c.cost.get("cost_per_request")) is not None for c in report.checks)
+    show_quality = any(_finite_float(c.summary.get("quality")) is not None for c in report.checks)
+    points = report.pareto_points()
+    dominated = {p.step for p, d in zip(points, pareto(points).dominated, strict=True) if d}
 
     headers = ["kind", "epoch", "step"]
     if history is not None:
@@ -669,6 +672,8 @@ def format_checks_table(
         if eval_key is not None:
             headers.append(eval_key)
     headers += ["p50 ms", "p95 ms", "ttft ms", "out tok"]
+    if show_quality:
+        headers.append("quality")
     if show_cost:
         headers.append("cost/req")
     headers.append("verdict")
@@ -687,9 +692,14 @@ def format_checks_table(
             _fmt(s.get("ttft_ms_p50"), ".1f"),
             _fmt(s.get("output_tokens_mean"), ".1f"),
         ]
+        if show_quality:
+            row.append(_fmt(s.get("quality"), ".3f"))
         if show_cost:
             row.append(_fmt(check.cost.get("cost_per_request"), ".3g"))
-        row.append(_verdict_text(check))
+        verdict = _verdict_text(check)
+        if check.kind != "baseline" and check.status == "ok" and check.step in dominated:
+            verdict += " (dominated)"  # another check is at least as good on quality, latency and cost
+        row.append(verdict)
         rows.append(row)
 
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers[:-1])]
@@ -725,4 +735,10 @@ def format_checks_table(
     footer = _stopped_text(report.stopped) if report.stopped else "trained to the end (no budget stop)"
     lines += textwrap.wrap(footer, width=width, subsequent_indent="  ") or [footer]
     lines.append(f"last within-budget checkpoint: {_recommended_text(report)}")
+    recommended = report.recommended_checkpoint
+    if recommended is not None and show_quality:
+        lines += textwrap.wrap(
+            f"recommended checkpoint: {recommended['path']} ({recommended['reason']})", width=width,
+            subsequent_indent="  ",
+        )
     return "\n".join(lines)

@@ -11,6 +11,7 @@ from helpers_training import PROBE, ForcedLength, make_trainer, plain_dataset, t
 from transformers import TrainerCallback
 
 from ftcallback import Budget, EfficiencyCallback, RunReport
+from ftcallback._report import format_checks_table
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
@@ -176,3 +177,7 @@ def test_an_older_best_quality_checkpoint_is_kept_from_rotation(tmp_path):
     assert recommended["step"] == 4 and Path(recommended["path"]).is_dir()
     assert Path(recommended["path"]).parent == tmp_path / "efficiency" / "checkpoints"
     assert sorted(p.name for p in (tmp_path / "efficiency" / "checkpoints").iterdir()) == ["checkpoint-4"]
+    # `ftcallback report` shows quality per check and names the checkpoint to ship, with why.
+    table = format_checks_table(report, width=200)
+    assert "quality" in table.splitlines()[0]
+    assert f"recommended checkpoint: {recommended['path']} (step 4: best quality within budget (0.900" in table
