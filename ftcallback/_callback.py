@@ -29,6 +29,7 @@ from transformers.trainer_callback import ExportableState
 from . import _distributed as distributed
 from ._budget import Budget
 from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
+from ._forms import form_cost, measure_in_form, parse_form
 from ._measure import measure, validate_probe
 from ._measurement import Measurement
 from ._monitor import CheckOutcome, Monitor, fmt_epoch
@@ -111,6 +112,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             with the same name in one Trainer are refused at train begin.
         trainer: the Trainer, to route the metrics to its ``report_to`` trackers. Optional: when not
             given, the callback finds the Trainer that calls it.
+        deployed_form: also measure, at every check, the model as it will be served: ``"merged"`` (LoRA
+            adapters merged in place, base weights restored bit for bit), ``"bf16"`` / ``"fp16"`` (cast in
+            place, originals put back), ``"int8"`` (a quantized CPU copy), or ``"merged+bf16"``. Budgets then
+            judge that form against the baseline in the same form; the report, TensorBoard
+            (``efficiency/deployed/*``) and trackers carry both. A form that does not fit in memory is
+            recorded as a failed check, never run. Not with ``baseline=`` (it holds the training form only).
 
     Raises:
         ConfigError: an argument is invalid (the message names it and the fix).
@@ -150,6 +157,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         num_sample_outputs: int = 3,
         name: str | None = None,
         trainer: Any = None,
+        deployed_form: str | None = None,
     ) -> None:
         from ._measure import check_generation_kwargs
 
@@ -185,6 +193,13 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             raise ConfigError(f"`name` must be a non-empty string without '/' (a folder and tag name), got {name!r}")
         self.name = name
         self.trainer = trainer
+        self.deployed_form = None if deployed_form is None else parse_form(deployed_form)
+        if self.deployed_form is not None and baseline is not None:
+            raise ConfigError(
+                f"`baseline` cannot be given with `deployed_form={self.deployed_form!r}`: a saved measurement "
+                "holds the training form only, and the budget judges the deployed form against its own baseline. "
+                "Drop `baseline=` (both forms are then measured at train begin) or drop `deployed_form=`"
+            )
 
         self._given_baseline, self._baseline_source = self._load_baseline(baseline)
 
@@ -226,6 +241,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             "stop_training": self.stop_training,
             "strict": self.strict,
             "name": self.name,
+            "deployed_form": self.deployed_form,
         }
 
     def _load_baseline(self, baseline: Any) -> tuple[Measurement | None, str]:
@@ -262,6 +278,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             "strict": self.strict,
             "logging_dir": self.logging_dir,
             "name": self.name,
+            "deployed_form": self.deployed_form,
         }
 
     def state(self) -> dict[str, Any]:
@@ -314,6 +331,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self.every_n_steps, self.patience = user.every_n_steps, user.patience
         self.stop_training, self.strict = user.stop_training, user.strict
         self.logging_dir, self.trainer = user.logging_dir, user.trainer
+        self.deployed_form = user.deployed_form
         self.tokenizer = self.tokenizer or user.tokenizer
 
     # ------------------------------------------------------------------ Trainer events
@@ -338,6 +356,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             generation_kwargs=self.spec.generation_kwargs,
             apply_chat_template=self.spec.apply_chat_template,
         )
+        if self.deployed_form is not None:
+            self._check_deployed_form(model)
         trainer = self.trainer or _find_calling_trainer(self)
         self._trainer = trainer
         self._check_names(trainer)
@@ -352,6 +372,18 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             self._check("baseline", args, state, control, model)
         elif state.is_world_process_zero:
             self._write_baseline(state)
+
+    def _check_deployed_form(self, model: Any) -> None:
+        """A form the model cannot take is a user error: say so before the first step, on every rank."""
+        assert self.deployed_form is not None
+        mode = distributed.sharding_mode(model)
+        if mode is not None:
+            raise ConfigError(
+                f"`deployed_form={self.deployed_form!r}` cannot be measured on a sharded model ({mode}): every "
+                "rank holds a slice of the weights. Drop `deployed_form=` and measure the saved checkpoint with "
+                "`ftcallback compare --what-if` after training"
+            )
+        form_cost(model, self.deployed_form)  # raises ModelError: no adapters to merge, int8 off CPU, ...
 
     def _start_monitor(self, args: TrainingArguments, state: TrainerState) -> None:
         """A fresh record, a resumed one, or the first run's kept for a second ``train()``."""
@@ -654,12 +686,17 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         epoch = state.epoch if kind != "baseline" else 0.0
         step = state.global_step
         quiet = contextlib.nullcontext() if decide else _silenced()
+        deployed: Measurement | None = None
         try:
             with quiet:
                 m = self._measure(model, beat, mode)
-            impossible = _impossible(m)
-            if impossible:
-                raise MeasurementError(f"impossible measurement: {impossible}")
+                if self.deployed_form is not None:
+                    form = self.deployed_form
+                    deployed = measure_in_form(model, form, lambda served: self._measure(served, beat, mode))
+            for measured in (m, deployed):
+                impossible = _impossible(measured) if measured is not None else None
+                if impossible:
+                    raise MeasurementError(f"impossible measurement: {impossible}")
         except (ConfigError, ModelError):
             raise  # a user error: the probe itself is wrong, say so now
         except Exception as exc:  # a failed measurement must not kill a healthy run
@@ -684,7 +721,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             return {"stop": False, "error": error}
         if not decide:
             return None
-        outcome = monitor.observe(m, kind=kind, epoch=epoch, step=step, run=self._run)
+        outcome = monitor.observe(m, kind=kind, epoch=epoch, step=step, run=self._run, deployed=deployed)
         outcome.record.loss = _last_loss(state)
         if state.is_world_process_zero:
             tb_step = step if kind != "baseline" else 0

@@ -84,6 +84,9 @@ class CheckRecord:
             for a second ``train()`` keeps its first baseline and numbers steps from 0 again).
         loss: the training loss last logged at or before the check's step, when the Trainer logged one
             (``ftcallback report`` shows it when the run left no ``trainer_state.json``).
+        deployed: the same check in the deployed form, when the run measures one (``deployed_form=``):
+            ``{"form", "summary", "ratios", "cost", "measurement"}``, compared with the deployed baseline.
+            ``verdict`` and ``breached`` then judge this form; ``summary`` and ``ratios`` stay the training form's.
 
     Example:
         >>> rec = CheckRecord(index=1, kind="epoch", epoch=1.0, step=10, summary={"latency_ms_p50": 41.0})
@@ -109,6 +112,7 @@ class CheckRecord:
     time: str = field(default_factory=_utcnow)
     run: int = 0
     loss: float | None = None
+    deployed: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CHECK_KINDS:
@@ -143,6 +147,7 @@ class CheckRecord:
                 "time": self.time,
                 "run": self.run,
                 "loss": self.loss,
+                "deployed": self.deployed,
             }
         )
         return out
@@ -177,6 +182,7 @@ class CheckRecord:
                 time=str(data.get("time", "")),
                 run=int(data.get("run", 0)),
                 loss=_finite_float(data.get("loss")),
+                deployed=None if data.get("deployed") is None else dict(data["deployed"]),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):
@@ -185,7 +191,10 @@ class CheckRecord:
 
 
 def _without_measurement(check: dict[str, Any], keep: bool) -> dict[str, Any]:
-    return check if keep else {**check, "measurement": None}
+    if keep:
+        return check
+    deployed = check.get("deployed")
+    return {**check, "measurement": None, "deployed": None if deployed is None else {**deployed, "measurement": None}}
 
 
 @dataclass
@@ -208,6 +217,8 @@ class RunReport:
             from ``save_total_limit`` rotation.
         final_model: ``{"step", "source", "within_budget"}`` of the weights in memory when training ended
             (``source`` is the checkpoint ``load_best_model_at_end`` loaded, or ``"last step"``).
+        deployed_baseline: :meth:`Measurement.to_dict` of the baseline in the deployed form (its
+            ``environment["form"]`` names it), when the run measures one; budgets compare with it.
 
     Example:
         >>> report = RunReport(output_dir="out")
@@ -230,6 +241,7 @@ class RunReport:
     output_dir: str = ""
     pinned_checkpoints: dict[str, str] = field(default_factory=dict)
     final_model: dict[str, Any] | None = None
+    deployed_baseline: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.updated_at:
@@ -335,6 +347,7 @@ class RunReport:
                 "settings": self.settings,
                 "baseline": self.baseline,
                 "baseline_source": self.baseline_source,
+                "deployed_baseline": self.deployed_baseline,
                 "checks": [_without_measurement(c.to_dict(), include_measurements) for c in self.checks],
                 "checkpoints": self.checkpoints,
                 "last_within_budget_checkpoint": self.last_within_budget_checkpoint,
@@ -389,6 +402,7 @@ class RunReport:
                 output_dir=str(data.get("output_dir") or ""),
                 pinned_checkpoints={str(k): str(v) for k, v in (data.get("pinned_checkpoints") or {}).items()},
                 final_model=None if data.get("final_model") is None else dict(data["final_model"]),
+                deployed_baseline=None if data.get("deployed_baseline") is None else dict(data["deployed_baseline"]),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):

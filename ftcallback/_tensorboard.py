@@ -9,6 +9,8 @@ callback calls it on ``state.is_world_process_zero`` only.
 
 Tags written: ``efficiency/<summary key>`` (see :data:`SUMMARY_KEYS`),
 ``efficiency/<ratio or cost>`` (see :data:`EXTRA_KEYS`), ``efficiency/limit/<metric>`` at the same steps,
+the same under ``efficiency/deployed/`` for a run that also measures its deployed form (the limits then
+bound those curves),
 ``efficiency/samples/text_summary`` (markdown; torch's ``add_text`` appends the suffix), and, when
 mirroring, ``train/<key>``, ``eval/<key>``, ``test/<key>`` as transformers' TensorBoardCallback names them.
 """
@@ -269,6 +271,8 @@ class TensorBoardSink:
         summary: Mapping[str, float],
         extra: Mapping[str, float] | None = None,
         limits: Mapping[str, float] | None = None,
+        *,
+        prefix: str | None = None,
     ) -> list[str]:
         """Write one check: summary statistics, ratios and costs, and the budget limits at ``step``.
 
@@ -278,12 +282,15 @@ class TensorBoardSink:
             extra: ratios to the baseline and costs (:data:`EXTRA_KEYS`); every numeric key is written.
             limits: budget limit per metric, written as ``efficiency/limit/<metric>`` so each
                 metric's chart shows its limit as a line.
+            prefix: the tag prefix of the summary and extra values (default ``efficiency/``, or
+                ``efficiency/<name>/``); the deployed form's go under ``<prefix>deployed/``.
 
         Returns:
             The tags written (non-finite and missing values are skipped).
         """
-        written = [self.prefix + k for k in SUMMARY_KEYS if self._scalar(self.prefix + k, summary.get(k), step)]
-        written += [self.prefix + k for k, v in (extra or {}).items() if self._scalar(self.prefix + k, v, step)]
+        tag = self.prefix if prefix is None else prefix
+        written = [tag + k for k in SUMMARY_KEYS if self._scalar(tag + k, summary.get(k), step)]
+        written += [tag + k for k, v in (extra or {}).items() if self._scalar(tag + k, v, step)]
         written += [
             self.limit_prefix + k for k, v in (limits or {}).items() if self._scalar(self.limit_prefix + k, v, step)
         ]
@@ -291,20 +298,23 @@ class TensorBoardSink:
         self.flush()
         return written
 
-    def write_layout(self, metrics: Iterable[str]) -> bool:
+    def write_layout(self, metrics: Iterable[str], *, judged_prefix: str | None = None) -> bool:
         """Write the custom-scalars layout once: each budget metric with its limit, percentiles, ratios.
 
         Args:
             metrics: the budget metrics (``latency_ratio``, ``output_tokens_mean``, ...), one
                 "Multiline" chart each pairing ``efficiency/<metric>`` with ``efficiency/limit/<metric>``.
+            judged_prefix: the prefix of the curves the budget judges (``efficiency/deployed/`` with a
+                deployed form); default the sink's prefix.
 
         Returns:
             True when written, False when this sink had already written it.
         """
         if self._layout_written:
             return False
+        judged = self.prefix if judged_prefix is None else judged_prefix
         budget_charts = {
-            f"{m} vs limit": ["Multiline", [_exact(self.prefix + m), _exact(self.limit_prefix + m)]]
+            f"{m} vs limit": ["Multiline", [_exact(judged + m), _exact(self.limit_prefix + m)]]
             for m in dict.fromkeys(metrics)
         }
         overview = {
@@ -361,8 +371,17 @@ class TensorBoardSink:
         rec = outcome.record
         if outcome.failed:
             return
-        self.write_layout(list(outcome.limits))
-        self.log_check(step, rec.summary, {**rec.ratios, **rec.cost}, outcome.limits)
+        if rec.deployed is None:
+            self.write_layout(list(outcome.limits))
+            self.log_check(step, rec.summary, {**rec.ratios, **rec.cost}, outcome.limits)
+        else:
+            # Both forms as curves; the limits bound the deployed one, which the budget judges.
+            served = self.prefix + "deployed/"
+            self.write_layout(list(outcome.limits), judged_prefix=served)
+            self.log_check(step, rec.summary, {**rec.ratios, **rec.cost})
+            deployed = rec.deployed
+            extra = {**deployed.get("ratios", {}), **deployed.get("cost", {})}
+            self.log_check(step, deployed.get("summary", {}), extra, outcome.limits, prefix=served)
         if outcome.measurement is not None:
             self.log_samples(step, list(outcome.measurement.sample_outputs))
 
