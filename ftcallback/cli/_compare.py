@@ -18,6 +18,7 @@ from ._models import (
     load_measurement,
     load_prompts,
     measure_model,
+    measure_model_forms,
 )
 from ._parser import budget_from_args
 
@@ -65,7 +66,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc).replace("`accuracy`", "--accuracy")) from exc
 
     sides = {"BASE": args.base, "FINETUNED": args.finetuned}
+    forms: tuple[str, ...] = args.what_if or ()
+    if forms and is_measurement_file(args.finetuned):
+        raise UsageError(
+            f"--what-if measures FINETUNED in each form, so FINETUNED must be a model (a name or a folder), "
+            f"not the saved measurement {args.finetuned!r}"
+        )
     measurements: dict[str, Measurement] = {}
+    by_form: dict[str, Measurement | str] = {}
     for role, path in sides.items():
         if is_measurement_file(path):
             measurements[role] = load_measurement(path, role)
@@ -90,10 +98,18 @@ def run(args: argparse.Namespace) -> int:
             device=args.device,
         )
         for role in to_measure:
-            measurements[role] = measure_model(sides[role], settings)
+            if role == "FINETUNED" and forms:
+                measurements[role], by_form = measure_model_forms(sides[role], settings, forms)
+            else:
+                measurements[role] = measure_model(sides[role], settings)
 
     base, new = measurements["BASE"], measurements["FINETUNED"]
     comparison = compare(base, new, budget, accuracy=accuracy)
+    remedies = None
+    if forms:
+        from .._whatif import what_if
+
+        remedies = what_if(base, new, by_form, budget)
     if args.json:
         print_json(
             {
@@ -101,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
                 "finetuned": sides["FINETUNED"],
                 "budget": budget.to_dict(),
                 **comparison.to_dict(),
+                **({"what_if": remedies.to_dict()} if remedies is not None else {}),
             }
         )
     else:
@@ -109,4 +126,8 @@ def run(args: argparse.Namespace) -> int:
         print(wrap_field("budget:    ", budget_text(budget.to_dict())))
         print()
         print(comparison.format_table(width=width()))
+        if remedies is not None:
+            print()
+            print("what if FINETUNED were served as:")
+            print(remedies.format_table())
     return EXIT_OK if comparison.ship else EXIT_DO_NOT_SHIP
