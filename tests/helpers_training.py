@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    DataCollatorForLanguageModeling,
     Trainer,
     TrainerCallback,
     TrainerControl,
@@ -124,15 +125,37 @@ def make_trainer(
     train_dataset: Any,
     processing_class: Any,
     callbacks: Iterable[TrainerCallback],
+    *,
+    collator_tokenizer: Any = None,
+    **trainer_kwargs: Any,
 ) -> Trainer:
+    """The one Trainer builder of the suite.
+
+    Rows that carry ``labels`` are batched as they are; rows of bare ``input_ids`` are padded and labelled by a
+    causal-LM collator built on ``collator_tokenizer`` (default: ``processing_class``), so that a test can give
+    the Trainer no tokenizer at all (``processing_class=None``) and still train.
+    """
+    rows_have_labels = bool(train_dataset) and "labels" in train_dataset[0]
+    if rows_have_labels:
+        collator: Any = default_data_collator
+    else:
+        collator = DataCollatorForLanguageModeling(collator_tokenizer or processing_class, mlm=False)
     return Trainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         processing_class=processing_class,
-        data_collator=default_data_collator,
+        data_collator=collator,
         callbacks=list(callbacks),
+        **trainer_kwargs,
     )
+
+
+def token_rows(tokenizer: Any, n: int = 16, max_length: int = 16) -> list[dict[str, list[int]]]:
+    """``n`` rows of bare ``input_ids`` from the tiny corpus (the collator pads and labels them)."""
+    from ftcallback.testing import tiny_corpus
+
+    return [{"input_ids": tokenizer(t, truncation=True, max_length=max_length)["input_ids"]} for t in tiny_corpus()[:n]]
 
 
 def _epoch_starting(state: TrainerState) -> int:
@@ -147,10 +170,12 @@ class ForcedLength(TrainerCallback):
     ``max_new_tokens`` tokens. Training is unaffected (train mode is left alone).
     """
 
-    def __init__(self, model: torch.nn.Module, eos_token_id: int, long_epochs: Iterable[int]) -> None:
+    def __init__(
+        self, model: torch.nn.Module, eos_token_id: int, long_epochs: Iterable[int], *, long_at_start: bool = False
+    ) -> None:
         self.eos_token_id = eos_token_id
         self.long_epochs = set(long_epochs)
-        self.long = False
+        self.long = long_at_start  # the baseline's answers (before any epoch begins)
         self.handle = model.register_forward_hook(self._hook)
 
     def _hook(self, module: torch.nn.Module, args: Any, output: Any) -> Any:

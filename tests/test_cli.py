@@ -6,11 +6,9 @@ import json
 import re
 import runpy
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
 from ftcallback._callback import EfficiencyCallback
 from ftcallback._errors import BaselineError
@@ -26,14 +24,6 @@ FAST = ["--max-new-tokens", "4", "--repeats", "2", "--warmup", "0"]
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One torch thread: on a busy 2-core machine two threads spin against each other and a 4-token
-    generate of the tiny model takes 0.6 s instead of 7 ms."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,8 @@ import types
 
 import pytest
 import torch
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+from helpers_training import make_trainer, token_rows, training_args
+from transformers import TrainerCallback
 
 from ftcallback import Budget, EfficiencyCallback
 from ftcallback import _callback as callback_module
@@ -29,7 +30,7 @@ from ftcallback import _json as json_module
 from ftcallback._errors import MeasurementError
 from ftcallback._measurement import Measurement, RequestSample
 from ftcallback._report import CheckRecord, RunReport, report_path
-from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
+from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
 
@@ -56,26 +57,11 @@ def _callback(**kwargs) -> EfficiencyCallback:
 
 def _trainer(tmp_path, cb, *, model=None, tokenizer=None, phase=None, epochs=EPOCHS):
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
-    rows = [{"input_ids": tok(t, truncation=True, max_length=16)["input_ids"]} for t in tiny_corpus()[:16]]
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        num_train_epochs=epochs,
-        per_device_train_batch_size=8,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        logging_strategy="no",
-        seed=0,
+    args = training_args(
+        tmp_path / "out", num_train_epochs=epochs, per_device_train_batch_size=8, logging_strategy="no"
     )
-    return Trainer(
-        model=model if model is not None else tiny_causal_lm(),
-        args=args,
-        train_dataset=rows,
-        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-        processing_class=tok,
-        callbacks=[phase or Phase(), cb],
-    )
+    model = model if model is not None else tiny_causal_lm()
+    return make_trainer(model, args, token_rows(tok), tok, [phase or Phase(), cb])
 
 
 def _patch_generate(model, fault):

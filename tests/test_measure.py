@@ -76,15 +76,6 @@ class FakeClock:
         return self.t
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models gain nothing from intra-op threads, and on a shared machine idle-spinning threads
-    # make every test several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture
 def clock(monkeypatch):

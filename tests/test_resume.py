@@ -17,12 +17,13 @@ import logging
 import shutil
 
 import pytest
-from transformers import DataCollatorForLanguageModeling, Trainer, TrainerCallback, TrainingArguments
+from helpers_training import ForcedLength, make_trainer, token_rows, training_args
+from transformers import TrainerCallback
 
 from ftcallback import Budget, ConfigError, EfficiencyCallback
 from ftcallback import _callback as callback_module
 from ftcallback._report import RunReport, report_path
-from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
+from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
 
@@ -30,29 +31,6 @@ PROMPTS = ["the model returns", "a user measures the latency"]
 MAX_NEW_TOKENS = 4
 STEPS_PER_EPOCH = 2  # 16 rows, batch 8
 EPOCHS = 4
-
-
-class AnswerLength:
-    """Forward hook: in eval mode, make the next token EOS (1-token answers) or a word (never ending)."""
-
-    def __init__(self, eos_id: int, word_id: int) -> None:
-        self.eos_id, self.word_id, self.long = eos_id, word_id, False
-
-    def __call__(self, module, args, output):
-        if module.training:
-            return
-        logits = output.logits
-        logits[:, -1, self.word_id if self.long else self.eos_id] = logits[:, -1].max() + 100.0
-
-
-class LongFromEpoch(TrainerCallback):
-    """Long answers from the first epoch of training on: only the baseline at train begin is short."""
-
-    def __init__(self, length: AnswerLength) -> None:
-        self.length = length
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.length.long = True
 
 
 class InterruptAfterEpoch(TrainerCallback):
@@ -76,33 +54,20 @@ def _efficiency_callback() -> EfficiencyCallback:
 
 
 def _trainer(output_dir, *, restore: bool, extra_callbacks=(), long_from_start: bool = False):
+    """Answers are long from the first epoch on (EOS forbidden), short before it unless ``long_from_start``."""
     tok = tiny_tokenizer()
     model = tiny_causal_lm()
-    length = AnswerLength(tok.eos_token_id, tok.convert_tokens_to_ids("the"))
-    length.long = long_from_start
-    model.register_forward_hook(length)
-    rows = [{"input_ids": tok(t, truncation=True, max_length=16)["input_ids"]} for t in tiny_corpus()[:16]]
+    length = ForcedLength(model, tok.eos_token_id, range(1, EPOCHS + 1), long_at_start=long_from_start)
     cb = _efficiency_callback()
-    args = TrainingArguments(
-        output_dir=str(output_dir),
+    args = training_args(
+        output_dir,
         num_train_epochs=EPOCHS,
         per_device_train_batch_size=8,
         save_strategy="epoch",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
         logging_strategy="no",
-        seed=0,
         restore_callback_states_from_checkpoint=restore,
     )
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=rows,
-        data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
-        processing_class=tok,
-        callbacks=[LongFromEpoch(length), *extra_callbacks, cb],
-    )
+    trainer = make_trainer(model, args, token_rows(tok), tok, [length, *extra_callbacks, cb])
     return trainer, cb
 
 

@@ -11,9 +11,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from helpers_training import make_trainer, training_args
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations.integration_utils import TensorBoardCallback, rewrite_logs
 
 from ftcallback._tensorboard import SUMMARY_KEYS, TensorBoardSink, resolve_log_dir
@@ -317,20 +318,16 @@ def test_loss_and_efficiency_curves_share_one_run(tmp_path: Path, report_to: str
     """`tensorboard --logdir <output_dir>`: the loss and the efficiency curves in one run, none twice."""
     from ftcallback.testing import tiny_causal_lm
 
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
+    args = training_args(
+        tmp_path,
         report_to=report_to,
         max_steps=3,
+        logging_strategy="steps",
         logging_steps=1,
         per_device_train_batch_size=2,
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
     )
     data = [{"input_ids": [5 + i, 6, 7, 8, 9, 10], "labels": [5 + i, 6, 7, 8, 9, 10]} for i in range(6)]
-    trainer = Trainer(
-        model=tiny_causal_lm("gpt2"), args=args, train_dataset=data, callbacks=[_EfficiencyToTensorBoard()]
-    )
+    trainer = make_trainer(tiny_causal_lm("gpt2"), args, data, None, [_EfficiencyToTensorBoard()])
     trainer.train()
 
     runs = {

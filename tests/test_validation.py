@@ -10,19 +10,17 @@ import json
 import math
 
 import pytest
+from helpers_training import make_trainer, token_rows, training_args
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
     BertModel,
-    DataCollatorForLanguageModeling,
-    Trainer,
-    TrainingArguments,
 )
 
 from ftcallback import Budget, EfficiencyCallback
 from ftcallback._errors import BaselineError, ConfigError, ModelError, PromptError
 from ftcallback._measurement import Measurement, RequestSample
-from ftcallback.testing import tiny_causal_lm, tiny_corpus, tiny_tokenizer
+from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
 
@@ -30,32 +28,18 @@ PROMPTS = ["the model returns", "a user measures the latency"]
 
 
 # ----------------------------------------------------------------- helpers
-def _train_rows(tokenizer, n: int = 8) -> list[dict[str, list[int]]]:
-    return [
-        {"input_ids": tokenizer(t, truncation=True, max_length=16)["input_ids"]} for t in tiny_corpus()[:n]
-    ]
-
 
 def _trainer(tmp_path, callback, *, model=None, tokenizer=None, processing_class="same", train_dataset=None):
     """A tiny Trainer; ``processing_class=None`` gives the Trainer no tokenizer at all."""
     tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer()
-    args = TrainingArguments(
-        output_dir=str(tmp_path / "out"),
-        num_train_epochs=1,
-        per_device_train_batch_size=4,
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        disable_tqdm=True,
-        seed=0,
-    )
-    return Trainer(
-        model=model if model is not None else tiny_causal_lm(),
-        args=args,
-        train_dataset=train_dataset if train_dataset is not None else _train_rows(tokenizer),
-        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-        processing_class=tokenizer if processing_class == "same" else processing_class,
-        callbacks=[callback],
+    args = training_args(tmp_path / "out", num_train_epochs=1, logging_strategy="steps")
+    return make_trainer(
+        model if model is not None else tiny_causal_lm(),
+        args,
+        train_dataset if train_dataset is not None else token_rows(tokenizer, n=8),
+        tokenizer if processing_class == "same" else processing_class,
+        [callback],
+        collator_tokenizer=tokenizer,
     )
 
 
@@ -319,20 +303,13 @@ def test_encoder_only_sequence_classifier_is_rejected(tmp_path):
         max_position_embeddings=64,
         num_labels=2,
     )
-    rows = [{**r, "labels": 0} for r in _train_rows(tok)]
-    trainer = Trainer(
-        model=BertForSequenceClassification(config),
-        args=TrainingArguments(
-            output_dir=str(tmp_path / "out"),
-            num_train_epochs=1,
-            report_to="none",
-            use_cpu=True,
-            disable_tqdm=True,
-            save_strategy="no",
-        ),
-        train_dataset=rows,
-        processing_class=tok,
-        callbacks=[EfficiencyCallback(PROMPTS, max_new_tokens=4)],
+    rows = [{**r, "labels": 0} for r in token_rows(tok, n=8)]
+    trainer = make_trainer(
+        BertForSequenceClassification(config),
+        training_args(tmp_path / "out", num_train_epochs=1),
+        rows,
+        tok,
+        [EfficiencyCallback(PROMPTS, max_new_tokens=4)],
     )
     _raises_before_any_step(
         trainer, ModelError, r"BertForSequenceClassification cannot generate text; .*AutoModelForCausalLM"

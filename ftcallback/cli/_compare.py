@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import FTCallbackError
+from .._probe import ProbeSpec
 from ._errors import EXIT_DO_NOT_SHIP, EXIT_OK, UsageError
 from ._format import budget_text, print_json, width, wrap_field
 from ._models import (
@@ -87,16 +88,15 @@ def run(args: argparse.Namespace) -> int:
             check_model_name(sides[role])
         # A model compared with a saved measurement is measured the way that one was, unless told otherwise.
         reference = next(iter(measurements.values()), None)
-        settings = MeasureSettings(
-            prompts=prompts,
+        spec = ProbeSpec(
+            prompts=tuple(prompts),
             max_new_tokens=_pick(args.max_new_tokens, reference, "max_new_tokens", int),
             apply_chat_template=_pick(args.chat, reference, "apply_chat_template", bool),
             repeats=_pick(args.repeats, reference, "repeats", int),
             warmup=_pick(args.warmup, reference, "warmup", int),
             batch_size=_pick(args.batch_size, reference, "batch_size", int),
-            dtype=args.dtype,
-            device=args.device,
         )
+        settings = MeasureSettings(spec=spec, dtype=args.dtype, device=args.device)
         for role in to_measure:
             if role == "FINETUNED" and forms:
                 measurements[role], by_form = measure_model_forms(sides[role], settings, forms)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from .._probe import ProbeSpec
 from ._errors import EXIT_DO_NOT_SHIP, EXIT_OK, UsageError
 from ._format import format_measurement, width
 from ._models import MeasureSettings, check_model_name, is_measurement_file, load_prompts, measure_model
@@ -18,16 +19,15 @@ logger = logging.getLogger("ftcallback.cli")
 def run(args: argparse.Namespace) -> int:
     """Measure ``args.model``; exit 1 when a budget was given and the measurement exceeds it."""
     budget = budget_from_args(args)
-    settings = MeasureSettings(
-        prompts=load_prompts(args.prompts),
+    spec = ProbeSpec(
+        prompts=tuple(load_prompts(args.prompts)),
         max_new_tokens=args.max_new_tokens,
         apply_chat_template=args.chat,
         repeats=args.repeats,
         warmup=args.warmup,
         batch_size=args.batch_size,
-        dtype=args.dtype,
-        device=args.device,
     )
+    settings = MeasureSettings(spec=spec, dtype=args.dtype, device=args.device)
     if args.json is not None and not is_measurement_file(args.json):
         raise UsageError(f"--json {args.json!r}: the file name must end with .json (compare relies on it)")
     check_model_name(args.model)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._embedded import EMBEDDED_MODEL
 from .._errors import FTCallbackError, PromptError
+from .._probe import ProbeSpec
 from ._console import no_foreign_progress_bars
 from ._errors import UsageError, one_line
 
@@ -55,14 +56,10 @@ MEASURE_DEFAULTS: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class MeasureSettings:
-    """How a model is measured from the CLI (the arguments of :func:`ftcallback._measure.measure`)."""
+    """How a model is measured from the CLI: the probe (the same :class:`ProbeSpec` the callback uses) plus
+    how the model is loaded."""
 
-    prompts: list[str]
-    max_new_tokens: int
-    apply_chat_template: bool
-    repeats: int
-    warmup: int
-    batch_size: int
+    spec: ProbeSpec
     dtype: str
     device: str | None
 
@@ -237,25 +234,17 @@ def measure_model_forms(
 def _measure_loaded(model: Any, *, name: str, tokenizer: Any, settings: MeasureSettings, form: str) -> Measurement:
     from .._measure import measure
 
+    spec = settings.spec
     logger.info(
         "measuring %s%s: %d prompts x %d repeats (+%d warm-up), max_new_tokens %d",
         name,
         f" ({form})" if form else "",
-        len(settings.prompts),
-        settings.repeats,
-        settings.warmup,
-        settings.max_new_tokens,
+        len(spec.prompts),
+        spec.repeats,
+        spec.warmup,
+        spec.max_new_tokens,
     )
-    return measure(
-        model,
-        tokenizer,
-        settings.prompts,
-        max_new_tokens=settings.max_new_tokens,
-        warmup=settings.warmup,
-        repeats=settings.repeats,
-        batch_size=settings.batch_size,
-        apply_chat_template=settings.apply_chat_template,
-    )
+    return measure(model, tokenizer, list(spec.prompts), **spec.measure_kwargs())
 
 
 def load_prompts(path: str | None) -> list[str]:

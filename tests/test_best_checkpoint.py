@@ -1,0 +1,97 @@
+"""The best checkpoint is a checkpoint within budget: efficiency in the evaluation metrics, over-budget weights never
+"best", the kept checkpoint survives rotation, and the model in memory at the end is the one the report names."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from helpers_training import PROBE, ForcedLength, make_trainer, plain_dataset, training_args
+from transformers import TrainerCallback
+
+from ftcallback import Budget, EfficiencyCallback, RunReport
+from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
+
+EPOCHS = 3
+
+
+class SeenMetrics(TrainerCallback):
+    """After ftcallback's on_evaluate: the metrics dict the Trainer goes on to pick the best model from."""
+
+    def __init__(self) -> None:
+        self.seen: list[dict[str, float]] = []
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.seen.append(dict(metrics))
+
+
+def _run(tmp_path: Path, *, within_budget_only: bool, metric: str = "eval_loss"):
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm()
+    length = ForcedLength(model, tok.eos_token_id, long_epochs=range(2, EPOCHS + 1))  # epochs 2-3 ramble
+    cb = EfficiencyCallback(
+        PROBE,
+        budget=Budget(max_token_increase=0.5),
+        max_new_tokens=6,
+        repeats=1,
+        warmup=0,
+        stop_training=False,  # train on: the later, over-budget epochs have the lower loss
+        best_model_within_budget=within_budget_only,
+    )
+    args = training_args(
+        tmp_path,
+        num_train_epochs=EPOCHS,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model=metric,
+    )
+    data = plain_dataset(tok, n=8)
+    seen = SeenMetrics()
+    trainer = make_trainer(model, args, data, tok, [length, cb, seen], eval_dataset=data)
+    trainer.train()
+    return trainer, seen
+
+
+def test_over_budget_weights_are_never_the_best_and_the_best_survives_rotation(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="ftcallback"):
+        trainer, seen = _run(tmp_path, within_budget_only=True)
+    report = RunReport.load(tmp_path)
+    assert [c.breached for c in report.checks if c.kind == "epoch"] == [False, True, True]
+    assert [m["eval_efficiency_within_budget"] for m in seen.seen] == [1.0, 0.0, 0.0]
+    assert [m["eval_efficiency_output_tokens_mean"] for m in seen.seen] == [
+        c.summary["output_tokens_mean"] for c in report.checks if c.kind == "epoch"
+    ]
+    assert [m["eval_loss"] for m in seen.seen][1:] == [float("inf")] * 2  # never the best
+    # The Trainer's best is the within-budget epoch 1, kept from save_total_limit=1 and loaded at the end.
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-2")
+    assert Path(trainer.state.best_model_checkpoint).is_dir()
+    assert report.final_model == {"step": 2, "source": str(tmp_path / "checkpoint-2"), "within_budget": True}
+    assert report.last_within_budget_checkpoint is not None and Path(report.last_within_budget_checkpoint).is_dir()
+    assert not [r for r in caplog.records if "model in memory" in r.getMessage()]
+
+
+def test_without_the_option_the_trainer_may_load_over_budget_weights_and_is_told(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="ftcallback"):
+        trainer, _ = _run(tmp_path, within_budget_only=False)
+    report = RunReport.load(tmp_path)
+    best = trainer.state.best_model_checkpoint
+    assert best != str(tmp_path / "checkpoint-2")  # a lower loss, over budget
+    assert report.final_model["within_budget"] is False
+    recommended = report.last_within_budget_checkpoint
+    assert recommended is not None and Path(recommended).is_dir()  # kept from rotation (hard links)
+    warned = [r.getMessage() for r in caplog.records if "model in memory" in r.getMessage()]
+    assert warned == [
+        f"the model in memory at the end of training ({best}, loaded by load_best_model_at_end) breaches the "
+        f"budget; the checkpoint within budget is {recommended}"
+    ]
+
+
+def test_the_efficiency_flag_itself_can_pick_the_best_model(tmp_path):
+    trainer, _ = _run(tmp_path, within_budget_only=False, metric="efficiency_within_budget")
+    assert trainer.args.greater_is_better
+    assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-2")
