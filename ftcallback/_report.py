@@ -559,7 +559,8 @@ def format_checks_table(
 
     One row per check: kind, epoch, step, train loss and eval metric (when ``trainer_state`` is given:
     the values logged at the closest step at or before the check), latency p50/p95, TTFT p50 (ms),
-    mean output tokens, cost per request (when any check has one) and the verdict; then a footer with
+    mean output tokens, cost per request (when any check has one) and the verdict (on a row of its own
+    below the check, naming the form, when the run measured a deployed form); then a footer with
     the stop message (or "trained to the end") and the last within-budget checkpoint. Columns are sized
     to their contents; a long verdict wraps within its column (at most three lines) to keep lines
     within ``width``.
@@ -608,8 +609,19 @@ def format_checks_table(
         ]
         if show_cost:
             row.append(_fmt(check.cost.get("cost_per_request"), ".3g"))
-        row.append(_verdict_text(check))
+        deployed = check.deployed
+        # With a deployed form the verdict judges that form: it goes on the form's own row, below.
+        row.append(_verdict_text(check) if deployed is None else "")
         rows.append(row)
+        if deployed is not None:
+            d = deployed.get("summary") or {}
+            served = [f" {deployed.get('form', 'deployed')}", "", ""] + [""] * (len(row) - 8 - show_cost)
+            served += [_fmt(d.get(k), ".1f") for k in ("latency_ms_p50", "latency_ms_p95", "ttft_ms_p50")]
+            served.append(_fmt(d.get("output_tokens_mean"), ".1f"))
+            if show_cost:
+                served.append(_fmt((deployed.get("cost") or {}).get("cost_per_request"), ".3g"))
+            served.append(_verdict_text(check))
+            rows.append(served)
 
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers[:-1])]
     # Two spaces between columns read best; one when that leaves the verdict too little room.

@@ -108,3 +108,19 @@ def test_tensorboard_carries_both_forms(tmp_path, tokenizer):
     assert {"efficiency/latency_ms_p50", "efficiency/deployed/latency_ms_p50",
             "efficiency/limit/output_tokens_mean"} <= tags
     assert [e.step for e in acc.Scalars("efficiency/deployed/latency_ms_p50")] == [0, 1]
+
+
+def test_report_table_shows_the_deployed_form_under_each_check():
+    from ftcallback._report import CheckRecord, RunReport, format_checks_table
+
+    report = RunReport()
+    deployed = {"form": "int8", "summary": {"latency_ms_p50": 12.5, "output_tokens_mean": 9.0}}
+    breach = {"budget": "output_tokens", "metric": "output_tokens_mean", "value": 9.0, "limit": 8.0, "passed": False}
+    report.add_check(
+        CheckRecord(index=0, kind="epoch", epoch=1.0, step=4, summary={"latency_ms_p50": 30.0}, deployed=deployed,
+                    verdict=[breach], breached=True)
+    )
+    lines = format_checks_table(report).splitlines()
+    assert lines[2].split() == ["epoch", "1.00", "4", "30.0", "-", "-", "-"]  # no verdict on the training row
+    assert lines[3].split()[:2] == ["int8", "12.5"] and "BREACH: output_tokens_mean" in lines[3]
+    assert RunReport.from_dict(report.to_dict()).checks[0].deployed == deployed
