@@ -144,8 +144,10 @@ def _sentence(row: WhatIfRow, headline: BudgetCheck | None, finetuned: Measureme
     assert row.verdict is not None and row.measurement is not None
     metric = headline.metric if headline is not None else budget.latency_metric
     check = next((c for c in row.verdict.checks if c.budget == headline.budget), None) if headline else None
-    before = headline.value if headline is not None else finetuned.summary().get(metric)
-    after = check.value if check is not None else row.measurement.summary().get(metric)
+    # The table's figures (a relative latency budget decides on the paired ratio, whose check value is the
+    # baseline scaled by it): the sentence must read the same numbers as the row above it.
+    before = _figure(finetuned, metric, headline)
+    after = _figure(row.measurement, metric, check)
     label, unit = _label(metric)
     text = f"{row.form} brings {label} from {_value(metric, before)} to {_value(metric, after)}{unit}"
     if budget.is_empty:
@@ -156,6 +158,13 @@ def _sentence(row: WhatIfRow, headline: BudgetCheck | None, finetuned: Measureme
         return f"{text}: within budget"
     breach = row.verdict.first_breach
     return f"{text}: still over budget ({breach.describe() if breach else 'not evaluable'})"
+
+
+def _figure(m: Measurement, metric: str, check: BudgetCheck | None) -> float | None:
+    summary = m.summary()
+    if metric in summary:
+        return summary[metric]
+    return check.value if check is not None else None
 
 
 def _label(metric: str) -> tuple[str, str]:
