@@ -43,6 +43,7 @@ _EXPORTS: dict[str, str] = {
     "evaluate": "_budget",
     "measure": "_measure",
     "plot_report": "_plot",
+    "serving_form": "_forms",
     "shutdown_distributed": "_distributed",
 }
 
@@ -72,6 +73,7 @@ __all__ = [
     "evaluate",
     "measure",
     "plot_report",
+    "serving_form",
     "shutdown_distributed",
 ]
 
@@ -107,6 +109,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the names eagerly
         PromptError,
         ReportError,
     )
+    from ._forms import serving_form
     from ._measure import measure
     from ._measurement import SCHEMA_VERSION, Measurement, RequestSample
     from ._plot import plot_report

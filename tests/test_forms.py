@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ftcallback import ConfigError, MeasurementError, ModelError
-from ftcallback._forms import form_cost, measure_in_form, parse_form, serving_form
+from ftcallback import ConfigError, MeasurementError, ModelError, serving_form
+from ftcallback._forms import form_cost, measure_in_form, parse_form
 from ftcallback._measure import measure
 from ftcallback.testing import tiny_causal_lm
 
