@@ -8,10 +8,16 @@ into a :class:`Verdict`: one :class:`BudgetCheck` per budget that is set.
 Decision rules:
 
 * Absolute budgets compare the current statistic with the limit.
-* ``max_latency_increase`` compares prompt by prompt against the baseline
-  (:func:`~ftcallback._stats.paired_ratio`) and is breached only when the paired median
-  ratio exceeds ``1 + max_latency_increase`` **and** its bootstrap interval lies wholly
-  above 1, so timing noise alone never stops a run.
+* ``max_latency_increase`` compares prompt by prompt against the baseline and judges a
+  ratio, decomposed (:func:`~ftcallback._decompose.decompose`) into longer answers (exact),
+  per-token speed (bootstrap interval) and the machine's own speed (reference workload,
+  :mod:`ftcallback._drift`), which is divided out. With a token budget set, the
+  latency budget judges the speed effect only (length is the token budget's decision); without
+  one it judges length x speed. It is breached only when that ratio exceeds
+  ``1 + max_latency_increase`` **and** its interval lies wholly above 1, so neither timing noise
+  nor a slower machine stops a run. One ratio, computed once with the caller's seed and the
+  budget's confidence (Bonferroni-adjusted for an adaptive measurement, :mod:`ftcallback._sequential`).
+* ``min_slo_attainment`` is the fraction of requests meeting every absolute latency limit given.
 * Token and cost budgets compare means: under greedy decoding they are deterministic.
 * A non-finite value, a missing baseline for a relative budget or a zero baseline gives
   ``passed=None`` ("not evaluable"), never a breach.
@@ -28,19 +34,23 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._errors import ConfigError
-from ._format import metric_value, percent_change
+from ._format import confidence_level, metric_value, percent_change
 from ._json import float_from_json, json_float
 
 if TYPE_CHECKING:
+    from ._decompose import LatencyDecomposition
+    from ._drift import MachineFactor
     from ._measurement import Measurement
+    from ._stats import RatioEstimate
 
-# `_measurement` and `_stats` pull in numpy: `_stats` is imported where used, so that the CLI can build
-# its budget flags from this module without paying for numpy (``ftcallback --help`` stays instant).
+# `_measurement`, `_stats`, `_decompose` and `_drift` pull in numpy (and torch): they are imported where
+# used, so that the CLI can build its budget flags from this module without paying for them
+# (``ftcallback --help`` stays instant).
 
 __all__ = ["LATENCY_STATS", "Budget", "BudgetCheck", "Verdict", "evaluate"]
 
@@ -50,6 +60,8 @@ LATENCY_STATS = ("mean", "p50", "p90", "p95", "p99")
 # Why each kind of field exists, appended to validation errors so the message carries the fix.
 _LIMIT_HINTS = {
     "latency_ms": "an SLA on end-to-end latency per request in milliseconds, e.g. 400",
+    "ttft_ms": "an SLA on time to first token in milliseconds, e.g. 200",
+    "tpot_ms": "an SLA on time per output token after the first in milliseconds, e.g. 50",
     "output_tokens": "a cap on mean output tokens per response, e.g. 64",
     "requests_per_month": "expected requests per month, e.g. 1000000",
     "monthly_cost": "a cap on projected monthly cost, in the currency of the prices",
@@ -62,6 +74,10 @@ _COST_BUDGETS = ("cost_per_request", "max_cost_increase", "monthly_cost")
 _BUDGET_FIELDS = (
     "latency_ms",
     "max_latency_increase",
+    "ttft_ms",
+    "tpot_ms",
+    "min_slo_attainment",
+    "max_truncated_fraction",
     "output_tokens",
     "max_token_increase",
     "cost_per_request",
@@ -92,7 +108,14 @@ class Budget:
         latency_stat: statistic of latency the latency budgets apply to: one of
             ``"mean"``, ``"p50"``, ``"p90"``, ``"p95"``, ``"p99"``.
         max_latency_increase: allowed fraction over the baseline latency (0.25 = +25%), judged
-            prompt by prompt and only when the slowdown is statistically significant.
+            prompt by prompt, the machine's own drift divided out, and only when the slowdown is
+            statistically significant. With a token budget set it judges per-token speed only.
+        ttft_ms: absolute SLA on time to first token, in milliseconds, at ``latency_stat``.
+        tpot_ms: absolute SLA on time per output token after the first, in milliseconds, at ``latency_stat``.
+        min_slo_attainment: minimum fraction of requests meeting every absolute latency limit set
+            (``latency_ms``, ``ttft_ms``, ``tpot_ms``), in (0, 1]: vLLM's "goodput" share.
+        max_truncated_fraction: maximum fraction of responses cut at ``max_new_tokens`` without an
+            EOS, in [0, 1): the "never learned to stop" failure.
         output_tokens: absolute cap on mean output tokens per response.
         max_token_increase: allowed fraction over the baseline's mean output tokens.
         input_price_per_1k: price of 1000 input (prompt) tokens.
@@ -117,6 +140,10 @@ class Budget:
     latency_ms: float | None = None
     latency_stat: str = "p95"
     max_latency_increase: float | None = None
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    min_slo_attainment: float | None = None
+    max_truncated_fraction: float | None = None
     output_tokens: float | None = None
     max_token_increase: float | None = None
     input_price_per_1k: float | None = None
@@ -159,6 +186,27 @@ class Budget:
                 f"`latency_stat` must be one of {', '.join(map(repr, LATENCY_STATS))}, "
                 f"got {self.latency_stat!r}"
             )
+        if self.min_slo_attainment is not None:
+            value = _number("min_slo_attainment", self.min_slo_attainment)
+            if not 0.0 < value <= 1.0:
+                raise ConfigError(
+                    f"`min_slo_attainment` must be in (0, 1], got {value!r} (0.9 means 90% of requests "
+                    "meet every latency limit)"
+                )
+            if self.latency_ms is None and self.ttft_ms is None and self.tpot_ms is None:
+                raise ConfigError(
+                    "`min_slo_attainment` needs a per-request limit to attain: set `latency_ms`, "
+                    "`ttft_ms` and/or `tpot_ms`"
+                )
+            object.__setattr__(self, "min_slo_attainment", value)
+        if self.max_truncated_fraction is not None:
+            value = _number("max_truncated_fraction", self.max_truncated_fraction)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(
+                    f"`max_truncated_fraction` must be in [0, 1), got {value!r} (0.1 allows 10% of "
+                    "answers cut at max_new_tokens)"
+                )
+            object.__setattr__(self, "max_truncated_fraction", value)
         confidence = _number("confidence", self.confidence)
         if not 0.0 < confidence < 1.0:
             raise ConfigError(
@@ -201,6 +249,18 @@ class Budget:
         """Summary key the latency budgets apply to, e.g. ``"latency_ms_p95"``."""
         return f"latency_ms_{self.latency_stat}"
 
+    @property
+    def limits_tokens(self) -> bool:
+        """True when a token budget is set: output length is then that budget's decision, and
+        ``max_latency_increase`` judges per-token speed only."""
+        return self.output_tokens is not None or self.max_token_increase is not None
+
+    def slo_attainment_of(self, measurement: Measurement) -> float | None:
+        """Fraction of ``measurement``'s requests meeting every absolute latency limit; None without one."""
+        if self.latency_ms is None and self.ttft_ms is None and self.tpot_ms is None:
+            return None
+        return measurement.slo_attainment(latency_ms=self.latency_ms, ttft_ms=self.ttft_ms, tpot_ms=self.tpot_ms)
+
     def cost_per_request_of(self, measurement: Measurement) -> float | None:
         """Mean cost of one request of ``measurement`` at this budget's prices; None when unpriced.
 
@@ -224,8 +284,10 @@ class Budget:
     def limits(self, baseline: Measurement | None = None) -> dict[str, float]:
         """The limit of each budgeted metric, in that metric's unit, keyed like ``Measurement.summary()``.
 
-        Relative budgets become ``baseline x (1 + fraction)``; they are left out without a usable
-        baseline. When an absolute and a relative budget apply to the same metric, the tighter wins.
+        Relative token and cost budgets become ``baseline x (1 + fraction)``; they are left out
+        without a usable baseline. ``max_latency_increase`` is a limit on the judged ratio,
+        ``"latency_ratio": 1 + fraction``. ``min_slo_attainment`` is a minimum. When an absolute and a
+        relative budget apply to the same metric, the tighter wins.
 
         Args:
             baseline: the reference measurement for relative budgets.
@@ -238,6 +300,8 @@ class Budget:
             >>> base = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 37, True),))
             >>> Budget(latency_ms=400, max_token_increase=0.2).limits(base)
             {'latency_ms_p95': 400.0, 'output_tokens_mean': 44.4}
+            >>> Budget(max_latency_increase=0.2, ttft_ms=200, min_slo_attainment=0.9).limits(base)
+            {'latency_ratio': 1.2, 'ttft_ms_p95': 200.0, 'slo_attainment': 0.9}
         """
         out: dict[str, float] = {}
 
@@ -250,12 +314,18 @@ class Budget:
                 return None
             return base_value * (1.0 + fraction)
 
-        base_latency = baseline.latency_ms.get(self.latency_stat) if baseline is not None else None
         base_tokens = baseline.output_tokens.mean if baseline is not None else None
         base_cost = self.cost_per_request_of(baseline) if baseline is not None else None
 
         tighter(self.latency_metric, self.latency_ms)
-        tighter(self.latency_metric, relative(self.max_latency_increase, base_latency))
+        if self.max_latency_increase is not None and baseline is not None and baseline.samples:
+            out["latency_ratio"] = 1.0 + self.max_latency_increase
+        tighter(f"ttft_ms_{self.latency_stat}", self.ttft_ms)
+        tighter(f"tpot_ms_{self.latency_stat}", self.tpot_ms)
+        if self.min_slo_attainment is not None:
+            out["slo_attainment"] = self.min_slo_attainment
+        if self.max_truncated_fraction is not None:
+            out["truncated_fraction"] = self.max_truncated_fraction
         tighter("output_tokens_mean", self.output_tokens)
         tighter("output_tokens_mean", relative(self.max_token_increase, base_tokens))
         tighter("cost_per_request", self.cost_per_request)
@@ -347,6 +417,10 @@ class Budget:
 
 
 # --------------------------------------------------------------------- checks
+#: Metrics whose limit is a minimum (breached below it).
+_MINIMUM_METRICS = ("slo_attainment",)
+
+
 @dataclass(frozen=True)
 class BudgetCheck:
     """The outcome of one budget against one measurement.
@@ -360,8 +434,12 @@ class BudgetCheck:
         baseline: the baseline's value of the metric, when there is one.
         passed: True within budget, False breached, None not evaluable (see ``detail``).
         detail: how the decision was made (the paired ratio and its interval) or why it could not be.
-        ratio: ``value`` relative to the baseline (the paired ratio for relative latency).
+        ratio: ``value`` relative to the baseline (the judged ratio for relative latency).
         interval: the ratio's confidence interval, for relative latency.
+        estimate: for relative latency, the :class:`RatioEstimate` that decided (``value``,
+            ``interval`` and its confidence are this object's); log and report this very object.
+        decomposition: for relative latency, the change split into longer answers, per-token speed
+            and the machine (:class:`~ftcallback._decompose.LatencyDecomposition`).
 
     Example:
         >>> c = BudgetCheck("max_token_increase", "output_tokens_mean", 57.0, 44.4, 37.0, False)
@@ -378,6 +456,13 @@ class BudgetCheck:
     detail: str = ""
     ratio: float | None = None
     interval: tuple[float, float] | None = None
+    estimate: RatioEstimate | None = None
+    decomposition: LatencyDecomposition | None = None
+
+    @property
+    def is_minimum(self) -> bool:
+        """True when the limit is a minimum (``slo_attainment``): breached below it."""
+        return self.metric in _MINIMUM_METRICS
 
     @property
     def breached(self) -> bool:
@@ -389,6 +474,8 @@ class BudgetCheck:
         """Headroom ``(limit - value) / limit``: positive within budget, negative over, NaN unknown."""
         if not (math.isfinite(self.value) and math.isfinite(self.limit)) or self.limit == 0:
             return math.nan
+        if self.is_minimum:
+            return (self.value - self.limit) / self.limit
         return (self.limit - self.value) / self.limit
 
     def _vs_baseline(self) -> str:
@@ -405,6 +492,15 @@ class BudgetCheck:
         if self.passed is None:
             return f"{self.metric} not evaluable: {self.detail or 'unknown reason'}"
         value, limit = metric_value(self.metric, self.value), metric_value(self.metric, self.limit)
+        if self.estimate is not None:
+            e = self.estimate
+            head = f"{self.metric} {value} [{e.low:.3f}, {e.high:.3f}]"
+            verb = "exceeds" if self.passed is False else "within"
+            why = f" ({self.decomposition.describe()})" if self.decomposition is not None else ""
+            return f"{head} {verb} budget {limit}{why}"
+        if self.is_minimum:
+            verb = "below minimum" if self.passed is False else "meets minimum"
+            return f"{self.metric} {value} {verb} {limit}"
         if self.passed is False:
             return f"{self.metric} {value} exceeds budget {limit}{self._vs_baseline()}"
         text = f"{self.metric} {value} within budget {limit}{self._vs_baseline()}"
@@ -425,6 +521,10 @@ class BudgetCheck:
             "detail": self.detail,
             "ratio": json_float(self.ratio),
             "interval": None if self.interval is None else [json_float(v) for v in self.interval],
+            "estimate": None
+            if self.estimate is None
+            else {k: json_float(v) for k, v in self.estimate.to_dict().items()},
+            "decomposition": None if self.decomposition is None else self.decomposition.to_dict(),
         }
 
     @classmethod
@@ -437,6 +537,10 @@ class BudgetCheck:
         try:
             interval = data.get("interval")
             baseline, ratio = data.get("baseline"), data.get("ratio")
+            estimate, decomposition = data.get("estimate"), data.get("decomposition")
+            if estimate is not None or decomposition is not None:
+                from ._decompose import LatencyDecomposition
+                from ._stats import RatioEstimate
             passed = data.get("passed")
             return cls(
                 budget=str(data["budget"]),
@@ -450,6 +554,8 @@ class BudgetCheck:
                 interval=None
                 if interval is None
                 else (float_from_json(interval[0]), float_from_json(interval[1])),
+                estimate=None if estimate is None else RatioEstimate.from_dict(estimate),
+                decomposition=None if decomposition is None else LatencyDecomposition.from_dict(decomposition),
             )
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ConfigError(f"not a budget check: {type(exc).__name__}: {exc}") from exc
@@ -461,6 +567,9 @@ class Verdict:
 
     Attributes:
         checks: one :class:`BudgetCheck` per budget that is set, in a fixed order.
+        decomposition: with a baseline, why latency moved (whether or not a latency budget is set):
+            log ``decomposition.describe()`` wherever the latency verdict appears.
+        machine: with reference timings on both sides, the machine's speed factor.
 
     Example:
         >>> Verdict(checks=()).passed
@@ -468,6 +577,14 @@ class Verdict:
     """
 
     checks: tuple[BudgetCheck, ...] = ()
+    decomposition: LatencyDecomposition | None = None
+    machine: MachineFactor | None = None
+
+    @property
+    def environment_changed(self) -> bool:
+        """True when the machine ran the reference workload at another speed than at the baseline
+        (beyond its noise): timings moved for a reason that is not the model's."""
+        return self.machine is not None and self.machine.moved
 
     @property
     def passed(self) -> bool:
@@ -490,8 +607,13 @@ class Verdict:
         return next((c for c in self.checks if c.breached), None)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe ``{"passed": bool, "checks": [BudgetCheck.to_dict(), ...]}``."""
-        return {"passed": self.passed, "checks": [c.to_dict() for c in self.checks]}
+        """JSON-safe ``{"passed": bool, "checks": [...], "decomposition": ..., "machine": ...}``."""
+        return {
+            "passed": self.passed,
+            "checks": [c.to_dict() for c in self.checks],
+            "decomposition": None if self.decomposition is None else self.decomposition.to_dict(),
+            "machine": None if self.machine is None else self.machine.to_dict(),
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Verdict:
@@ -500,15 +622,28 @@ class Verdict:
         Raises:
             ConfigError: the data is not a verdict.
         """
+        decomposition = machine = None
         if isinstance(data, Mapping):
             if "checks" not in data:
                 raise ConfigError("not a verdict: no 'checks' field")
             items = data["checks"]
+            try:
+                from ._decompose import LatencyDecomposition
+                from ._drift import MachineFactor
+
+                if data.get("decomposition") is not None:
+                    decomposition = LatencyDecomposition.from_dict(data["decomposition"])
+                if data.get("machine") is not None:
+                    machine = MachineFactor.from_dict(data["machine"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise ConfigError(f"not a verdict: {type(exc).__name__}: {exc}") from exc
         else:
             items = data
         if isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
             raise ConfigError(f"not a verdict: 'checks' must be a list, got {type(items).__name__}")
-        return cls(checks=tuple(BudgetCheck.from_dict(c) for c in items))
+        return cls(
+            checks=tuple(BudgetCheck.from_dict(c) for c in items), decomposition=decomposition, machine=machine
+        )
 
     def __repr__(self) -> str:
         breaches = [c.budget for c in self.breaches]
@@ -551,58 +686,71 @@ def _relative(
 
 
 def _relative_latency(
-    budget: Budget, fraction: float, measurement: Measurement, baseline: Measurement | None
+    budget: Budget,
+    fraction: float,
+    measurement: Measurement,
+    baseline: Measurement | None,
+    decomposition: LatencyDecomposition | None,
 ) -> BudgetCheck:
-    metric, stat = budget.latency_metric, budget.latency_stat
-    observed = measurement.latency_ms.get(stat)
+    """The relative latency budget, judged on the decomposition's ratio (see the module docstring)."""
+    name, metric, limit = "max_latency_increase", "latency_ratio", 1.0 + fraction
     if baseline is None:
-        return BudgetCheck("max_latency_increase", metric, observed, math.nan, None, None, "no baseline")
-    base = baseline.latency_ms.get(stat)
-    limit = base * (1.0 + fraction)
-    if not math.isfinite(base) or base <= 0:
-        why = "baseline is zero" if base == 0 else f"baseline is {base}"
-        return BudgetCheck("max_latency_increase", metric, observed, limit, base, None, why)
-    from ._stats import paired_ratio
-
-    est = paired_ratio(
-        baseline.per_prompt("latency_s"), measurement.per_prompt("latency_s"), confidence=budget.confidence
-    )
-    if not math.isfinite(est.ratio):
+        return BudgetCheck(name, metric, math.nan, limit, None, None, "no baseline")
+    if decomposition is None:
         return BudgetCheck(
-            "max_latency_increase",
+            name,
             metric,
-            observed,
+            math.nan,
             limit,
-            base,
+            None,
             None,
             "no prompt has finite latencies in both the baseline and this measurement",
         )
-    # Reported value = baseline x paired ratio, so value / baseline in the log line is the ratio
-    # that decided; the plain observed statistic is kept in the detail.
-    value = base * est.ratio
-    breached = est.ratio > 1.0 + fraction and est.significant_increase
-    interval = (est.low, est.high)
+    # Length is exact and belongs to the token budget when one is set; the speed effect (machine divided
+    # out) is the latency budget's own business either way.
+    judged = decomposition.speed_estimate if budget.limits_tokens else decomposition.model_estimate
+    breached = judged.ratio > limit and judged.significant_increase
+    what = "per-token speed (length is the token budget's)" if budget.limits_tokens else "length x per-token speed"
+    stat = budget.latency_stat
     detail = (
-        f"observed {stat} {observed:.1f} ms; paired per-prompt ratio {est.ratio:.3f}, "
-        f"{est.confidence:.0%} interval [{est.low:.3f}, {est.high:.3f}] over {est.pairs} prompts"
+        f"judged {what} x{judged.ratio:.3f}, {confidence_level(judged.confidence)} interval [{judged.low:.3f}, "
+        f"{judged.high:.3f}] over {judged.pairs} prompts; observed {stat} {measurement.latency_ms.get(stat):.1f} ms "
+        f"vs baseline {baseline.latency_ms.get(stat):.1f} ms"
     )
+    machine = decomposition.machine
+    if machine is not None and machine.moved:
+        raw = decomposition.total if not budget.limits_tokens else decomposition.total / decomposition.length
+        if raw > limit and not breached:
+            detail += f"; environment change, not a model breach: {machine.describe()}"
+        else:
+            detail += f"; {machine.describe()}"
     return BudgetCheck(
-        "max_latency_increase", metric, value, limit, base, not breached, detail, est.ratio, interval
+        name, metric, judged.ratio, limit, None, not breached, detail, judged.ratio, (judged.low, judged.high),
+        judged, decomposition,
     )
 
 
-def evaluate(budget: Budget, measurement: Measurement, baseline: Measurement | None = None) -> Verdict:
+def evaluate(
+    budget: Budget, measurement: Measurement, baseline: Measurement | None = None, *, seed: int = 0
+) -> Verdict:
     """Check ``measurement`` against every budget that is set.
+
+    Every interval here is computed once, with ``seed``, the budget's confidence (Bonferroni-adjusted
+    when the measurement was adaptive, :func:`~ftcallback._sequential.looks_of`) and
+    :data:`~ftcallback._stats.RESAMPLES` resamples; the checks carry the very objects that decided.
 
     Args:
         budget: the budget.
         measurement: the measurement to judge.
         baseline: the reference for relative budgets (the model before fine-tuning); without it
             relative checks are not evaluable (``passed=None``).
+        seed: seed of the bootstrap (the callback's ``seed``), for reproducible decisions.
 
     Returns:
         A :class:`Verdict` with one check per budget set, in the order latency, latency increase,
-        tokens, token increase, cost per request, cost increase, monthly cost.
+        TTFT, TPOT, SLO attainment, truncated fraction, tokens, token increase, cost per request,
+        cost increase, monthly cost; plus the latency decomposition and machine factor when there is
+        a baseline.
 
     Example:
         >>> from ftcallback._measurement import Measurement, RequestSample
@@ -613,13 +761,51 @@ def evaluate(budget: Budget, measurement: Measurement, baseline: Measurement | N
         (False, 'output_tokens_mean 57.0 exceeds budget 44.4 (baseline 37.0, +54%)')
     """
     checks: list[BudgetCheck] = []
-    metric = budget.latency_metric
+    stat = budget.latency_stat
+    from ._decompose import decompose
+    from ._drift import machine_factor
+    from ._sequential import looks_of
+    from ._stats import bonferroni_confidence
+
+    confidence = bonferroni_confidence(budget.confidence, looks_of(measurement))
+    machine = decomposition = None
+    if baseline is not None:
+        machine = machine_factor(baseline, measurement, confidence=confidence, seed=seed)
+        decomposition = decompose(baseline, measurement, confidence=confidence, seed=seed, machine=machine)
     if budget.latency_ms is not None:
-        base = baseline.latency_ms.get(budget.latency_stat) if baseline is not None else None
-        value = measurement.latency_ms.get(budget.latency_stat)
-        checks.append(_absolute("latency_ms", metric, value, budget.latency_ms, base))
+        base = baseline.latency_ms.get(stat) if baseline is not None else None
+        value = measurement.latency_ms.get(stat)
+        checks.append(_absolute("latency_ms", budget.latency_metric, value, budget.latency_ms, base))
     if budget.max_latency_increase is not None:
-        checks.append(_relative_latency(budget, budget.max_latency_increase, measurement, baseline))
+        checks.append(
+            _relative_latency(budget, budget.max_latency_increase, measurement, baseline, decomposition)
+        )
+    for name, stats_of in (("ttft_ms", lambda m: m.ttft_ms), ("tpot_ms", lambda m: m.tpot_ms)):
+        limit = getattr(budget, name)
+        if limit is not None:
+            base = stats_of(baseline).get(stat) if baseline is not None else None
+            checks.append(_absolute(name, f"{name}_{stat}", stats_of(measurement).get(stat), limit, base))
+    if budget.min_slo_attainment is not None:
+        attained = budget.slo_attainment_of(measurement)
+        assert attained is not None  # validation requires an absolute latency limit
+        base_attained = budget.slo_attainment_of(baseline) if baseline is not None else None
+        if not math.isfinite(attained):
+            checks.append(
+                BudgetCheck("min_slo_attainment", "slo_attainment", attained, budget.min_slo_attainment,
+                            base_attained, None, "no requests")
+            )
+        else:
+            checks.append(
+                BudgetCheck("min_slo_attainment", "slo_attainment", attained, budget.min_slo_attainment,
+                            base_attained, attained >= budget.min_slo_attainment)
+            )
+    if budget.max_truncated_fraction is not None:
+        base_truncated = baseline.truncated_fraction if baseline is not None else None
+        truncated = measurement.truncated_fraction
+        check = _absolute(
+            "max_truncated_fraction", "truncated_fraction", truncated, budget.max_truncated_fraction, base_truncated
+        )
+        checks.append(check)
 
     tokens = measurement.output_tokens.mean
     base_tokens = baseline.output_tokens.mean if baseline is not None else None
@@ -658,4 +844,31 @@ def evaluate(budget: Budget, measurement: Measurement, baseline: Measurement | N
             checks.append(
                 _absolute("monthly_cost", "monthly_cost", cost * rpm, budget.monthly_cost, base_monthly)
             )
-    return Verdict(checks=tuple(checks))
+    if baseline is not None:
+        checks = _not_comparable(checks, baseline, measurement)
+    return Verdict(checks=tuple(checks), decomposition=decomposition, machine=machine)
+
+
+# Relative budgets and the figure each compares with the baseline (cost follows tokens).
+_RELATIVE_FIGURES = {"max_latency_increase": "latency", "max_token_increase": "tokens", "max_cost_increase": "tokens"}
+
+
+def _not_comparable(checks: list[BudgetCheck], baseline: Measurement, measurement: Measurement) -> list[BudgetCheck]:
+    """Relative checks over a figure the two measurements cannot compare, turned not evaluable.
+
+    Which difference spoils which figure is decided in one place, :func:`ftcallback._measurement.comparable_facts`
+    (a retried check's latency never meets the baseline's; its greedy tokens still do).
+    """
+    differences = baseline.incompatibilities(measurement)
+    if not differences:
+        return checks
+    out = []
+    for check in checks:
+        figure = _RELATIVE_FIGURES.get(check.budget)
+        spoiled = [d.message for d in differences if figure in d.affects]
+        if figure is None or not spoiled or check.passed is None:
+            out.append(check)
+            continue
+        detail = "not comparable with the baseline: " + "; ".join(spoiled)
+        out.append(replace(check, passed=None, detail=detail))
+    return out

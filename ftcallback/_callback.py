@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import gc
 import inspect
+import itertools
 import logging
 import math
 import os
@@ -29,7 +30,9 @@ from transformers.trainer_callback import ExportableState
 
 from . import _distributed as distributed
 from ._budget import Budget
+from ._drift import ReferenceWorkload
 from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
+from ._execution import describe_decoding
 from ._forms import form_cost, measure_in_form, parse_form
 from ._measure import measure, validate_probe
 from ._measurement import Measurement
@@ -37,6 +40,7 @@ from ._monitor import CheckOutcome, Monitor, fmt_epoch
 from ._probe import ProbeSpec
 from ._prompts import load_prompts, resolve_tokenizer
 from ._report import RunReport, report_path
+from ._sequential import needs_more
 from ._sinks import ReportSink, TrackerSink
 from ._tensorboard import TensorBoardSink, resolve_log_dir
 
@@ -137,9 +141,10 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         >>> # Trainer(model=..., args=..., train_dataset=..., processing_class=tok, callbacks=[cb]).train()
     """
 
-    #: Live instances, oldest first: a callback rebuilt by transformers from a checkpoint finds the one the
-    #: user passed to this run (whose arguments win over the checkpoint's).
+    #: Live instances: a callback rebuilt by transformers from a checkpoint finds the one the user passed to this
+    #: run (whose arguments win over the checkpoint's): the newest unused one of the same name.
     _instances: weakref.WeakSet[EfficiencyCallback] = weakref.WeakSet()
+    _created = itertools.count()
 
     def __init__(
         self,
@@ -174,6 +179,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             )
         # Now, not at the first check: with a given baseline that check comes after an epoch of training.
         check_generation_kwargs(dict(generation_kwargs or {}))
+        # Flags that have no effect (temperature without do_sample=True) are said once, here.
+        describe_decoding(None, generation_kwargs).warn()
         self.spec = ProbeSpec(
             prompts=tuple(load_prompts(prompts)),
             max_new_tokens=_positive_int("max_new_tokens", max_new_tokens),
@@ -221,11 +228,14 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._trackers: TrackerSink | None = None
         self._pending_tracker_send: CheckOutcome | None = None
         self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
+        self._reference: ReferenceWorkload | None = None
         self._last_check_step: int | None = None
         self._run = -1  # train() calls seen; 0 during the first
+        self._trained_compiled: bool | None = None
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
         self._restored_args: dict[str, Any] | None = None
+        self._serial = next(EfficiencyCallback._created)  # a WeakSet has no order; this tells the newest
         EfficiencyCallback._instances.add(self)
 
     # ------------------------------------------------------------------ read-only views
@@ -308,14 +318,13 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         naming both values; a different probe cannot reuse the saved baseline and is refused."""
         saved = self._restored_args
         self._restored_args = None
-        user = next(
-            (
-                cb
-                for cb in list(EfficiencyCallback._instances)
-                if cb is not self and cb.name == self.name and cb._saved_report is None and cb.monitor is None
-            ),
-            None,
-        )
+        candidates = [
+            cb
+            for cb in list(EfficiencyCallback._instances)
+            if cb is not self and cb.name == self.name and cb._saved_report is None and cb.monitor is None
+        ]
+        # A callback built but never trained (an earlier notebook cell) may still be alive: the newest one wins.
+        user = max(candidates, key=lambda cb: cb._serial, default=None)
         if user is None or saved is None:
             return
         mine, theirs = user._args(), saved
@@ -352,6 +361,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         model = kwargs.get("model")
         started_at = time.time()
+        # The Trainer trains a compiled module but hands callbacks the original: say so in every record.
+        self._trained_compiled = bool(getattr(args, "torch_compile", False))
         # User errors surface here, before any optimizer step, on every rank.
         if model is None:
             raise ModelError("EfficiencyCallback got no model from the Trainer")
@@ -373,6 +384,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         trainer = self.trainer or _find_calling_trainer(self)
         self._trainer = trainer
         self._check_names(trainer)
+        _watch_jit_checkpoint(trainer)
         self._run += 1
         self.report_path = _report_path(args.output_dir, self.name)
         self._start_monitor(args, state)
@@ -408,7 +420,10 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 "fresh baseline)",
                 self._run + 1,
             )
-            self.monitor.report.stopped = None
+            report = self.monitor.report
+            if report.stopped is not None:  # this call may train to the end: what stopped the last one stays
+                report.earlier_stops.append(report.stopped)
+            report.stopped = None
             self.monitor.report.output_dir = str(args.output_dir)
             return
         monitor = Monitor(
@@ -433,6 +448,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 monitor.report.baseline_source = f"measured at resume (step {state.global_step})"
         monitor.report.settings = self.settings()
         monitor.report.budget = self.budget.to_dict()
+        monitor.report.output_dir = str(args.output_dir)  # a resume may write into another folder
         self.monitor = monitor
         if state.global_step > 0 and monitor.report.baseline is not None:
             self._note_resumed_checkpoint(args, state)
@@ -447,6 +463,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # checks from the file when it has the same baseline, so that a resumed run's report equals an
         # uninterrupted run's.
         on_disk = self._read_report()
+        if on_disk is None and saved.output_dir and saved.output_dir != str(args.output_dir):
+            # Resumed into another output_dir (a copied checkpoint): the raw samples are in the first run's.
+            on_disk = self._read_report(_report_path(saved.output_dir, self.name))
         if on_disk is not None and on_disk.baseline == saved.baseline:
             full = {c.index: c for c in on_disk.checks}
             saved.checks = [
@@ -464,11 +483,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         )
         return saved
 
-    def _read_report(self) -> RunReport | None:
-        if self.report_path is None or not self.report_path.exists():
+    def _read_report(self, path: Path | None = None) -> RunReport | None:
+        path = path if path is not None else self.report_path
+        if path is None or not path.exists():
             return None
         try:
-            return RunReport.load(self.report_path)
+            return RunReport.load(path)
         except FTCallbackError:
             return None
 
@@ -638,20 +658,25 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         if model is None or self.monitor is None:
             return
-        if kind != "baseline" and _termination_requested(self._trainer):
-            # transformers' JIT checkpointing after SIGTERM: the job has seconds left to save, not minutes to
-            # measure. (A callback that merely ends training early still gets its last epoch measured.)
-            logger.warning(
-                "%sSIGTERM received: training is stopping at step %d to save a checkpoint; skipping the %s "
-                "check so that the job can exit in time",
-                f"[{self.name}] " if self.name else "",
-                state.global_step,
-                kind,
-            )
+        is_main = state.is_world_process_zero
+        # transformers' JIT checkpointing after SIGTERM: the job has seconds left to save, not minutes to
+        # measure. (A callback that merely ends training early still gets its last epoch measured.) The main
+        # process decides for all ranks, which must skip or measure alike, and says it once.
+        if kind != "baseline" and distributed.broadcast_from_main(
+            _termination_requested(self._trainer) if is_main else None
+        ):
+            if is_main:
+                logger.warning(
+                    "%sSIGTERM received: training is stopping at step %d to save a checkpoint; skipping the %s "
+                    "check so that the job can exit in time",
+                    f"[{self.name}] " if self.name else "",
+                    state.global_step,
+                    kind,
+                )
+            self._last_check_step = state.global_step  # one WARNING: the epoch end of this step is not a second
             return
         self._last_check_step = state.global_step
         mode = distributed.sharding_mode(model)
-        is_main = state.is_world_process_zero
         if mode is None:
             decision = distributed.run_on_main(
                 lambda beat: self._measure_and_decide(kind, state, model, beat, None), is_main=is_main
@@ -668,7 +693,19 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             control.should_training_stop = True
 
     def _measure_once(self, model: Any, batch_size: int, beat: Any, mode: str | None) -> Measurement:
-        kwargs = {**self.spec.measure_kwargs(), "batch_size": batch_size}
+        kwargs: dict[str, Any] = {**self.spec.measure_kwargs(), "batch_size": batch_size}
+        device = next(iter(model.parameters())).device
+        if self._reference is None or self._reference.device != device:
+            # One fixed workload per run, timed beside every generate call: how fast is the machine right now?
+            self._reference = ReferenceWorkload(device)
+        kwargs["reference"] = self._reference
+        baseline = self.monitor.baseline if self.monitor is not None else None
+        if baseline is not None and mode is None and self.budget.max_latency_increase is not None:
+            # Adaptive: measure more while the latency verdict is inconclusive, up to 3x the repeats. Not when
+            # sharded: every rank must make the same number of generate calls, and their timings differ.
+            budget, seed = self.budget, self.spec.seed
+            kwargs["until"] = lambda m: not needs_more(budget, m, baseline, seed=seed)
+            kwargs["max_repeats"] = 3 * self.spec.repeats
         with distributed.generation_context(model, mode):
             m = measure(
                 model,
@@ -677,6 +714,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 **kwargs,
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
+                trained_compiled=self._trained_compiled,
+                warn_ignored=False,
             )
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
@@ -698,9 +737,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                     exc,
                     smaller,
                 )
-            m = self._measure_once(model, smaller, beat, mode)
-            retry = {"reason": "out_of_memory", "changed": {"batch_size": [batch_size, smaller]}}
-            return dataclasses.replace(m, environment={**m.environment, "retry": retry})
+            return self._measure_once(model, smaller, beat, mode).with_retry(
+                "out_of_memory", batch_size=(batch_size, smaller)
+            )
 
     def _measure_and_decide(
         self,
@@ -883,15 +922,40 @@ def _find_calling_trainer(callback: EfficiencyCallback) -> Any:
     return None
 
 
-def _termination_requested(trainer: Any) -> bool:
-    """True when transformers' JIT checkpointing caught a SIGTERM and the Trainer is about to save and exit."""
+def _jit_managers(trainer: Any) -> list[Any]:
     if trainer is None:
-        return False
-    for callback in trainer.callback_handler.callbacks:
-        manager = getattr(callback, "jit_manager", None)
-        if manager is not None and getattr(manager, "is_checkpoint_requested", False):
-            return True
-    return False
+        return []
+    managers = (getattr(cb, "jit_manager", None) for cb in trainer.callback_handler.callbacks)
+    return [m for m in managers if m is not None]
+
+
+def _watch_jit_checkpoint(trainer: Any) -> None:
+    """Remember that transformers' JIT checkpointing saved on SIGTERM.
+
+    ``JITCheckpointCallback`` runs before user callbacks and resets ``is_checkpoint_requested`` as soon as it
+    starts saving, so by the time this callback's ``on_epoch_end`` runs the flag is False again although the job
+    is stopping. The manager's ``execute_jit_checkpoint`` is wrapped (once per manager) to leave a mark.
+    """
+    for manager in _jit_managers(trainer):
+        manager._ftcallback_terminating = False  # a new train() call: no SIGTERM seen in it yet
+        if getattr(manager, "_ftcallback_watched", False):
+            continue
+        execute = manager.execute_jit_checkpoint
+
+        def marked(_execute: Any = execute, _manager: Any = manager) -> Any:
+            _manager._ftcallback_terminating = True
+            return _execute()
+
+        manager.execute_jit_checkpoint = marked
+        manager._ftcallback_watched = True
+
+
+def _termination_requested(trainer: Any) -> bool:
+    """True when transformers' JIT checkpointing caught a SIGTERM and the Trainer is saving and exiting."""
+    return any(
+        getattr(m, "is_checkpoint_requested", False) or getattr(m, "_ftcallback_terminating", False)
+        for m in _jit_managers(trainer)
+    )
 
 
 def _check_not_meta(model: Any) -> None:

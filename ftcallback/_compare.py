@@ -333,6 +333,6 @@ def compare(
         violations=[c.describe() for c in verdict.breaches],
         tradeoff=_tradeoff(base, new, budget, accuracy),
         remedies=_remedies(base, new, verdict),
-        incompatible=base.incompatibilities(new),
+        incompatible=[d.message for d in base.incompatibilities(new)],
         accuracy=accuracy,
     )

@@ -19,7 +19,11 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["finite_float", "metric_value", "number", "percent_change", "significant"]
+__all__ = ["confidence_level", "finite_float", "metric_value", "number", "percent_change", "significant"]
+
+#: Metrics that are ratios to the baseline (written ``x1.234``) and fractions of requests (``0.333``).
+RATIO_METRICS = ("latency_ratio",)
+FRACTION_METRICS = ("slo_attainment", "truncated_fraction")
 
 
 def finite_float(value: Any) -> float | None:
@@ -62,4 +66,13 @@ def metric_value(metric: str, value: float | None) -> str:
         return "nan" if value is None or math.isnan(value) else str(value)
     if "cost" in metric:
         return significant(value, 4)
+    if metric in RATIO_METRICS:
+        return f"x{value:.3f}"
+    if metric in FRACTION_METRICS:
+        return f"{value:.3f}"
     return f"{value:.1f}"
+
+
+def confidence_level(confidence: float) -> str:
+    """A confidence level as text: ``0.95`` -> ``"95%"``, ``0.98333`` -> ``"98.3%"``."""
+    return f"{confidence * 100:.1f}".removesuffix(".0") + "%"

@@ -38,37 +38,21 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
+from ._drift import ReferenceWorkload
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
+from ._execution import ComputeProbe, Decoding, adapters_info, build_generation_config, compile_info
 from ._measurement import Measurement, RequestSample
 from ._probe import probe_settings
 from ._prompts import encode_prompts, load_prompts, resolve_tokenizer
+from ._sequential import sequential_settings
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
 
 logger = logging.getLogger("ftcallback.measure")
 
-#: The clock every timestamp comes from; a module attribute so tests can drive time exactly.
-_clock: Callable[[], float] = time.perf_counter
-
 # Above this median per-prompt CV of latency across repeats the timing is called noisy (the usual 10%
 # of benchmark tools).
 _NOISE_CV_LIMIT = 0.10
-
-# Sampling-only flags at the values that make them inert. Set on the greedy generation config so that an
-# instruct model's `temperature=0.6, top_p=0.9` neither applies nor warns under `do_sample=False`. min_p
-# and top_h have no inert value but None, which generate refills from model.generation_config: a
-# checkpoint that sets them still gets transformers' warning.
-_INERT_SAMPLING_FLAGS: dict[str, Any] = {
-    "temperature": 1.0,
-    "top_p": 1.0,
-    "top_k": 50,
-    "typical_p": 1.0,
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-    "min_p": None,
-    "top_h": None,
-}
-_INERT_BEAM_FLAGS: dict[str, Any] = {"early_stopping": False, "length_penalty": 1.0}
 
 # generate() arguments that measure() owns; letting generation_kwargs set them would make the
 # recorded settings lie or break the per-request bookkeeping.
@@ -146,7 +130,11 @@ class _Probe:
     user_kwargs: dict[str, Any]
     base_config: GenerationConfig
     call_kwargs: dict[str, Any]
-    do_sample: bool
+    decoding: Decoding
+
+    @property
+    def do_sample(self) -> bool:
+        return "sampl" in self.decoding.mode
 
 
 def _prepare(
@@ -196,8 +184,8 @@ def _prepare(
                 f"the tokenizer rejected `prompts[{i}]` ({type(exc).__name__}: {exc}); fix or remove that prompt"
             ) from exc
     _check_context(target, encoded, max_new_tokens)
-    base_config, call_kwargs, do_sample = _generation_setup(target, tokenizer, user_kwargs, pad_id)
-    return _Probe(tokenizer, prompt_list, target, pad_id, encoded, user_kwargs, base_config, call_kwargs, do_sample)
+    base_config, call_kwargs, decoding = _generation_setup(target, tokenizer, user_kwargs, pad_id)
+    return _Probe(tokenizer, prompt_list, target, pad_id, encoded, user_kwargs, base_config, call_kwargs, decoding)
 
 
 def measure(
@@ -215,6 +203,13 @@ def measure(
     num_sample_outputs: int = 3,
     on_batch_end: Callable[[], Any] | None = None,
     synced_gpus: bool | None = None,
+    trained_compiled: bool | None = None,
+    warn_ignored: bool = True,
+    clock: Callable[[], float] = time.perf_counter,
+    cpu_clock: Callable[[], tuple[float, float]] | None = None,
+    reference: ReferenceWorkload | None = None,
+    until: Callable[[Measurement], bool] | None = None,
+    max_repeats: int | None = None,
 ) -> Measurement:
     """Measure latency and output length of ``model.generate`` on a probe of prompts.
 
@@ -239,9 +234,30 @@ def measure(
         num_sample_outputs: how many decoded responses (the first prompts, last repeat) to keep.
         on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
+        trained_compiled: whether the module being trained runs compiled while ``model`` is its uncompiled
+            original (the Trainer's ``args.torch_compile``); None detects it from ``model``. Recorded in
+            ``model["compile"]``.
+        warn_ignored: log one WARNING when ``generation_kwargs`` set flags that have no effect (e.g.
+            ``temperature`` without ``do_sample=True``). The callback warns once at construction instead
+            and passes False.
+        clock: where every timestamp comes from (seconds); tests inject a fake one to drive time exactly.
+        cpu_clock: returns ``(seconds this thread ran, seconds it waited, ready, for a CPU)``; default
+            :func:`thread_cpu_clock` where the OS tells (Linux), else none. It gives each call's share
+            of the CPU (``Measurement.cpu_share``), which tells a contended CPU from a slower model:
+            time the thread slept or blocked (a model that waits) is in neither number.
+        reference: a fixed workload on the model's device, run once before every ``generate`` call
+            (warm-up included) into ``Measurement.reference_s``, to sense the machine's own speed:
+            timed in thread CPU seconds on a CPU when ``cpu_clock`` is there (being descheduled is
+            what ``cpu_share`` measures), by ``clock`` with the device synchronised otherwise.
+        until: adaptive measurement: called with the measurement so far after every ``repeats``
+            passes; True ends it, False adds ``repeats`` more passes, up to ``max_repeats``
+            (typically ``lambda m: not needs_more(budget, m, baseline, seed=seed)``).
+        max_repeats: the cap on timed passes for ``until`` (default ``3 * repeats``); recorded with
+            the number of looks in ``settings["sequential"]``, which sets the decision's confidence.
 
     Returns:
-        A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples.
+        A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples
+        (more when ``until`` asked for more); ``settings["repeats"]`` is the number of passes done.
 
     Raises:
         ConfigError: an argument is out of range, or ``generation_kwargs`` sets what measure() owns.
@@ -255,7 +271,13 @@ def measure(
         >>> len(m.samples), m.samples[0].output_tokens <= 4
         (2, True)
     """
-    clock = _clock
+    if not callable(clock):
+        raise ConfigError(f"`clock` must be a callable returning seconds, got {type(clock).__name__}")
+    if cpu_clock is not None and not callable(cpu_clock):
+        raise ConfigError(
+            f"`cpu_clock` must be a callable returning (run seconds, wait seconds) or None, got "
+            f"{type(cpu_clock).__name__}"
+        )
     wall_start = clock()
     _check_int("max_new_tokens", max_new_tokens, 1)
     _check_int("repeats", repeats, 1)
@@ -263,6 +285,17 @@ def measure(
     _check_int("warmup", warmup, 0)
     _check_int("num_sample_outputs", num_sample_outputs, 0)
     _check_int("seed", seed, None)
+    if reference is not None and not isinstance(reference, ReferenceWorkload):
+        raise ConfigError(
+            f"`reference` must be a ReferenceWorkload or None, got {type(reference).__name__}"
+        )
+    if until is not None and not callable(until):
+        raise ConfigError(f"`until` must be callable (Measurement -> bool) or None, got {type(until).__name__}")
+    if max_repeats is not None:
+        _check_int("max_repeats", max_repeats, 1)
+        if max_repeats < repeats:
+            raise ConfigError(f"`max_repeats` must be >= `repeats` ({repeats}), got {max_repeats}")
+    cap = repeats if until is None else (max_repeats if max_repeats is not None else 3 * repeats)
     if on_batch_end is not None and not callable(on_batch_end):
         raise ConfigError(f"`on_batch_end` must be callable or None, got {type(on_batch_end).__name__}")
     probe = _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template)
@@ -270,6 +303,12 @@ def measure(
     encoded, user_kwargs = probe.encoded, probe.user_kwargs
     base_config, call_kwargs, do_sample = probe.base_config, probe.call_kwargs, probe.do_sample
     device = _model_device(target)
+    if warn_ignored:
+        probe.decoding.warn()
+    compute = ComputeProbe(model, target, device)
+    if cpu_clock is None and device.type == "cpu":
+        cpu_clock = thread_cpu_clock()
+    cpu_time = None if cpu_clock is None or device.type != "cpu" else (lambda: cpu_clock()[0])
 
     eos_ids = _eos_ids(base_config, tokenizer)
     sync = _synchronizer(device)
@@ -301,9 +340,12 @@ def measure(
         batch = batches[index]
         if do_sample:
             _seed_all(seed + index, device)  # same seed per batch: repeats see the same tokens
+        if reference is not None:
+            reference_times.append(reference.seconds(cpu_time or clock, sync))
         timer.reset()
         if sync is not None:
             sync()
+        cpu_start = cpu_clock() if cpu_time is not None and cpu_clock is not None else None
         start = clock()
         out = target.generate(
             input_ids=batch.input_ids,
@@ -314,14 +356,65 @@ def measure(
         if sync is not None:
             sync()
         end = clock()
+        if cpu_start is not None and cpu_clock is not None:
+            cpu_end = cpu_clock()
+            ran, waited = cpu_end[0] - cpu_start[0], cpu_end[1] - cpu_start[1]
+            if ran > 0:
+                cpu_shares.append(ran / (ran + max(0.0, waited)))
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         return sequences[:, batch.input_ids.shape[1] :].tolist(), start, end
 
     cuda = device.type == "cuda"
+    reference_times: list[float] = []
+    cpu_shares: list[float] = []
     samples: list[RequestSample] = []
     last_outputs: dict[int, list[int]] = {}
     warmup_latencies: list[float] = []
-    with _undisturbed(target, device):
+    settings = probe_settings(
+        prompt_list,
+        max_new_tokens=max_new_tokens,
+        generation_kwargs=user_kwargs,
+        warmup=warmup,
+        repeats=repeats,
+        batch_size=batch_size,
+        apply_chat_template=apply_chat_template,
+        seed=seed,
+    )
+    if until is not None:
+        settings["sequential"] = sequential_settings(repeats, cap)
+    reference_label = None
+    if reference is not None:
+        reference_label = f"{reference.spec}/{'cpu' if cpu_time is not None else 'wall'}"
+
+    def snapshot(done: int, peak: int | None) -> Measurement:
+        # The compute dtype is known once a forward pass has run: the record is built after generating.
+        environment = _environment(target, device, synced_gpus, compute)
+        if reference_label is not None:
+            environment["reference"] = reference_label
+        return Measurement(
+            samples=tuple(samples),
+            settings={**settings, "repeats": done},
+            model=_model_info(target, device, model, compute, trained_compiled),
+            environment=environment,
+            decoding=probe.decoding.to_dict(),
+            warmup_latencies_s=tuple(warmup_latencies),
+            reference_s=tuple(reference_times),
+            cpu_share=tuple(cpu_shares),
+            peak_memory_bytes=peak,
+            sample_outputs=tuple(
+                {
+                    "prompt_index": i,
+                    "prompt": prompt_list[i],
+                    "output": tokenizer.decode(ids, skip_special_tokens=True),
+                }
+                for i, ids in sorted(last_outputs.items())
+            ),
+            wall_time_s=clock() - wall_start,
+            created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        )
+
+    done = 0
+    with _undisturbed(target, device), _installed(compute):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         for w in range(warmup):
@@ -330,56 +423,62 @@ def measure(
             if on_batch_end is not None:
                 on_batch_end()
         logger.debug("measure: %d warm-up calls took %.3f s", warmup, sum(warmup_latencies))
-        for r in range(repeats):
-            for b, batch in enumerate(batches):
-                rows, start, end = run(b)
-                for row, prompt_index, input_len in zip(
-                    rows, batch.indices, batch.input_lengths, strict=True
-                ):
-                    n_out, finished = _count_output(row, eos_ids)
-                    latency = (
-                        _request_end(timer, batch.input_ids.shape[1] + n_out, len(row), n_out, end) - start
-                    )
-                    ttft = (timer.times[0] if timer.times else end) - start
-                    samples.append(RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished))
-                    if r == repeats - 1 and prompt_index < num_sample_outputs:
-                        last_outputs[prompt_index] = row[:n_out]
-                if on_batch_end is not None:
-                    on_batch_end()
-        peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+        while True:
+            for r in range(done, min(done + repeats, cap)):
+                for b, batch in enumerate(batches):
+                    rows, start, end = run(b)
+                    width = batch.input_ids.shape[1]
+                    for row, prompt_index, input_len in zip(
+                        rows, batch.indices, batch.input_lengths, strict=True
+                    ):
+                        n_out, finished = _count_output(row, eos_ids)
+                        latency = _request_end(timer, width + n_out, len(row), n_out, end) - start
+                        ttft = (timer.times[0] if timer.times else end) - start
+                        token_times = tuple(_token_time(timer, width, k, end) - start for k in range(n_out))
+                        samples.append(
+                            RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished, token_times)
+                        )
+                        if prompt_index < num_sample_outputs:
+                            last_outputs[prompt_index] = row[:n_out]
+                    if on_batch_end is not None:
+                        on_batch_end()
+            done = min(done + repeats, cap)
+            peak = int(torch.cuda.max_memory_allocated(device)) if cuda else None
+            measurement = snapshot(done, peak)
+            if until is None or done >= cap or until(measurement):
+                break
+            logger.debug("measure: look at %d repeats inconclusive, measuring %d more", done, repeats)
 
-    measurement = Measurement(
-        samples=tuple(samples),
-        settings=probe_settings(
-            prompt_list,
-            max_new_tokens=max_new_tokens,
-            generation_kwargs=user_kwargs,
-            warmup=warmup,
-            repeats=repeats,
-            batch_size=batch_size,
-            apply_chat_template=apply_chat_template,
-            seed=seed,
-        ),
-        model=_model_info(target, device),
-        environment=_environment(model, target, device, synced_gpus),
-        warmup_latencies_s=tuple(warmup_latencies),
-        peak_memory_bytes=peak,
-        sample_outputs=tuple(
-            {
-                "prompt_index": i,
-                "prompt": prompt_list[i],
-                "output": tokenizer.decode(ids, skip_special_tokens=True),
-            }
-            for i, ids in sorted(last_outputs.items())
-        ),
-        wall_time_s=clock() - wall_start,
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    )
     _log_result(measurement)
     return measurement
 
 
 # ----------------------------------------------------------------- timing
+_SCHEDSTAT = "/proc/thread-self/schedstat"
+
+
+def thread_cpu_clock() -> Callable[[], tuple[float, float]] | None:
+    """A clock of ``(CPU seconds this thread ran, seconds it waited ready-to-run)``, or None off Linux.
+
+    Linux accounts a thread's run-queue wait in ``/proc/thread-self/schedstat`` (second field): time it
+    was ready but other work had the CPU. Sleeping and blocking are in neither number, so a model that
+    waits inside ``forward`` is not mistaken for a busy machine. The run time comes from
+    ``time.thread_time`` (schedstat's own is only updated at scheduler ticks).
+    """
+    try:
+        with open(_SCHEDSTAT, encoding="ascii") as fh:
+            int(fh.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+    def read() -> tuple[float, float]:
+        with open(_SCHEDSTAT, encoding="ascii") as fh:
+            waited_ns = int(fh.read().split()[1])
+        return time.thread_time(), waited_ns / 1e9
+
+    return read
+
+
 class _StepTimer(StoppingCriteria):
     """A stopping criterion that never stops: it notes when each decoding step's token exists.
 
@@ -418,6 +517,14 @@ def _request_end(timer: _StepTimer, length: int, n_cols: int, n_out: int, end: f
     # One token per step in greedy / sampling / beam search, so the index is direct; assisted decoding
     # appends several tokens per step, hence the search.
     k = n_out - 1
+    if not (0 <= k < len(lengths) and lengths[k] == length):
+        k = bisect.bisect_left(lengths, length)
+    return timer.times[k] if k < len(timer.times) else end
+
+
+def _token_time(timer: _StepTimer, width: int, k: int, end: float) -> float:
+    """When output token ``k`` (0-based) of a row existed: the step that reached ``width + k + 1`` tokens."""
+    lengths, length = timer.lengths, width + k + 1
     if not (0 <= k < len(lengths) and lengths[k] == length):
         k = bisect.bisect_left(lengths, length)
     return timer.times[k] if k < len(timer.times) else end
@@ -472,6 +579,16 @@ def _undisturbed(model: torch.nn.Module, device: torch.device) -> Iterator[None]
         torch.set_rng_state(cpu_state)
         for set_state, state in accel:
             set_state(state)
+
+
+@contextlib.contextmanager
+def _installed(compute: ComputeProbe) -> Iterator[None]:
+    """The compute probe's hook in place for the first forward pass, and gone afterwards whatever happens."""
+    compute.install()
+    try:
+        yield
+    finally:
+        compute.remove()
 
 
 def _accelerator_rng_state(device: torch.device) -> list[tuple[Callable[[Any], Any], Any]]:
@@ -584,41 +701,22 @@ def check_generation_kwargs(user_kwargs: Mapping[str, Any]) -> None:
 
 def _generation_setup(
     target: Any, tokenizer: Any, user_kwargs: dict[str, Any], pad_id: int
-) -> tuple[GenerationConfig, dict[str, Any], bool]:
-    """The generation config every call uses, the remaining generate() kwargs, and whether it samples.
+) -> tuple[GenerationConfig, dict[str, Any], Decoding]:
+    """The generation config every call uses, the remaining generate() kwargs, and the decoding it does.
 
-    Everything that belongs to a GenerationConfig goes into one copied config, never into generate's
-    kwargs: generate warns when both are given, and a config field set to None would be refilled from
-    ``model.generation_config``, which is why inert flags carry explicit values.
+    See :func:`ftcallback._execution.build_generation_config`; here the probe's pad token, the KV cache
+    and the tokenizer that stop strings need are added.
     """
-    user_config = user_kwargs.pop("generation_config", None)
-    if user_config is not None and not isinstance(user_config, GenerationConfig):
-        raise ConfigError(
-            "`generation_kwargs['generation_config']` must be a transformers.GenerationConfig, "
-            f"got {type(user_config).__name__}"
-        )
     model_config = getattr(target, "generation_config", None)
-    base = user_config if user_config is not None else model_config
-    # A copy: model.generation_config must come out of the measurement exactly as it went in.
-    config = copy.deepcopy(base) if isinstance(base, GenerationConfig) else GenerationConfig()
-    do_sample = user_kwargs.get("do_sample", config.do_sample if user_config is not None else False) is True
-    if not do_sample:
-        config.do_sample = False
-        for key, value in _INERT_SAMPLING_FLAGS.items():
-            if key not in user_kwargs:
-                setattr(config, key, value)
-        if user_kwargs.get("num_beams", config.num_beams) in (None, 1):
-            for key, value in _INERT_BEAM_FLAGS.items():
-                if key not in user_kwargs:
-                    setattr(config, key, value)
+    config, call_kwargs, decoding = build_generation_config(
+        model_config if isinstance(model_config, GenerationConfig) else None, user_kwargs
+    )
+    # The settings record what generate() was asked beyond a config object (as they always have).
+    user_kwargs.pop("generation_config", None)
     config.pad_token_id = pad_id
-    config.use_cache = True
-    # GenerationConfig.update applies the fields it knows and hands back the rest (model kwargs,
-    # stopping_criteria, logits_processor, streamer, ...), which go to generate() as they are.
-    call_kwargs = config.update(**user_kwargs)
     if config.stop_strings is not None and "tokenizer" not in call_kwargs:
         call_kwargs["tokenizer"] = tokenizer  # generate needs it to match stop strings
-    return config, call_kwargs, do_sample
+    return config, call_kwargs, decoding
 
 
 def _with_length(
@@ -690,20 +788,26 @@ def _make_batches(
 
 
 # ----------------------------------------------------------------- records
-def _model_info(target: Any, device: torch.device) -> dict[str, Any]:
+def _model_info(
+    target: Any, device: torch.device, model: Any, compute: ComputeProbe, trained_compiled: bool | None
+) -> dict[str, Any]:
     config = getattr(target, "config", None)
     name = getattr(target, "name_or_path", None) or getattr(config, "_name_or_path", None) or ""
     dtype = getattr(target, "dtype", None)
     if not isinstance(dtype, torch.dtype):
         dtype = next((p.dtype for p in target.parameters()), None)
+    param_dtype = str(dtype).removeprefix("torch.") if dtype is not None else "unknown"
     # ZeRO-3 leaves empty placeholders in the parameters and keeps the true size in ds_numel.
     num_parameters = sum(int(getattr(p, "ds_numel", p.numel())) for p in target.parameters())
     return {
         "class": type(target).__name__,
         "name_or_path": str(name),
-        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else "unknown",
+        "param_dtype": param_dtype,
+        "compute_dtype": compute.record(param_dtype)[1] or param_dtype,
         "device": str(device),
         "num_parameters": num_parameters,
+        "compile": compile_info(model, target, trained_compiled),
+        "adapters": adapters_info(target),
     }
 
 
@@ -716,7 +820,7 @@ def _ftcallback_version() -> str:
         return str(getattr(ftcallback, "__version__", "unknown"))
 
 
-def _environment(model: Any, target: Any, device: torch.device, synced_gpus: bool | None) -> dict[str, Any]:
+def _environment(target: Any, device: torch.device, synced_gpus: bool | None, compute: ComputeProbe) -> dict[str, Any]:
     import transformers
 
     env: dict[str, Any] = {
@@ -729,20 +833,9 @@ def _environment(model: Any, target: Any, device: torch.device, synced_gpus: boo
         "device_name": _device_name(device),
         "cpu_threads": torch.get_num_threads(),
         "generation_mode": "synced" if synced_gpus else "single",
+        # What the forward pass really ran under (seen inside it, not guessed from the call site).
+        "autocast": compute.record(None)[0],
     }
-    try:
-        enabled = bool(torch.is_autocast_enabled(device.type))
-        env["autocast_enabled"] = enabled
-        dtype = torch.get_autocast_dtype(device.type) if enabled else None
-        env["autocast_dtype"] = str(dtype).removeprefix("torch.") if dtype is not None else None
-    except (RuntimeError, TypeError, ValueError):  # a device type autocast does not know
-        env["autocast_enabled"], env["autocast_dtype"] = False, None
-    # accelerate's mixed precision wraps model.forward in autocast and keeps the original here: generate
-    # then runs under autocast although no autocast context is active at the call.
-    env["forward_autocast_patched"] = any(
-        "_original_forward" in getattr(m, "__dict__", {})
-        for m in (model, target, getattr(model, "module", None))
-    )
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         env["world_size"] = torch.distributed.get_world_size()
         env["rank"] = torch.distributed.get_rank()

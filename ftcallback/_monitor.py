@@ -8,6 +8,7 @@ measurements at Trainer events and acts on the :class:`Decision` it returns; sin
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
@@ -18,9 +19,8 @@ from typing import Any
 
 from ._budget import Budget, BudgetCheck, Verdict, evaluate
 from ._measurement import Measurement
-from ._probe import ProbeSpec, latency_incompatibilities
+from ._probe import ProbeSpec
 from ._report import CheckRecord, RunReport
-from ._stats import paired_ratio
 
 __all__ = ["CheckOutcome", "Decision", "Monitor", "StopReason", "fmt_epoch"]
 
@@ -37,9 +37,6 @@ TRACKED_SUMMARY_KEYS = (
     "eos_fraction",
     "truncated_fraction",
 )
-
-#: The budget lines a latency comparison decides: not evaluable when the two latencies are not comparable.
-_LATENCY_BUDGETS = frozenset({"latency_ms", "max_latency_increase"})
 
 
 class StopReason(str, enum.Enum):
@@ -246,33 +243,32 @@ class Monitor:
             self._deployed_baseline = deployed
         baseline = self.baseline
         judged, judged_baseline = (measurement, baseline) if deployed is None else (deployed, self.deployed_baseline)
-        verdict = evaluate(self.budget, judged, judged_baseline)
-        unlike = latency_incompatibilities(judged_baseline.settings, judged.settings) if judged_baseline else []
-        if unlike:
-            verdict = _latency_not_evaluable(verdict, unlike)
+        # Decided once, with the run's seed: the verdict carries the estimates and the decomposition it used.
+        # With a deployed form, that form is judged against the baseline in the same form.
+        verdict = evaluate(self.budget, judged, judged_baseline, seed=self.spec.seed)
+        # What makes latency incomparable (a retry, another batch size, dtype, compile, adapters, ...) is decided
+        # by Measurement.incompatibilities alone; evaluate() already left relative budgets over it unjudged.
+        unlike = _latency_unlike(judged_baseline, judged)
         if kind == "baseline" and record:
             for check in verdict.breaches:
                 logger.warning("%sthe baseline already breaches the budget: %s", self._prefix(), check.describe())
-            verdict = Verdict(checks=tuple(c for c in verdict.checks if not c.breached))
+            verdict = dataclasses.replace(verdict, checks=tuple(c for c in verdict.checks if not c.breached))
         breached = bool(verdict.breaches)
         consecutive = self.consecutive_breaches + 1 if breached else 0
+        ratios, cost = self._ratios_and_cost(judged, judged_baseline, verdict, comparable_latency=not unlike)
         deployed_entry: dict[str, Any] | None = None
-        if deployed is None:
-            ratios, cost = self._ratios_and_cost(measurement, baseline, verdict, comparable_latency=not unlike)
-        else:
-            d_ratios, d_cost = self._ratios_and_cost(deployed, judged_baseline, verdict, comparable_latency=not unlike)
+        if deployed is not None:
             deployed_entry = {
                 "form": deployed.environment.get("form"),
                 "summary": deployed.summary(),
-                "ratios": d_ratios,
-                "cost": d_cost,
+                "ratios": ratios,
+                "cost": cost,
                 "measurement": deployed.to_dict(),
             }
-            comparable = not (baseline and latency_incompatibilities(baseline.settings, measurement.settings))
-            # The training form's own estimate: no verdict decided it.
-            ratios, cost = self._ratios_and_cost(
-                measurement, baseline, Verdict(checks=()), comparable_latency=comparable
-            )
+            # The training form beside it, against its own baseline: shown, never deciding.
+            trained = evaluate(self.budget, measurement, baseline, seed=self.spec.seed)
+            comparable = not _latency_unlike(baseline, measurement)
+            ratios, cost = self._ratios_and_cost(measurement, baseline, trained, comparable_latency=comparable)
         entry = CheckRecord(
             index=self.report.next_index,
             kind=kind,
@@ -293,7 +289,7 @@ class Monitor:
         if not record:
             return CheckOutcome(entry, measurement, verdict, Decision(), limits, deployed)
         self.report.add_check(entry)
-        self._log_check(entry, measurement, unlike, deployed)
+        self._log_check(entry, measurement, unlike, verdict, deployed)
         decision = self._decide(entry, verdict)
         return CheckOutcome(entry, measurement, verdict, decision, limits, deployed)
 
@@ -320,20 +316,21 @@ class Monitor:
     ) -> tuple[dict[str, Any], dict[str, float]]:
         ratios: dict[str, Any] = {}
         if baseline is not None:
-            if comparable_latency:
+            parts = verdict.decomposition
+            if comparable_latency and parts is not None:
+                # Every figure here is one the verdict computed: nothing is estimated a second time.
+                ratios["latency_ratio"] = parts.total  # observed: geometric mean of per-prompt median ratios
+                ratios["latency_length_ratio"] = parts.length  # from longer or shorter answers (exact)
+                ratios["latency_speed_ratio"] = parts.speed  # per-token speed at equal length, machine divided out
+                ratios["latency_speed_ratio_low"] = parts.speed_low
+                ratios["latency_speed_ratio_high"] = parts.speed_high
+                if parts.machine is not None:
+                    ratios["machine_factor"] = parts.machine.estimate.ratio
                 deciding = next((c for c in verdict.checks if c.budget == "max_latency_increase"), None)
-                if deciding is not None and deciding.ratio is not None and deciding.interval is not None:
-                    # The very estimate that decided: never a second computation with other settings.
-                    ratio, (low, high) = deciding.ratio, deciding.interval
-                else:
-                    est = paired_ratio(
-                        baseline.per_prompt("latency_s"),
-                        m.per_prompt("latency_s"),
-                        confidence=self.budget.confidence,
-                        seed=self.spec.seed,
-                    )
-                    ratio, low, high = est.ratio, est.low, est.high
-                ratios.update(latency_ratio=ratio, latency_ratio_low=low, latency_ratio_high=high)
+                if deciding is not None and deciding.estimate is not None:
+                    ratios["latency_judged_ratio"] = deciding.estimate.ratio  # the ratio that decided
+                    ratios["latency_judged_ratio_low"] = deciding.estimate.low
+                    ratios["latency_judged_ratio_high"] = deciding.estimate.high
             b_out = baseline.output_tokens.mean
             ratios["output_tokens_ratio"] = m.output_tokens.mean / b_out if b_out > 0 else math.nan
         cost: dict[str, float] = {}
@@ -396,7 +393,12 @@ class Monitor:
         return Decision(True, StopReason.BUDGET_BREACHED, line)
 
     def _log_check(
-        self, record: CheckRecord, m: Measurement, unlike: list[str], deployed: Measurement | None = None
+        self,
+        record: CheckRecord,
+        m: Measurement,
+        unlike: list[str],
+        verdict: Verdict,
+        deployed: Measurement | None = None,
     ) -> None:
         where = "baseline" if record.kind == "baseline" else f"epoch {fmt_epoch(record.epoch)} (step {record.step})"
         status = "" if record.kind == "baseline" else (" - BUDGET BREACHED" if record.breached else " - within budget")
@@ -406,6 +408,18 @@ class Monitor:
             self._log_line(f"{where} deployed {record.deployed['form']}", deployed, record.deployed["ratios"], status)
         else:
             self._log_line(where, m, record.ratios, status)
+        parts = verdict.decomposition
+        if parts is not None and record.kind != "baseline" and not unlike:
+            # Why latency moved: longer answers (exact) vs per-token speed (statistical) vs the machine.
+            logger.info("%s%s: %s", self._prefix(), where, parts.describe())
+        if verdict.environment_changed and record.kind != "baseline":
+            logger.info(
+                "%s%s: the machine ran a fixed reference workload at another speed than at the baseline (%s); "
+                "latency is judged with that factor divided out, never as a model change",
+                self._prefix(),
+                where,
+                verdict.machine.describe() if verdict.machine is not None else "",
+            )
         if unlike:
             logger.warning(
                 "%s%s: latency not compared with the baseline (%s); token budgets still apply",
@@ -454,13 +468,10 @@ class Monitor:
         return self.report.last_within_budget_checkpoint
 
 
-def _latency_not_evaluable(verdict: Verdict, reasons: list[str]) -> Verdict:
-    why = "latency not comparable with the baseline: " + "; ".join(reasons)
-    checks = tuple(
-        BudgetCheck(c.budget, c.metric, c.value, c.limit, c.baseline, None, why) if c.budget in _LATENCY_BUDGETS else c
-        for c in verdict.checks
-    )
-    return Verdict(checks=checks)
+def _latency_unlike(baseline: Measurement | None, m: Measurement) -> list[str]:
+    """Why ``m``'s latency cannot be compared with ``baseline``'s (empty when it can)."""
+    differences = baseline.incompatibilities(m) if baseline else []
+    return [d.message for d in differences if "latency" in d.affects]
 
 
 def _verdict_entry(check: BudgetCheck) -> dict[str, Any]:

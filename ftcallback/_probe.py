@@ -22,7 +22,8 @@ __all__ = ["COMPARABLE_SETTINGS", "ProbeSpec", "probe_settings", "settings_incom
 
 #: Settings that must agree between a baseline and a later measurement for a comparison to be fair.
 #: (``warmup``, ``repeats`` and ``seed`` change how precisely, not what, is measured; ``batch_size`` changes
-#: latency but not tokens, so it is compared for latency only: see :func:`latency_incompatibilities`.)
+#: latency but not greedy tokens, so it is compared for latency only: see
+#: :func:`ftcallback._measurement.comparable_facts`, which also covers what the record says about the run.)
 COMPARABLE_SETTINGS = ("prompts_sha256", "num_prompts", "max_new_tokens", "generation_kwargs", "apply_chat_template")
 
 #: Settings that must also agree before two latencies are compared.
@@ -73,12 +74,6 @@ def settings_incompatibilities(base: Mapping[str, Any], new: Mapping[str, Any]) 
         ['max_new_tokens is 4 in the baseline but 8 here']
     """
     return _differences(base, new, COMPARABLE_SETTINGS)
-
-
-def latency_incompatibilities(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
-    """Why the latencies of two otherwise comparable measurements cannot be compared (e.g. a check retried at
-    a smaller batch size after running out of memory): their token counts still can."""
-    return _differences(base, new, LATENCY_SETTINGS)
 
 
 def _int(name: str, value: Any, minimum: int, hint: str = "") -> int:

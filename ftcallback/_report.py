@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ._errors import ReportError
+from ._errors import BaselineError, ReportError
 from ._format import finite_float as _finite_float
 from ._format import number
 from ._json import float_from_json, jsonable, read_json, write_json_atomic
@@ -217,6 +217,8 @@ class RunReport:
             from ``save_total_limit`` rotation.
         final_model: ``{"step", "source", "within_budget"}`` of the weights in memory when training ended
             (``source`` is the checkpoint ``load_best_model_at_end`` loaded, or ``"last step"``).
+        earlier_stops: the ``stopped`` records of earlier ``train()`` calls of the same callback (a second
+            call starts with ``stopped`` cleared; what stopped the first is kept here, never dropped).
         deployed_baseline: :meth:`Measurement.to_dict` of the baseline in the deployed form (its
             ``environment["form"]`` names it), when the run measures one; budgets compare with it.
 
@@ -241,6 +243,7 @@ class RunReport:
     output_dir: str = ""
     pinned_checkpoints: dict[str, str] = field(default_factory=dict)
     final_model: dict[str, Any] | None = None
+    earlier_stops: list[dict[str, Any]] = field(default_factory=list)
     deployed_baseline: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -304,9 +307,12 @@ class RunReport:
 
     @property
     def last_within_budget_checkpoint(self) -> str | None:
-        """Path of the latest checkpoint saved within budget that exists on disk: the checkpoint itself, or the
-        copy kept from ``save_total_limit`` rotation (:attr:`pinned_checkpoints`). None when none exists: a
-        path that rotation deleted is never named.
+        """Path of the latest checkpoint saved within budget that exists on disk: the copy kept from
+        ``save_total_limit`` rotation (:attr:`pinned_checkpoints`) when there is one, else the checkpoint itself.
+        None when none exists: a path that rotation deleted is never named.
+
+        The kept copy comes first: the original still exists while a stop is announced, but rotation deletes it
+        at the next save, and the path the stop line names must stay valid after training.
         """
         good = sorted(
             (c for c in self.checkpoints if c.get("within_budget") is True),
@@ -315,11 +321,11 @@ class RunReport:
         pinned = {os.path.abspath(k): v for k, v in self.pinned_checkpoints.items()}
         for entry in reversed(good):
             path = str(entry["path"])
-            if Path(path).exists():
-                return path
             kept = pinned.get(os.path.abspath(path))
             if kept is not None and Path(kept).exists():
                 return kept
+            if Path(path).exists():
+                return path
         return None
 
     # ----------------------------------------------------------------- JSON
@@ -354,6 +360,7 @@ class RunReport:
                 "pinned_checkpoints": self.pinned_checkpoints,
                 "final_model": self.final_model,
                 "stopped": self.stopped,
+                "earlier_stops": self.earlier_stops,
             }
         )
         return out
@@ -402,6 +409,7 @@ class RunReport:
                 output_dir=str(data.get("output_dir") or ""),
                 pinned_checkpoints={str(k): str(v) for k, v in (data.get("pinned_checkpoints") or {}).items()},
                 final_model=None if data.get("final_model") is None else dict(data["final_model"]),
+                earlier_stops=[dict(stop) for stop in data.get("earlier_stops") or []],
                 deployed_baseline=None if data.get("deployed_baseline") is None else dict(data["deployed_baseline"]),
             )
         except (TypeError, ValueError, AttributeError) as exc:
@@ -541,6 +549,27 @@ def _stopped_text(stopped: Mapping[str, Any]) -> str:
     return f"stopped at {where}: {why}"
 
 
+def _incomparable_checks(report: RunReport) -> list[str]:
+    """One line per difference between a check's measurement and the baseline (see ``comparable_facts``)."""
+    try:
+        baseline = report.baseline_measurement()
+    except BaselineError:
+        return []
+    if baseline is None:
+        return []
+    notes = []
+    for check in report.checks:
+        if check.kind == "baseline" or not check.measurement:
+            continue
+        try:
+            differences = baseline.incompatibilities(Measurement.from_dict(check.measurement))
+        except BaselineError:
+            continue
+        where = f"{check.kind} {_fmt(check.epoch, '.2f')} (step {check.step})"
+        notes += [f"{where}: {d.message}" for d in differences]
+    return notes
+
+
 def _recommended_text(report: RunReport) -> str:
     """The checkpoint to use, or why there is none: a path that no longer exists is never printed as one."""
     found = report.last_within_budget_checkpoint
@@ -647,6 +676,11 @@ def format_checks_table(
         lines += render(row)
     if not rows:
         lines.append("(no checks recorded)")
+    notes = _incomparable_checks(report)
+    if notes:
+        lines += ["", "not comparable with the baseline (relative budgets over these figures not evaluable):"]
+        for note in notes:
+            lines += textwrap.wrap(f"  - {note}", width=width, subsequent_indent="    ")
     lines.append("")
     footer = _stopped_text(report.stopped) if report.stopped else "trained to the end (no budget stop)"
     lines += textwrap.wrap(footer, width=width, subsequent_indent="  ") or [footer]

@@ -14,7 +14,21 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["RatioEstimate", "Stats", "paired_ratio", "percentile", "summarize"]
+__all__ = [
+    "RESAMPLES",
+    "RatioEstimate",
+    "Stats",
+    "bonferroni_confidence",
+    "combine_log_intervals",
+    "independent_ratio",
+    "paired_ratio",
+    "percentile",
+    "summarize",
+]
+
+#: Bootstrap resamples behind every interval a decision uses: one count, so a logged interval is the
+#: interval that decided.
+RESAMPLES = 2000
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -119,8 +133,91 @@ class RatioEstimate:
         """True when the whole interval lies above 1: the increase is not explained by noise."""
         return math.isfinite(self.low) and self.low > 1.0
 
+    @property
+    def significant_decrease(self) -> bool:
+        """True when the whole interval lies below 1."""
+        return math.isfinite(self.high) and self.high < 1.0
+
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, float | None]) -> RatioEstimate:
+        """Inverse of :meth:`to_dict` (``None`` read as NaN, as JSON writes NaN)."""
+
+        def num(key: str) -> float:
+            value = data.get(key)
+            return math.nan if value is None else float(value)
+
+        return cls(num("ratio"), num("low"), num("high"), int(num("pairs") or 0), num("confidence"))
+
+
+def bonferroni_confidence(confidence: float, looks: int) -> float:
+    """Per-look confidence that keeps the error rate of ``looks`` looks at most that of one look.
+
+    Example:
+        >>> round(bonferroni_confidence(0.95, 3), 4)
+        0.9833
+    """
+    return 1.0 - (1.0 - confidence) / max(1, looks)
+
+
+def combine_log_intervals(a: RatioEstimate, b: RatioEstimate, *, divide: bool) -> RatioEstimate:
+    """``a / b`` (``divide``) or ``a * b`` with an interval widened by both uncertainties.
+
+    The half-widths are added in quadrature on the log scale, as for the product of two independent,
+    roughly log-normal estimates; the result keeps ``a``'s pairs and confidence.
+    """
+    sign = -1.0 if divide else 1.0
+    point = math.exp(math.log(a.ratio) + sign * math.log(b.ratio))
+    a_down, a_up = math.log(a.ratio / a.low), math.log(a.high / a.ratio)
+    # Dividing by b: b's upper uncertainty lowers the result.
+    b_down, b_up = math.log(b.ratio / b.low), math.log(b.high / b.ratio)
+    if divide:
+        b_down, b_up = b_up, b_down
+    low = point * math.exp(-math.hypot(a_down, b_down))
+    high = point * math.exp(math.hypot(a_up, b_up))
+    return RatioEstimate(point, low, high, a.pairs, a.confidence)
+
+
+def independent_ratio(
+    base: Sequence[float],
+    new: Sequence[float],
+    *,
+    confidence: float = 0.95,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    trim: float = 0.1,
+) -> RatioEstimate:
+    """Ratio of trimmed means ``new / base`` of two independent samples, with a bootstrap interval.
+
+    A trimmed mean, not a median: the timings this serves (a fixed reference workload on a machine
+    that other processes share) are slowed on average by the share of the CPU taken, which a median
+    of short timings misses when most of them fit between two preemptions; trimming ``trim`` of each
+    tail keeps one freak timing from deciding.
+
+    Returns:
+        A :class:`RatioEstimate` with ``pairs = min(len(base), len(new))``; all NaN when either side
+        has no finite positive value.
+    """
+    b = np.asarray([v for v in base if math.isfinite(v) and v > 0], dtype=float)
+    n = np.asarray([v for v in new if math.isfinite(v) and v > 0], dtype=float)
+    if not b.size or not n.size:
+        return RatioEstimate(math.nan, math.nan, math.nan, 0, confidence)
+    point = _trimmed_mean(n[None, :], trim)[0] / _trimmed_mean(b[None, :], trim)[0]
+    rng = np.random.default_rng(seed)
+    b_rep = _trimmed_mean(b[rng.integers(0, b.size, (resamples, b.size))], trim)
+    n_rep = _trimmed_mean(n[rng.integers(0, n.size, (resamples, n.size))], trim)
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(n_rep / b_rep, [alpha, 1.0 - alpha])
+    return RatioEstimate(float(point), float(low), float(high), int(min(b.size, n.size)), confidence)
+
+
+def _trimmed_mean(rows: np.ndarray, trim: float) -> np.ndarray:
+    """Mean of each row after dropping ``trim`` of its values at each end."""
+    k = int(rows.shape[1] * trim)
+    ordered = np.sort(rows, axis=1)
+    return np.asarray(ordered[:, k : rows.shape[1] - k].mean(axis=1))
 
 
 def paired_ratio(
@@ -128,7 +225,7 @@ def paired_ratio(
     new: Mapping[int, Sequence[float]],
     *,
     confidence: float = 0.95,
-    resamples: int = 2000,
+    resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> RatioEstimate:
     """Estimate how much larger ``new`` is than ``base``, key by key, and how sure that is.

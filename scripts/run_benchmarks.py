@@ -4,7 +4,7 @@ Each benchmark runs as its own process (``python scripts/bench_<name>.py ... --j
 its output streamed here), then the markdown is built from the JSON results. ``--from-json DIR``
 rebuilds the markdown from an earlier run without measuring anything.
 
-The seven benchmarks, in the order of the issues:
+The eight benchmarks, in the order of the issues:
 
 1. ``bench_overhead.py``   harness overhead of ``measure()`` over a bare ``generate`` loop (target <= 5%)
 2. ``bench_training.py``   share of a Trainer run the callback adds, and its cost model (target < 2%)
@@ -13,6 +13,7 @@ The seven benchmarks, in the order of the issues:
 5. ``bench_agreement.py``  latency vs ``torch.utils.benchmark.Timer`` (3%) and token counts vs by hand
 6. ``bench_scaling.py``    measurement time against prompts, max_new_tokens and batch_size
 7. ``bench_cli.py``        ``ftcallback --help`` start-up against a bare Python start (target < 0.5 s)
+8. ``bench_drift.py``      decisions on a busy machine: background load, slowdowns, growing answers, cost
 
 Run:
     python scripts/run_benchmarks.py             # full suite -> BENCHMARKS.md (~10 min, quiet 2-core CPU)
@@ -39,7 +40,7 @@ from typing import Any
 
 SCRIPTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPTS_DIR.parent
-BENCHMARKS = ("overhead", "training", "precision", "decisions", "agreement", "scaling", "cli")
+BENCHMARKS = ("overhead", "training", "precision", "decisions", "agreement", "scaling", "cli", "drift")
 # Benchmarks that load no model: a CUDA pass would only repeat them.
 CPU_ONLY = ("cli",)
 MODELS = ("tiny-gpt2", "tiny-llama", "smollm2")

@@ -42,6 +42,7 @@ EXPECTED: dict[str, list[str]] = {
     "agreement": ["ratio", "deviation", "worst_deviation"],
     "scaling": ["slope_prompts", "slope_max_new_tokens", "batch_speedup"],
     "cli": ["help_s", "bare_s", "help_ratio", "median_s"],
+    "drift": ["forward_share", "cost_ratio", "growth_matches", "load_average_start"],
 }
 # What each --quick run reports under results.models[i].model: a tiny model, or none for the CLI.
 QUICK_MODELS = {"cli": ["none"]}
@@ -120,6 +121,23 @@ def test_decisions_count_every_condition(results_dir: Path) -> None:
     for s in summary:
         assert 0 <= s["stops"] <= s["runs"] and math.isfinite(s["ratio_median"])
     assert {t["slowdown"] for t in data["results"]["models"][0]["trainer_summary"]} == {0.0, 0.25, 0.5}
+
+
+def test_drift_counts_every_condition(results_dir: Path) -> None:
+    path = results_dir / "drift.json"
+    data = json.loads(path.read_text()) if path.exists() else _run("drift", path)
+    model = data["results"]["models"][0]
+    assert [s["condition"] for s in model["summary"]] == [
+        "unchanged, load",
+        "+10%",
+        "+25%",
+        "+25%, load",
+        "+50%",
+        "+50%, load",
+    ]
+    for s in model["summary"]:
+        assert 0 <= s["stops"] <= s["runs"] and 3 <= s["repeats_mean"] <= 9
+    assert all(g["stop_epoch"] is not None for g in model["growth"])
 
 
 def test_agreement_counts_tokens_by_hand(results_dir: Path) -> None:

@@ -216,12 +216,17 @@ def test_limits_absolute_relative_and_the_tighter_of_both():
     # Relative budgets need a baseline: left out without one.
     assert Budget(max_latency_increase=0.25, max_token_increase=0.2).limits(None) == {}
     limits = Budget(max_latency_increase=0.25, max_token_increase=0.2).limits(base)
-    assert limits == {"latency_ms_p95": pytest.approx(375.0), "output_tokens_mean": pytest.approx(44.4)}
-    # Relative tighter than absolute, then absolute tighter than relative.
+    # The relative latency budget limits the ratio that decides it, not a p95 it never compares.
+    assert limits == {"latency_ratio": 1.25, "output_tokens_mean": pytest.approx(44.4)}
     assert Budget(latency_ms=400, max_latency_increase=0.25).limits(base) == {
-        "latency_ms_p95": pytest.approx(375.0)
+        "latency_ms_p95": 400.0,
+        "latency_ratio": 1.25,
     }
-    assert Budget(latency_ms=350, max_latency_increase=0.25).limits(base) == {"latency_ms_p95": 350.0}
+    # Relative tighter than absolute, then absolute tighter than relative.
+    assert Budget(output_tokens=64, max_token_increase=0.2).limits(base) == {
+        "output_tokens_mean": pytest.approx(44.4)
+    }
+    assert Budget(output_tokens=40, max_token_increase=0.2).limits(base) == {"output_tokens_mean": 40.0}
     assert Budget(latency_ms=400, latency_stat="p50").limits(base) == {"latency_ms_p50": 400.0}
     priced = Budget(
         input_price_per_1k=1.0,
@@ -248,6 +253,7 @@ def test_limit_names_are_summary_keys_or_cost_metrics():
             requests_per_month=10,
             monthly_cost=10,
         )
+        budget = dataclasses.replace(budget, ttft_ms=100, tpot_ms=10, max_truncated_fraction=0.1)
         assert set(budget.limits(base)) <= set(base.summary()) | {"cost_per_request", "monthly_cost"}
 
 
@@ -375,7 +381,7 @@ def test_one_check_per_budget_in_a_fixed_order():
     ]
     assert [c.metric for c in verdict.checks] == [
         "latency_ms_p95",
-        "latency_ms_p95",
+        "latency_ratio",
         "output_tokens_mean",
         "output_tokens_mean",
         "cost_per_request",
@@ -448,7 +454,7 @@ def test_non_finite_values_are_never_a_breach():
     assert both.checks[0].describe() == "latency_ms_p95 300.0 exceeds budget 100.0"
 
 
-def test_relative_latency_reports_baseline_times_paired_ratio():
+def test_relative_latency_reports_the_ratio_that_decided():
     base = make([[0.2, 0.21, 0.19], [0.4, 0.41, 0.39], [0.6, 0.61, 0.59], [0.8, 0.81, 0.79]])
     slow = make(
         [
@@ -456,17 +462,24 @@ def test_relative_latency_reports_baseline_times_paired_ratio():
             for prompt in ([0.2, 0.21, 0.19], [0.4, 0.41, 0.39], [0.6, 0.61, 0.59], [0.8, 0.81, 0.79])
         ]
     )
-    check = evaluate(Budget(max_latency_increase=0.2), slow, base).checks[0]
-    assert check.breached and check.ratio is not None and check.baseline is not None
-    assert check.ratio == pytest.approx(1.5)
-    assert check.baseline == pytest.approx(base.latency_ms.p95)
-    assert check.value == pytest.approx(check.baseline * check.ratio)
-    assert check.limit == pytest.approx(check.baseline * 1.2)
-    assert check.interval is not None and check.interval[0] > 1.0
-    assert check.detail.startswith(
-        f"observed p95 {slow.latency_ms.p95:.1f} ms; paired per-prompt ratio 1.500, 95% interval"
+    check = evaluate(Budget(max_latency_increase=0.2), slow, base, seed=7).checks[0]
+    # The value is a ratio under its own name, and the check carries the estimate that decided it.
+    assert check.breached and check.metric == "latency_ratio" and check.baseline is None
+    assert check.estimate is not None and check.value == check.ratio == check.estimate.ratio
+    assert check.ratio == pytest.approx(1.5) and check.limit == pytest.approx(1.2)
+    assert check.interval == (check.estimate.low, check.estimate.high) and check.interval[0] > 1.0
+    assert check.detail.startswith("judged length x per-token speed x1.500, 95% interval")
+    assert f"observed p95 {slow.latency_ms.p95:.1f} ms vs baseline {base.latency_ms.p95:.1f} ms" in check.detail
+    assert check.describe().startswith(f"latency_ratio x1.500 [{check.interval[0]:.3f}, {check.interval[1]:.3f}]")
+    assert "exceeds budget x1.200 (latency +50%: +0% from longer answers (exact), +50% from per-token" in (
+        check.describe()
     )
-    assert check.describe().endswith(f"(baseline {base.latency_ms.p95:.1f}, +50%)")
+    # The seed reaches the decision: the same seed gives the same interval, another seed another one.
+    again = evaluate(Budget(max_latency_increase=0.2), slow, base, seed=7).checks[0]
+    other = evaluate(Budget(max_latency_increase=0.2), slow, base, seed=8).checks[0]
+    assert again.estimate == check.estimate and other.interval != check.interval
+    # The JSON round trip keeps the estimate and the decomposition.
+    assert BudgetCheck.from_dict(json.loads(json.dumps(check.to_dict()))) == check
 
 
 def test_relative_latency_within_noise_passes_and_says_why():

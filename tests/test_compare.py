@@ -192,11 +192,12 @@ def test_invalid_accuracy(accuracy, match):
 def test_incompatible_settings_warn_but_still_compare():
     new = make(0.4, settings={**SETTINGS, "max_new_tokens": 128})
     comparison = compare(make(0.4), new, Budget(latency_ms=500))
-    assert comparison.incompatible == ["max_new_tokens is 64 in the baseline but 128 here"]
+    message = "max_new_tokens is 64 in the baseline but 128 here; latency and output tokens are not comparable"
+    assert comparison.incompatible == [message]
     assert comparison.ship
     table = comparison.format_table()
     assert table.startswith("WARNING: the measurements were taken with different settings")
-    assert "max_new_tokens is 64 in the baseline but 128 here" in table
+    assert "max_new_tokens is 64 in the baseline but 128 here;" in table
 
 
 def test_format_table_fits_80_columns_and_ends_with_the_verdict():

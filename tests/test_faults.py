@@ -460,3 +460,45 @@ def test_sigkilled_training_run_leaves_every_finished_check(tmp_path):
     assert report.checks[0].kind == "baseline" and report.baseline is not None
     assert steps[: len(seen)] == seen  # every check announced before the kill is on disk
     assert all(c.status == "ok" for c in report.checks)
+
+
+def test_oom_retry_says_what_changed_and_judges_tokens_not_latency(tmp_path, caplog):
+    """Baseline at batch_size=2; the epoch-1 check runs out of memory and is retried at 1. Its record says so,
+    its latency is not compared with the full-batch baseline (not evaluable, never a breach), its tokens are."""
+    phase, model = Phase(), tiny_causal_lm()
+
+    def fault(input_ids):
+        if phase.epoch == 1 and input_ids.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    _patch_generate(model, fault)
+    # A latency budget a batch-size change could breach by itself, and a token budget.
+    budget = Budget(max_latency_increase=0.01, max_token_increase=0.5)
+    cb = _callback(batch_size=2, budget=budget, generation_kwargs={"min_new_tokens": 2}, max_new_tokens=2)
+    trainer = _trainer(tmp_path, cb, model=model, phase=phase, epochs=2)
+
+    with caplog.at_level(logging.WARNING, logger="ftcallback"):
+        trainer.train()
+
+    baseline, retried, *_ = cb.report.checks
+    assert baseline.measurement["settings"]["batch_size"] == 2
+    assert "retry" not in baseline.measurement["environment"]
+    assert retried.measurement["environment"]["retry"] == {
+        "reason": "out_of_memory",
+        "changed": {"batch_size": [2, 1]},
+    }
+    assert retried.measurement["settings"]["batch_size"] == 1
+    verdict = {v["budget"]: v for v in retried.verdict}
+    assert verdict["max_latency_increase"]["passed"] is None  # not evaluable, not a pass or a breach
+    assert "latency not comparable with the baseline" in verdict["max_latency_increase"]["detail"]
+    assert "batch_size" in verdict["max_latency_increase"]["detail"]
+    assert verdict["max_token_increase"]["passed"] is True  # tokens still judged: same length, within budget
+    assert "latency_ratio" not in retried.ratios
+    assert retried.ratios["output_tokens_ratio"] == pytest.approx(1.0)
+    assert not retried.breached
+    assert any(
+        w.startswith("epoch 1 (step 2): latency not compared with the baseline (") for w in _warnings(caplog)
+    )
+    # Epoch 2 is measured at the full batch again and compared as usual.
+    assert cb.report.checks[2].measurement["settings"]["batch_size"] == 2
+    assert "latency_ratio" in cb.report.checks[2].ratios

@@ -1,6 +1,6 @@
 """The measurement engine: what it records, how it times, and that it leaves training exactly as it was.
 
-Timing is asserted through relations, or exactly with an injected clock (``ftcallback._measure._clock``);
+Timing is asserted through relations, or exactly with an injected clock (``measure(..., clock=...)``);
 token counts are made exact by a logits processor that scripts each response.
 """
 
@@ -78,10 +78,8 @@ class FakeClock:
 
 
 @pytest.fixture
-def clock(monkeypatch):
-    fake = FakeClock()
-    monkeypatch.setattr(engine, "_clock", fake)
-    return fake
+def clock():
+    return FakeClock()
 
 
 def rng_states():
@@ -129,11 +127,14 @@ def test_relations_and_counts(model, tokenizer, prompts):
     }
     assert m.model["class"] == type(model).__name__
     assert m.model["num_parameters"] == sum(p.numel() for p in model.parameters())
-    assert m.model["dtype"] == "float32" and m.model["device"] == "cpu"
+    assert m.model["param_dtype"] == m.model["compute_dtype"] == "float32" and m.model["device"] == "cpu"
+    assert m.model["compile"] == {"trained_module_compiled": False, "measured_compiled": False}
+    assert m.model["adapters"] == [] and m.retry is None
+    assert m.decoding == {"mode": "greedy", "parameters": m.decoding["parameters"], "ignored": {}}
     env = m.environment
     assert env["torch"] == torch.__version__ and env["transformers"] and env["ftcallback"]
     assert env["device_type"] == "cpu" and env["cpu_threads"] == torch.get_num_threads()
-    assert env["generation_mode"] == "single" and env["autocast_enabled"] is False
+    assert env["generation_mode"] == "single" and env["autocast"] == {"enabled": False, "dtype": None, "source": None}
 
 
 def test_sample_outputs_are_the_first_prompts_of_the_last_repeat(gpt2, tokenizer, prompts):
@@ -153,7 +154,14 @@ def test_timing_is_exact_with_an_injected_clock(llama, tokenizer, prompts, clock
         clock.t += 1000.0  # work here is outside the timed region
 
     m = measure(
-        llama, tokenizer, prompts, batch_size=2, generation_kwargs=kwargs, on_batch_end=on_batch_end, **FAST
+        llama,
+        tokenizer,
+        prompts,
+        batch_size=2,
+        generation_kwargs=kwargs,
+        on_batch_end=on_batch_end,
+        clock=clock,
+        **FAST,
     )
     # The clock ticks once at the start of each call, once per decoding step, once when generate returns:
     # a request ends at its last token's step, or at the return for the requests that end the call.
@@ -163,6 +171,10 @@ def test_timing_is_exact_with_an_injected_clock(llama, tokenizer, prompts, clock
         assert s.ttft_s == 1.0
     tpot = {s.prompt_index: s.tpot_s for s in m.samples}
     assert tpot[0] == 1.0 and tpot[1] == 1.2 and math.isnan(tpot[2]) and tpot[3] == 4.0 / 3.0
+    # Each token's own step: the last token of a request that ends the call existed before generate returned.
+    times = {s.prompt_index: s.token_times_s for s in m.samples}
+    assert times == {0: (1.0, 2.0), 1: (1.0, 2.0, 3.0, 4.0, 5.0, 6.0), 2: (1.0,), 3: (1.0, 2.0, 3.0, 4.0)}
+    assert m.itl_ms.max == 1000.0 and m.summary()["itl_ms_p50"] == 1000.0
 
 
 def test_output_tokens_count_up_to_the_first_eos_and_truncation(gpt2, tokenizer, prompts):
@@ -624,7 +636,7 @@ def test_noisy_timing_warns_once(gpt2, tokenizer, prompts, clock, caplog):
 
     with caplog.at_level(logging.DEBUG, logger="ftcallback.measure"):
         with pytest.warns(NoisyMeasurementWarning) as record:
-            m = measure(gpt2, tokenizer, prompts, batch_size=4, on_batch_end=alternate, **FAST)
+            m = measure(gpt2, tokenizer, prompts, batch_size=4, on_batch_end=alternate, clock=clock, **FAST)
     assert m.noise_cv > 0.10
     assert len(record) == 1
     assert "noisy" in str(record[0].message) and "repeats" in str(record[0].message)
@@ -637,7 +649,7 @@ def test_noisy_timing_warns_once(gpt2, tokenizer, prompts, clock, caplog):
 def test_steady_timing_logs_no_warning(gpt2, tokenizer, prompts, clock, caplog):
     with caplog.at_level(logging.INFO, logger="ftcallback.measure"), warnings.catch_warnings():
         warnings.simplefilter("error", NoisyMeasurementWarning)
-        m = measure(gpt2, tokenizer, prompts, batch_size=4, **FAST)
+        m = measure(gpt2, tokenizer, prompts, batch_size=4, clock=clock, **FAST)
     assert m.noise_cv == 0.0
     assert [r.levelname for r in caplog.records if r.name == "ftcallback.measure"] == ["INFO"]
 
@@ -660,7 +672,8 @@ def test_on_batch_end_after_every_generate_call(gpt2, tokenizer, prompts):
 def test_autocast_state_is_recorded(gpt2, tokenizer, prompts):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         m = measure(gpt2, tokenizer, prompts[:1], max_new_tokens=2, warmup=0, repeats=1)
-    assert m.environment["autocast_enabled"] is True and m.environment["autocast_dtype"] == "bfloat16"
+    assert m.environment["autocast"] == {"enabled": True, "dtype": "bfloat16", "source": "autocast context"}
+    assert m.model["param_dtype"] == "float32" and m.model["compute_dtype"] == "bfloat16"
 
 
 def test_a_lazily_created_buffer_can_be_trained_through_after_a_measurement(gpt2, tokenizer, prompts):

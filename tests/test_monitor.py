@@ -82,13 +82,24 @@ def test_the_baseline_never_breaches_but_says_so(caplog):
     )
 
 
-def test_the_reported_latency_ratio_is_the_one_that_decided():
+def test_the_reported_latency_ratio_is_the_one_that_decided(caplog):
     mon = Monitor(SPEC, Budget(max_latency_increase=0.2))
-    *_, last = run(mon, measurement(latency=0.3))
+    with caplog.at_level(logging.INFO, logger="ftcallback"):
+        *_, last = run(mon, measurement(latency=0.3))
     deciding = next(c for c in last.verdict.checks if c.budget == "max_latency_increase")
-    assert last.record.ratios["latency_ratio"] == deciding.ratio
-    assert (last.record.ratios["latency_ratio_low"], last.record.ratios["latency_ratio_high"]) == deciding.interval
+    ratios = last.record.ratios
+    assert ratios["latency_judged_ratio"] == deciding.estimate.ratio == deciding.value
+    assert (ratios["latency_judged_ratio_low"], ratios["latency_judged_ratio_high"]) == deciding.interval
+    parts = last.verdict.decomposition
+    assert (ratios["latency_ratio"], ratios["latency_length_ratio"], ratios["latency_speed_ratio"]) == (
+        parts.total,
+        parts.length,
+        parts.speed,
+    )
+    assert ratios["latency_length_ratio"] == 1.0  # same answers: the whole change is per-token speed
     assert last.decision.stop
+    # Why latency moved is said on the check's line, from that same decomposition.
+    assert f"epoch 1 (step 10): {parts.describe()}" in [r.getMessage() for r in caplog.records]
 
 
 def test_a_retried_check_at_another_batch_size_never_compares_latency(caplog):
@@ -97,7 +108,7 @@ def test_a_retried_check_at_another_batch_size_never_compares_latency(caplog):
         *_, last = run(mon, measurement(latency=0.6, tokens=11, batch_size=2))
     latency = next(c for c in last.verdict.checks if c.budget == "max_latency_increase")
     assert latency.passed is None and "batch_size is 1 in the baseline but 2 here" in latency.detail
-    assert "latency_ratio" not in last.record.ratios
+    assert not any(k.startswith("latency_") for k in last.record.ratios)
     assert not last.decision.stop  # tokens still judged: +10% is within budget
     assert any("latency not compared with the baseline" in r.getMessage() for r in caplog.records)
 

@@ -1,0 +1,212 @@
+"""Why latency moved: longer answers (exact), slower tokens (statistical), a slower machine (reference).
+
+Per prompt, the latency the check's answer would have had at the baseline's own speed is
+``TTFT_base + (n_out_check - 1) x TPOT_base``, computed for every baseline repeat. Against it:
+
+* the **length effect** is that counterfactual over the baseline's latency. Under greedy decoding the
+  output lengths are deterministic, so it is exact: it uses no timing of the check at all;
+* the **speed effect** is the check's latency over that counterfactual, i.e. prompt by prompt at equal
+  length, with the hierarchical bootstrap interval of :func:`~ftcallback._stats.paired_ratio`;
+* the **machine factor** (:mod:`ftcallback._drift`) is divided out of the speed effect, its own
+  uncertainty added to the interval.
+
+All three are geometric means over prompts of per-prompt median ratios, so they multiply exactly:
+``total = length x speed x machine``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from ._drift import MachineFactor
+from ._format import percent_change
+from ._json import json_float
+from ._measurement import Measurement, RequestSample
+from ._stats import RESAMPLES, RatioEstimate, combine_log_intervals, paired_ratio
+
+__all__ = ["LatencyDecomposition", "decompose"]
+
+
+def _pct(ratio: float) -> str:
+    """A ratio as the signed percentage change it means: ``1.25`` -> ``"+25%"``."""
+    return percent_change(ratio - 1.0)
+
+
+@dataclass(frozen=True)
+class LatencyDecomposition:
+    """A latency change split into its causes, each ratio check / baseline.
+
+    Attributes:
+        total: observed change (geometric mean over prompts of the per-prompt median latency ratio).
+        length: change from the number of output tokens alone, at the baseline's per-token speed; exact.
+        speed: change in per-token speed at equal length, the machine factor divided out.
+        speed_low, speed_high: the ``confidence`` interval of ``speed`` (widened by the machine's).
+        speed_significant: the interval excludes 1.
+        confidence: confidence level of the interval.
+        pairs: prompts compared.
+        machine: the machine factor, when both measurements timed the reference workload.
+
+    Example:
+        >>> d = LatencyDecomposition(1.6, 1.57, 1.019, 0.98, 1.06, False, 0.95, 8)
+        >>> d.describe()
+        'latency +60%: +57% from longer answers (exact), +2% from per-token speed [-2%, +6%] (not significant)'
+    """
+
+    total: float
+    length: float
+    speed: float
+    speed_low: float
+    speed_high: float
+    speed_significant: bool
+    confidence: float = 0.95
+    pairs: int = 0
+    machine: MachineFactor | None = None
+
+    @property
+    def speed_estimate(self) -> RatioEstimate:
+        """``speed`` and its interval as a :class:`RatioEstimate`."""
+        return RatioEstimate(self.speed, self.speed_low, self.speed_high, self.pairs, self.confidence)
+
+    @property
+    def model_estimate(self) -> RatioEstimate:
+        """The model's own effect, ``length x speed`` (machine excluded); exact length scales the interval."""
+        return RatioEstimate(
+            self.length * self.speed,
+            self.length * self.speed_low,
+            self.length * self.speed_high,
+            self.pairs,
+            self.confidence,
+        )
+
+    def describe(self) -> str:
+        """One line: what changed and why, the exact part and the statistical part told apart."""
+        speed = (
+            f"{_pct(self.speed)} from per-token speed [{_pct(self.speed_low)}, {_pct(self.speed_high)}] "
+            f"({'significant' if self.speed_significant else 'not significant'})"
+        )
+        text = f"latency {_pct(self.total)}: {_pct(self.length)} from longer answers (exact), {speed}"
+        if self.machine is not None:
+            text += f", {_pct(self.machine.estimate.ratio)} from the {self.machine.describe()}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total": json_float(self.total),
+            "length": json_float(self.length),
+            "speed": json_float(self.speed),
+            "speed_low": json_float(self.speed_low),
+            "speed_high": json_float(self.speed_high),
+            "speed_significant": self.speed_significant,
+            "confidence": self.confidence,
+            "pairs": self.pairs,
+            "machine": None if self.machine is None else self.machine.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LatencyDecomposition:
+        def num(key: str) -> float:
+            value = data.get(key)
+            return math.nan if value is None else float(value)
+
+        machine = data.get("machine")
+        return cls(
+            total=num("total"),
+            length=num("length"),
+            speed=num("speed"),
+            speed_low=num("speed_low"),
+            speed_high=num("speed_high"),
+            speed_significant=bool(data.get("speed_significant", False)),
+            confidence=num("confidence"),
+            pairs=int(data.get("pairs", 0)),
+            machine=None if machine is None else MachineFactor.from_dict(machine),
+        )
+
+
+def _by_prompt(m: Measurement) -> dict[int, list[RequestSample]]:
+    grouped: dict[int, list[RequestSample]] = {}
+    for s in m.samples:
+        grouped.setdefault(s.prompt_index, []).append(s)
+    return grouped
+
+
+def _median(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+def decompose(
+    baseline: Measurement,
+    measurement: Measurement,
+    *,
+    confidence: float = 0.95,
+    seed: int = 0,
+    machine: MachineFactor | None = None,
+    resamples: int = RESAMPLES,
+) -> LatencyDecomposition | None:
+    """Split the latency change from ``baseline`` to ``measurement`` into length, speed and machine.
+
+    Args:
+        baseline: the reference measurement.
+        measurement: the check.
+        confidence: two-sided confidence of the speed interval.
+        seed: seed of the bootstrap (the callback's seed).
+        machine: the machine factor (:func:`~ftcallback._drift.machine_factor`); divided out of the
+            speed effect (its uncertainty added to the interval).
+        resamples: bootstrap resamples.
+
+    Returns:
+        The decomposition, or None when no prompt has finite latencies on both sides.
+    """
+    base, new = _by_prompt(baseline), _by_prompt(measurement)
+    # A baseline prompt with a single output token has no TPOT of its own: the baseline's typical one.
+    fallback_tpot = _median([s.tpot_s for s in baseline.samples])
+    base_latency: dict[int, list[float]] = {}
+    predicted: dict[int, list[float]] = {}
+    new_latency: dict[int, list[float]] = {}
+    for k, base_samples in base.items():
+        if k not in new:
+            continue
+        n_new = _median([float(s.output_tokens) for s in new[k]])
+        preds = []
+        for s in base_samples:
+            tpot = s.tpot_s if s.output_tokens >= 2 else fallback_tpot
+            extra = n_new - 1.0
+            preds.append(s.ttft_s + extra * tpot if extra > 0 else s.ttft_s)
+            if s.output_tokens == n_new:  # the same length: the counterfactual is the latency itself
+                preds[-1] = s.latency_s
+        lat_b = [s.latency_s for s in base_samples]
+        lat_n = [s.latency_s for s in new[k]]
+        if all(
+            math.isfinite(v) and v > 0 for v in (_median(lat_b), _median(preds), _median(lat_n))
+        ):
+            base_latency[k], predicted[k], new_latency[k] = lat_b, preds, lat_n
+    if not base_latency:
+        return None
+    raw_speed = paired_ratio(predicted, new_latency, confidence=confidence, resamples=resamples, seed=seed)
+    if not math.isfinite(raw_speed.ratio):
+        return None
+    length = math.exp(
+        statistics.fmean(
+            math.log(_median(predicted[k]) / _median(base_latency[k])) for k in base_latency
+        )
+    )
+    speed = raw_speed
+    if machine is not None:
+        # Divided out even when it did not move beyond its noise: a load that came and went during the
+        # measurement leaves a factor of 1.2 with an interval reaching 1, and ignoring it would judge
+        # the model by the machine. Its uncertainty is in the interval, so a steady machine costs little.
+        speed = combine_log_intervals(raw_speed, machine.estimate, divide=True)
+    return LatencyDecomposition(
+        total=length * raw_speed.ratio,
+        length=length,
+        speed=speed.ratio,
+        speed_low=speed.low,
+        speed_high=speed.high,
+        speed_significant=speed.low > 1.0 or speed.high < 1.0,
+        confidence=confidence,
+        pairs=raw_speed.pairs,
+        machine=machine,
+    )

@@ -1,0 +1,79 @@
+"""Adaptive measurement: measure more only when the latency verdict is too close to call.
+
+A check starts with the usual ``repeats`` passes over the probe. When the interval of the ratio that
+decides ``max_latency_increase`` straddles the limit, another ``repeats`` passes are added, up to
+``max_repeats``; when it lies wholly on one side, measuring stops (early stopping for clarity, both
+ways). Most checks are clear at the first look, so the cost at defaults does not rise; near the
+limit, more repeats narrow the interval and raise the power.
+
+Error rate: with ``K = ceil(max_repeats / repeats)`` possible looks, every look is judged at the
+Bonferroni confidence ``1 - (1 - confidence) / K`` (:func:`~ftcallback._stats.bonferroni_confidence`).
+A false stop needs the interval to clear 1 at the look where measuring stopped, so whatever the
+stopping rule, the probability of a false stop in one check is at most the sum over looks,
+``(1 - confidence) / 2``: the same one-sided rate as a single look at ``confidence``.
+
+:func:`~ftcallback._measure.measure` drives it::
+
+    measure(model, tok, prompts, repeats=3, max_repeats=9,
+            until=lambda m: not needs_more(budget, m, baseline, seed=seed))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ._measurement import Measurement
+
+__all__ = ["looks_of", "needs_more", "sequential_settings"]
+
+
+def sequential_settings(repeats: int, max_repeats: int) -> dict[str, int]:
+    """What :func:`measure` records under ``settings["sequential"]``: the step, the cap and the looks.
+
+    Example:
+        >>> sequential_settings(3, 9)
+        {'step': 3, 'max_repeats': 9, 'looks': 3}
+    """
+    return {"step": repeats, "max_repeats": max_repeats, "looks": math.ceil(max_repeats / repeats)}
+
+
+def looks_of(measurement: Measurement) -> int:
+    """How many looks the measurement's sequential plan allowed (1 for a fixed-size measurement)."""
+    plan = measurement.settings.get("sequential")
+    if isinstance(plan, Mapping):
+        looks = plan.get("looks")
+        if isinstance(looks, int) and looks >= 1:
+            return looks
+    return 1
+
+
+def needs_more(budget: Any, measurement: Measurement, baseline: Measurement | None, *, seed: int = 0) -> bool:
+    """True when the relative-latency verdict is inconclusive: its interval contains the limit.
+
+    Args:
+        budget: the :class:`~ftcallback._budget.Budget`.
+        measurement: the check so far.
+        baseline: the reference; without one (or without ``max_latency_increase``) nothing needs more.
+        seed: the bootstrap seed (the callback's seed), as :func:`~ftcallback._budget.evaluate` uses it.
+
+    Example:
+        >>> from ftcallback._budget import Budget
+        >>> from ftcallback._measurement import RequestSample
+        >>> m = Measurement(samples=(RequestSample(0, 0, 0.5, 0.1, 5, 9, True),))
+        >>> needs_more(Budget(max_latency_increase=0.2), m, None)
+        False
+    """
+    from ._budget import evaluate
+
+    if baseline is None or budget.max_latency_increase is None:
+        return False
+    check = next(
+        (c for c in evaluate(budget, measurement, baseline, seed=seed).checks if c.budget == "max_latency_increase"),
+        None,
+    )
+    if check is None or check.passed is None or check.interval is None:
+        return False
+    low, high = check.interval
+    return bool(low <= check.limit <= high)

@@ -1,0 +1,451 @@
+"""Benchmark 8 - decisions on a busy machine: a slower machine is not a slower model.
+
+Every run measures a baseline on the quiet machine and then a check, both with the real engine on a tiny
+model, the reference workload timed before every ``generate`` call and the adaptive rule
+(``until=not needs_more(...)``, ``repeats=3``, ``max_repeats=9``), judged by
+``evaluate(Budget(max_latency_increase=0.2), check, baseline, seed=run)`` at patience 1 (a breach is a
+stop). Answers have a fixed length (``min_new_tokens = max_new_tokens``), so only speed can change.
+Conditions, interleaved within each run with their order rotating:
+
+* unchanged model, with two busy processes (``python -c "while True: pass"``) started after the
+  baseline and stopped after the check;
+* a per-token slowdown of +25% and +50% (forward hooks add a multiple of each forward pass's own CPU
+  time as extra compute, spinning on the thread's CPU clock so that the added work is the same under
+  load; the multiple is calibrated on the share of latency spent in forward passes, as in benchmark
+  4), with and without that load;
+* +10% under the 0.2 budget (no stop expected).
+
+The same data are also judged the way 0.1 did (first 3 repeats, no reference: the machine's drift
+counted as the model's), to show what the drift control changes. Then answers that grow: a logits
+processor makes every answer ``8 + 2 x epoch`` tokens long, and at each epoch
+``evaluate(Budget(max_token_increase=0.2), ...)`` must first breach at the epoch where tokens counted by
+hand from a bare ``generate`` call first exceed 1.2 x the baseline's; the latency decomposition there
+must attribute the change to length. Last, the cost: wall time of ``measure`` at the callback's
+defaults with reference + adaptive rule over plain ``measure``, interleaved, on the unchanged model.
+
+Target: 0 false stops with load; +25% and +50% detected every time with and without load; 0 stops at
++10%; stop epoch = predicted epoch in every growing-answers run; cost ratio reported.
+
+Run:
+    python scripts/bench_drift.py --quick           # seconds, 2 runs per condition (CI)
+    python scripts/bench_drift.py                   # 20 runs per condition (~10 min on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
+import torch
+from bench_decisions import forward_share
+from transformers import LogitsProcessor, LogitsProcessorList
+
+from ftcallback import Budget, evaluate, measure
+from ftcallback._drift import ReferenceWorkload
+from ftcallback._measurement import Measurement
+from ftcallback._sequential import needs_more
+
+BUDGET = Budget(max_latency_increase=0.2)
+TOKEN_BUDGET = Budget(max_token_increase=0.2)
+MIN_RUNS = 20
+MAX_REPEATS = 9
+# (label, slowdown, background load)
+CONDITIONS = (
+    ("unchanged, load", 0.0, True),
+    ("+10%", 0.10, False),
+    ("+25%", 0.25, False),
+    ("+25%, load", 0.25, True),
+    ("+50%", 0.50, False),
+    ("+50%, load", 0.50, True),
+)
+
+
+class SlowDown:
+    """Forward hooks that add ``factor`` x each eval-mode forward pass's own CPU time of extra work.
+
+    Unlike benchmark 4's wall-clock spin, the delay is compute: the hook spins until this thread's CPU
+    time has advanced by the owed amount, so a model made slower this way is slower by the same
+    factor however much of the CPU other processes take, as a bigger model would be.
+    """
+
+    def __init__(self, model: torch.nn.Module, factor: float) -> None:
+        self.factor, self._start, self._debt = factor, 0.0, 0.0
+        self._handles = [model.register_forward_pre_hook(self._pre), model.register_forward_hook(self._post)]
+
+    def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        self._start = time.thread_time()
+
+    def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if module.training:
+            return
+        now = time.thread_time()
+        self._debt += self.factor * (now - self._start)
+        target = now + self._debt
+        while time.thread_time() < target:
+            pass
+        self._debt = target - time.thread_time()  # an overshoot is paid back by the next pass
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+@contextlib.contextmanager
+def background_load(on: bool, processes: int = 2) -> Iterator[None]:
+    """``processes`` busy Python processes for the duration of the block (none when ``on`` is False)."""
+    procs = [
+        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes if on else 0)
+    ]
+    try:
+        if procs:
+            time.sleep(0.2)  # let the scheduler spread them
+        yield
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+
+
+class GrowingAnswers(LogitsProcessor):
+    """Answers of exactly ``length`` tokens: ``filler`` until then, EOS at the last position."""
+
+    def __init__(self, widths: dict[tuple[int, ...], int], filler: int, eos: int) -> None:
+        self.widths = widths  # prompt ids -> prompt length, to tell how many tokens are new
+        self.filler, self.eos, self.length = filler, eos, 1
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        out = torch.full_like(scores, -math.inf)
+        for row in range(input_ids.shape[0]):
+            ids = input_ids[row].tolist()
+            # batch_size=1: no padding, so the row starts with its prompt (the longest that matches).
+            width = max(w for p, w in self.widths.items() if tuple(ids[:w]) == p)
+            new = len(ids) - width
+            out[row, self.eos if new >= self.length - 1 else self.filler] = 0.0
+        return out
+
+
+def settings(args: argparse.Namespace) -> dict[str, int]:
+    cfg = (
+        {"runs": 2, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 2}
+        if args.quick
+        else {"runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 3}
+    )
+    if args.runs is not None:
+        cfg["runs"] = args.runs
+    return cfg
+
+
+def plain(lm: bc.LoadedModel, prompts: list[str], T: int) -> Measurement:
+    """The callback's defaults without drift control (0.1): warmup=1, repeats=3."""
+    return measure(lm.model, lm.tokenizer, prompts, max_new_tokens=T, generation_kwargs={"min_new_tokens": T})
+
+
+def controlled(
+    lm: bc.LoadedModel, prompts: list[str], T: int, ref: ReferenceWorkload, baseline: Measurement | None, seed: int
+) -> Measurement:
+    """The new defaults: reference workload, and the adaptive rule when there is a baseline to judge against."""
+    until = None if baseline is None else (lambda m: not needs_more(BUDGET, m, baseline, seed=seed))
+    return measure(
+        lm.model,
+        lm.tokenizer,
+        prompts,
+        max_new_tokens=T,
+        generation_kwargs={"min_new_tokens": T},
+        reference=ref,
+        until=until,
+        max_repeats=MAX_REPEATS if until is not None else None,
+    )
+
+
+def first_look(m: Measurement) -> Measurement:
+    """``m`` as 0.1 would have judged it: its first 3 repeats, no machine timings, no sequential plan."""
+    settings = {k: v for k, v in m.settings.items() if k != "sequential"}
+    return dataclasses.replace(
+        m,
+        samples=tuple(s for s in m.samples if s.repeat < 3),
+        reference_s=(),
+        cpu_share=(),
+        settings=settings,
+    )
+
+
+def drift_runs(lm: bc.LoadedModel, cfg: dict[str, int], share: float, ref: ReferenceWorkload) -> list[dict[str, Any]]:
+    prompts = lm.probe(cfg["prompts"])
+    T = cfg["max_new_tokens"]
+    out = []
+    for run in range(cfg["runs"]):
+        k = run % len(CONDITIONS)
+        for label, slowdown, load in CONDITIONS[k:] + CONDITIONS[:k]:
+            baseline = controlled(lm, prompts, T, ref, None, run)
+            hooks = SlowDown(lm.model, slowdown / share) if slowdown > 0 else None
+            try:
+                with background_load(load):
+                    check = controlled(lm, prompts, T, ref, baseline, run)
+            finally:
+                if hooks is not None:
+                    hooks.remove()
+            verdict = evaluate(BUDGET, check, baseline, seed=run)
+            latency = verdict.checks[0]
+            old = evaluate(BUDGET, first_look(check), first_look(baseline), seed=run).checks[0]
+            d = verdict.decomposition
+            out.append(
+                {
+                    "run": run,
+                    "condition": label,
+                    "slowdown": slowdown,
+                    "load": load,
+                    "stopped": bool(latency.breached),
+                    "ratio": latency.ratio,
+                    "low": latency.interval[0] if latency.interval else math.nan,
+                    "high": latency.interval[1] if latency.interval else math.nan,
+                    "raw_total": d.total if d else math.nan,
+                    "machine": verdict.machine.estimate.ratio if verdict.machine else math.nan,
+                    "machine_moved": bool(verdict.machine and verdict.machine.moved),
+                    "repeats": check.settings["repeats"],
+                    "old_stopped": bool(old.breached),
+                    "old_ratio": old.ratio,
+                    "wall_s": check.wall_time_s,
+                }
+            )
+            print(f"run {run} {label:16s} stop={latency.breached!s:5} {latency.describe()}", flush=True)
+    return out
+
+
+def growth_runs(lm: bc.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload) -> list[dict[str, Any]]:
+    prompts = lm.probe(cfg["prompts"])
+    encoded = bc.encode(lm, prompts)
+    eos = int(lm.tokenizer.eos_token_id)
+    lasts = {ids[-1] for ids in encoded}
+    filler = next(t for t in range(10, 1000) if t not in lasts and t not in lm.eos_ids and t != lm.pad_id)
+    proc = GrowingAnswers({tuple(ids): len(ids) for ids in encoded}, filler, eos)
+    T = 8 + 2 * cfg["epochs"] + 2
+    kwargs = {"logits_processor": LogitsProcessorList([proc])}
+    batches = bc.left_padded_batches(lm, prompts, 1)
+    out = []
+    for run in range(cfg["runs"]):
+        counts, measured = [], []
+        for epoch in range(cfg["epochs"]):
+            proc.length = 8 + 2 * epoch
+            # The independent count: a bare generate, its new tokens counted up to the first EOS by hand.
+            with torch.no_grad():
+                hand = []
+                for b in batches:
+                    ids = lm.model.generate(
+                        **b, **bc.generate_kwargs(lm, T), logits_processor=LogitsProcessorList([proc])
+                    )
+                    hand.append(bc.count_output_tokens(ids[0, b["input_ids"].shape[1] :].tolist(), lm.eos_ids))
+            counts.append(sum(hand) / len(hand))
+            # One timed pass: the token count decides here, and it is exact.
+            measured.append(
+                measure(
+                    lm.model, lm.tokenizer, prompts, max_new_tokens=T, generation_kwargs=kwargs, reference=ref,
+                    warmup=0, repeats=1,
+                )
+            )
+        predicted = next((e for e in range(1, len(counts)) if counts[e] > 1.2 * counts[0]), None)
+        verdicts = [evaluate(TOKEN_BUDGET, m, measured[0], seed=run) for m in measured[1:]]
+        stopped = next((e for e, v in enumerate(verdicts, start=1) if not v.passed), None)
+        d = verdicts[(stopped or 1) - 1].decomposition
+        out.append(
+            {
+                "run": run,
+                "counts": counts,
+                "predicted_epoch": predicted,
+                "stop_epoch": stopped,
+                "match": predicted == stopped,
+                "decomposition": d.describe() if d else "",
+                "length_share": (math.log(d.length) / math.log(d.total)) if d and d.total > 1 else math.nan,
+            }
+        )
+        print(f"growth run {run}: predicted {predicted}, stopped {stopped}; {d.describe() if d else ''}", flush=True)
+    return out
+
+
+def cost_rounds(lm: bc.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload) -> dict[str, Any]:
+    prompts = lm.probe(cfg["prompts"])
+    T = cfg["max_new_tokens"]
+    baseline = controlled(lm, prompts, T, ref, None, 0)
+
+    def old() -> float:
+        return plain(lm, prompts, T).wall_time_s
+
+    def with_reference() -> float:
+        return controlled(lm, prompts, T, ref, None, 0).wall_time_s
+
+    def new() -> float:
+        return controlled(lm, prompts, T, ref, baseline, 0).wall_time_s
+
+    times = bc.interleaved(
+        cfg["cost_rounds"], {"0.1 defaults": old, "reference": with_reference, "reference + adaptive": new}
+    )
+    ratios = bc.ratios(times["reference + adaptive"], times["0.1 defaults"])
+    ref_ratios = bc.ratios(times["reference"], times["0.1 defaults"])
+    ref_s = bc.median([ref.seconds() for _ in range(20)])
+    return {
+        "old_s": bc.median(times["0.1 defaults"]),
+        "reference_s": bc.median(times["reference"]),
+        "new_s": bc.median(times["reference + adaptive"]),
+        "reference_cost_ratio": bc.median(ref_ratios),
+        "cost_ratio": bc.median(ratios),
+        "reference_ms": ref_s * 1e3,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=None, help=f"runs per condition (>= {MIN_RUNS} in full mode)")
+    args = parser.parse_args(argv)
+    device = bc.setup(args)
+    if args.threads is None:
+        torch.set_num_threads(1)  # the load is two busy processes on a small machine: one thread for the probe
+    report = bc.Report(
+        "drift",
+        "Decisions on a busy machine",
+        f"max_latency_increase=0.2, patience 1, >= {MIN_RUNS} runs each: 0 false stops with background load "
+        "after the baseline; +25%/+50% detected every time with and without load; 0 stops at +10%; "
+        "growing answers stop at the epoch counted by hand; measurement cost at defaults reported",
+        bc.command_line("bench_drift.py", argv),
+        args.quick,
+        device,
+        method=bc.method_text(__doc__),
+    )
+    results = []
+    for name in bc.models_for(args, ("tiny-gpt2",)):
+        lm = bc.load(name, device)
+        cfg = settings(args)
+        ref = ReferenceWorkload(device)
+        prompts = lm.probe(cfg["prompts"])
+        plain(lm, prompts, cfg["max_new_tokens"])  # warm-up, untimed
+        share = forward_share(lm, prompts, cfg["max_new_tokens"])
+        load_before = os.getloadavg()[0]
+        runs = drift_runs(lm, cfg, share, ref)
+        growth = growth_runs(lm, cfg, ref)
+        cost = cost_rounds(lm, cfg, ref)
+        summary = []
+        for label, slowdown, load in CONDITIONS:
+            sel = [r for r in runs if r["condition"] == label]
+            summary.append(
+                {
+                    "condition": label,
+                    "slowdown": slowdown,
+                    "load": load,
+                    "runs": len(sel),
+                    "stops": sum(r["stopped"] for r in sel),
+                    "old_stops": sum(r["old_stopped"] for r in sel),
+                    "ratio_median": bc.median([r["ratio"] for r in sel]),
+                    "raw_median": bc.median([r["raw_total"] for r in sel]),
+                    "machine_median": bc.median([r["machine"] for r in sel]),
+                    "machine_moved": sum(r["machine_moved"] for r in sel),
+                    "repeats_mean": sum(r["repeats"] for r in sel) / len(sel),
+                }
+            )
+        results.append(
+            {
+                "model": lm.name,
+                "settings": cfg,
+                "forward_share": share,
+                "load_average_start": load_before,
+                "load_average_end": os.getloadavg()[0],
+                "runs": runs,
+                "summary": summary,
+                "growth": growth,
+                "growth_matches": sum(g["match"] for g in growth),
+                "cost_ratio": cost["cost_ratio"],
+                "cost": cost,
+            }
+        )
+    for r in results:
+        cfg = r["settings"]
+        report.table(
+            f"{r['model']}: {cfg['prompts']} prompts x {cfg['max_new_tokens']} tokens, warmup=1, repeats=3 "
+            f"(adaptive up to {MAX_REPEATS}), budget max_latency_increase=0.2, patience 1; load average "
+            f"{r['load_average_start']:.1f} at start, {r['load_average_end']:.1f} at end",
+            [
+                "condition",
+                "runs",
+                "stops",
+                "stops without drift control (0.1 rule)",
+                "median judged ratio",
+                "median raw latency ratio",
+                "median machine factor",
+                "machine moved",
+                "mean repeats",
+            ],
+            [
+                [
+                    s["condition"],
+                    s["runs"],
+                    s["stops"],
+                    s["old_stops"],
+                    s["ratio_median"],
+                    s["raw_median"],
+                    s["machine_median"],
+                    f"{s['machine_moved']}/{s['runs']}",
+                    f"{s['repeats_mean']:.1f}",
+                ]
+                for s in r["summary"]
+            ],
+        )
+        g = r["growth"]
+        report.table(
+            f"{r['model']}: growing answers (8 + 2 x epoch tokens), Budget(max_token_increase=0.2)",
+            ["runs", "stop epoch = hand-counted prediction", "predicted epoch", "decomposition at the stop"],
+            [[len(g), f"{r['growth_matches']}/{len(g)}", g[0]["predicted_epoch"] if g else "-",
+              g[0]["decomposition"] if g else "-"]],
+        )
+        c = r["cost"]
+        report.table(
+            f"{r['model']}: measurement cost at defaults (unchanged model, {cfg['cost_rounds']} interleaved rounds)",
+            [
+                "0.1 defaults (s)",
+                "with reference (s)",
+                "reference + adaptive (s)",
+                "ratio, reference only",
+                "ratio, reference + adaptive",
+                "one reference run (ms)",
+            ],
+            [
+                [
+                    c["old_s"],
+                    c["reference_s"],
+                    c["new_s"],
+                    c["reference_cost_ratio"],
+                    c["cost_ratio"],
+                    c["reference_ms"],
+                ]
+            ],
+        )
+    report.results = {"models": results, "budget": BUDGET.to_dict(), "patience": 1}
+    problems, texts = [], []
+    for r in results:
+        by = {s["condition"]: s for s in r["summary"]}
+        for label, slowdown, _ in CONDITIONS:
+            s = by[label]
+            if slowdown < 0.2 and s["stops"]:
+                problems.append(f"{s['stops']}/{s['runs']} stops at {label}")
+            if slowdown > 0.2 and s["stops"] < s["runs"]:
+                problems.append(f"{s['runs'] - s['stops']}/{s['runs']} missed at {label}")
+        if r["growth_matches"] < len(r["growth"]):
+            problems.append(f"growth stop epoch off in {len(r['growth']) - r['growth_matches']} runs")
+        texts.append(
+            f"{r['model']}: "
+            + ", ".join(f"{s['condition']} {s['stops']}/{s['runs']}" for s in r["summary"])
+            + f"; growth {r['growth_matches']}/{len(r['growth'])}; cost x{r['cost_ratio']:.2f}"
+        )
+    few = " (--quick: too few runs to judge)" if args.quick else ""
+    report.decide(not problems, "; ".join(texts + problems) + few)
+    return report.finish(args.json_out)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

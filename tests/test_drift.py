@@ -1,0 +1,380 @@
+"""Decision truth on a busy machine: length vs speed, model vs machine, adaptive looks, serving budgets.
+
+Everything here is Trainer-free and driven by synthetic measurements (exact numbers) or by the real
+engine on a tiny model with injected clocks: relations and exact values, never durations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from ftcallback._budget import Budget, BudgetCheck, Verdict, evaluate
+from ftcallback._decompose import LatencyDecomposition, decompose
+from ftcallback._drift import MachineFactor, ReferenceWorkload, machine_factor
+from ftcallback._errors import ConfigError
+from ftcallback._measure import measure, thread_cpu_clock
+from ftcallback._measurement import Measurement, RequestSample
+from ftcallback._sequential import looks_of, needs_more, sequential_settings
+from ftcallback._stats import RatioEstimate, bonferroni_confidence, combine_log_intervals, independent_ratio
+
+PROMPTS = 8
+REPEATS = 3
+
+
+def synthetic(
+    *,
+    tokens: int | list[int] = 10,
+    ttft: float = 0.05,
+    tpot: float = 0.01,
+    slowdown: float = 1.0,
+    machine: float = 1.0,
+    contention: float = 1.0,
+    noise: float = 0.02,
+    seed: int = 0,
+    repeats: int = REPEATS,
+    reference: bool = True,
+) -> Measurement:
+    """A measurement of 8 prompts whose timings are exactly ``ttft + (n - 1) x tpot``, scaled.
+
+    ``slowdown`` is the model's own per-token slowdown, ``machine`` a slower device (the reference
+    workload and the model alike), ``contention`` a smaller share of the CPU (wall time of everything
+    grows, CPU time does not); every timing gets a small multiplicative log-normal noise.
+    """
+    rng = np.random.default_rng(seed)
+    counts = tokens if isinstance(tokens, list) else [tokens] * PROMPTS
+    scale = slowdown * machine * contention
+    samples = []
+    for r in range(repeats):
+        for p, n in enumerate(counts):
+            jitter = float(np.exp(rng.normal(0.0, noise)))
+            first = ttft * (1 + p / 10) * scale * jitter
+            latency = first + (n - 1) * tpot * scale * jitter
+            samples.append(RequestSample(p, r, latency, first, 7, n, True))
+    calls = 1 + repeats * len(counts)
+    ref = tuple(0.002 * machine * float(np.exp(rng.normal(0.0, noise))) for _ in range(calls))
+    share = tuple(1.0 / contention * float(np.exp(rng.normal(0.0, noise))) for _ in range(calls))
+    env = {"reference": "mlp256x4x64/cpu/cpu"}
+    if not reference:
+        return Measurement(samples=tuple(samples))
+    return Measurement(samples=tuple(samples), reference_s=ref, cpu_share=share, environment=env)
+
+
+def latency_check(verdict: Verdict) -> BudgetCheck:
+    return next(c for c in verdict.checks if c.budget == "max_latency_increase")
+
+
+# --------------------------------------------------------------------- decomposition
+def test_pure_length_growth_is_all_length_and_exact():
+    base, longer = synthetic(tokens=10), synthetic(tokens=16, seed=0)  # same noise draws, longer answers
+    d = decompose(base, longer)
+    assert d is not None
+    # Per prompt: (ttft_p + 15 tpot) / (ttft_p + 9 tpot) at the baseline's own speed, geometric mean over prompts.
+    expected = math.exp(
+        np.mean([math.log((0.05 * (1 + p / 10) + 0.15) / (0.05 * (1 + p / 10) + 0.09)) for p in range(PROMPTS)])
+    )
+    assert d.length == pytest.approx(expected, rel=1e-9)
+    assert d.speed == pytest.approx(1.0, rel=1e-9) and not d.speed_significant
+    assert d.total == pytest.approx(d.length * d.speed, rel=1e-12)
+    total, length = (d.total - 1) * 100, (d.length - 1) * 100
+    assert d.describe().startswith(f"latency +{total:.0f}%: +{length:.0f}% from longer answers")
+
+
+def test_per_token_slowdown_is_all_speed_with_an_interval():
+    d = decompose(synthetic(), synthetic(slowdown=1.3, seed=1))
+    assert d is not None
+    assert d.length == 1.0 and d.speed == pytest.approx(1.3, rel=0.04)
+    assert d.speed_low < d.speed < d.speed_high and d.speed_significant
+    assert "+0% from longer answers (exact), +30% from per-token speed" in d.describe()
+    assert "(significant)" in d.describe()
+
+
+def test_length_and_speed_multiply_to_the_total():
+    d = decompose(synthetic(tokens=10), synthetic(tokens=[12, 14, 10, 20, 9, 10, 11, 30], slowdown=1.1, seed=2))
+    assert d is not None
+    assert d.total == pytest.approx(d.length * d.speed, rel=1e-12)
+    assert d.length > 1.0 and d.speed == pytest.approx(1.1, rel=0.03)
+
+
+def test_decomposition_round_trips_and_describes_the_example():
+    d = LatencyDecomposition(1.6, 1.57, 1.019, 0.98, 1.06, False, 0.95, 8)
+    assert d.describe() == (
+        "latency +60%: +57% from longer answers (exact), +2% from per-token speed [-2%, +6%] (not significant)"
+    )
+    assert LatencyDecomposition.from_dict(json.loads(json.dumps(d.to_dict()))) == d
+    assert decompose(Measurement(samples=()), synthetic()) is None
+
+
+# --------------------------------------------------------------------- the latency decision rule
+def test_length_growth_is_the_token_budgets_business_when_one_is_set():
+    base, longer = synthetic(tokens=10), synthetic(tokens=16, seed=3)
+    with_tokens = evaluate(Budget(max_latency_increase=0.2, max_token_increase=0.2), longer, base)
+    assert not latency_check(with_tokens).breached  # per-token speed did not move
+    assert [c.budget for c in with_tokens.breaches] == ["max_token_increase"]
+    assert "length is the token budget's" in latency_check(with_tokens).detail
+    # Without a token budget the latency budget covers length too, and says it was length.
+    alone = latency_check(evaluate(Budget(max_latency_increase=0.2), longer, base))
+    assert alone.breached and "from longer answers (exact)" in alone.describe()
+    assert alone.decomposition is not None and alone.decomposition.length > 1.2
+
+
+def test_a_per_token_slowdown_breaches_with_or_without_a_token_budget():
+    base, slow = synthetic(), synthetic(slowdown=1.4, seed=4)
+    for budget in (Budget(max_latency_increase=0.2), Budget(max_latency_increase=0.2, output_tokens=64)):
+        check = latency_check(evaluate(budget, slow, base))
+        assert check.breached and check.ratio == pytest.approx(1.4, rel=0.03)
+
+
+# --------------------------------------------------------------------- machine drift
+@pytest.mark.parametrize("kind", ["device", "contention"])
+def test_a_slower_machine_is_divided_out_and_never_a_model_breach(kind):
+    base = synthetic(seed=5)
+    slower = synthetic(seed=6, **{"machine" if kind == "device" else "contention": 1.4})
+    verdict = evaluate(Budget(max_latency_increase=0.2), slower, base)
+    check = latency_check(verdict)
+    assert verdict.environment_changed and verdict.machine is not None
+    assert verdict.machine.estimate.ratio == pytest.approx(1.4, rel=0.03)
+    part = verdict.machine.device if kind == "device" else verdict.machine.contention
+    assert part is not None and part.ratio == pytest.approx(1.4, rel=0.03)
+    assert not check.breached and check.ratio == pytest.approx(1.0, abs=0.04)
+    assert check.decomposition is not None and check.decomposition.total == pytest.approx(1.4, rel=0.03)
+    assert "environment change, not a model breach" in check.detail
+    assert "from the machine x1.4" in check.describe()
+    # Without the drift control (no reference timings) the same data would have stopped the run.
+    raw = latency_check(evaluate(Budget(max_latency_increase=0.2), strip(slower), strip(base)))
+    assert raw.breached
+
+
+def strip(m: Measurement) -> Measurement:
+    return Measurement(samples=m.samples)
+
+
+def test_a_slower_model_on_a_steady_machine_breaches():
+    verdict = evaluate(Budget(max_latency_increase=0.2), synthetic(slowdown=1.4, seed=7), synthetic(seed=8))
+    assert verdict.machine is not None and not verdict.machine.moved and not verdict.environment_changed
+    check = latency_check(verdict)
+    assert check.breached and check.ratio == pytest.approx(1.4, rel=0.03)
+
+
+def test_a_slower_model_on_a_slower_machine_still_breaches_with_a_wider_interval():
+    base = synthetic(seed=9)
+    both = evaluate(Budget(max_latency_increase=0.2), synthetic(slowdown=1.5, contention=1.4, seed=10), base)
+    model_only = evaluate(Budget(max_latency_increase=0.2), synthetic(slowdown=1.5, seed=10), base)
+    a, b = latency_check(both), latency_check(model_only)
+    assert a.breached and a.ratio == pytest.approx(1.5, rel=0.04)
+    assert a.interval is not None and b.interval is not None
+    assert a.interval[1] - a.interval[0] > b.interval[1] - b.interval[0]  # the machine's uncertainty added
+
+
+def test_machine_factor_needs_timings_on_both_sides_and_the_same_workload():
+    assert machine_factor(strip(synthetic()), synthetic()) is None
+    other = synthetic()
+    other = Measurement(samples=other.samples, reference_s=other.reference_s, environment={"reference": "x"})
+    assert machine_factor(synthetic(), other) is None
+    factor = machine_factor(synthetic(), synthetic(seed=1))
+    assert factor is not None and not factor.moved and factor.factor == pytest.approx(1.0, abs=0.03)
+    assert MachineFactor.from_dict(json.loads(json.dumps(factor.to_dict()))) == factor
+    assert "within its noise" in factor.describe()
+
+
+def test_independent_ratio_and_combined_intervals():
+    est = independent_ratio([1.0] * 9 + [50.0], [2.0] * 10)  # one freak timing is trimmed away
+    assert est.ratio == 2.0 and est.low <= 2.0 <= est.high
+    a = RatioEstimate(2.0, 1.6, 2.5, 8, 0.95)
+    b = RatioEstimate(1.25, 1.25, 1.25, 8, 0.95)  # exact
+    c = combine_log_intervals(a, b, divide=True)
+    assert (c.ratio, c.low, c.high) == pytest.approx((1.6, 1.28, 2.0))
+    wide = combine_log_intervals(a, RatioEstimate(1.0, 0.8, 1.25, 8, 0.95), divide=False)
+    assert wide.low < a.low and wide.high > a.high
+
+
+def test_reference_workload_is_deterministic_and_leaves_rngs_alone():
+    before = torch.get_rng_state()
+    a, b = ReferenceWorkload("cpu", width=8, depth=2, rows=3), ReferenceWorkload("cpu", width=8, depth=2, rows=3)
+    assert torch.equal(a.run(), b.run()) and a.spec == "mlp8x2x3/cpu"
+    assert torch.equal(torch.get_rng_state(), before)
+    ticks = iter([1.0, 3.5])
+    assert a.seconds(lambda: next(ticks)) == 2.5
+    with pytest.raises(ConfigError, match="`width` must be an int >= 1, got 0"):
+        ReferenceWorkload("cpu", width=0)
+
+
+# --------------------------------------------------------------------- one ratio, computed once
+def test_one_ratio_with_the_callers_seed_and_the_budgets_confidence():
+    base, slow = synthetic(seed=11), synthetic(slowdown=1.3, seed=12)
+    budget = Budget(max_latency_increase=0.2, confidence=0.9)
+    verdict = evaluate(budget, slow, base, seed=3)
+    check = latency_check(verdict)
+    assert check.estimate is not None and check.estimate.confidence == 0.9
+    assert verdict.decomposition is check.decomposition  # the very object, logged and judged
+    assert evaluate(budget, slow, base, seed=3) == verdict
+    # The verdict's JSON carries the decomposition and the machine factor.
+    again = Verdict.from_dict(json.loads(json.dumps(verdict.to_dict())))
+    assert again.decomposition == verdict.decomposition and again.machine == verdict.machine
+
+
+# --------------------------------------------------------------------- adaptive measurement
+def test_needs_more_only_when_the_interval_straddles_the_limit():
+    budget = Budget(max_latency_increase=0.2)
+    base = synthetic(seed=13)
+    assert not needs_more(budget, synthetic(seed=14), base)  # clearly within
+    assert not needs_more(budget, synthetic(slowdown=1.6, seed=14), base)  # clearly over
+    assert needs_more(budget, synthetic(slowdown=1.2, seed=14, noise=0.08), base)  # at the limit, noisy
+    assert not needs_more(budget, synthetic(), None) and not needs_more(Budget(), synthetic(), base)
+
+
+def test_more_repeats_narrow_the_interval_near_the_limit():
+    budget = Budget(max_latency_increase=0.2)
+    base = synthetic(seed=15, noise=0.08, repeats=9)
+    three = synthetic(slowdown=1.3, seed=16, noise=0.08, repeats=3)
+    nine = synthetic(slowdown=1.3, seed=16, noise=0.08, repeats=9)
+    narrow = latency_check(evaluate(budget, nine, base)).interval
+    wide = latency_check(evaluate(budget, three, base)).interval
+    assert narrow is not None and wide is not None
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+
+
+def test_the_sequential_plan_sets_a_bonferroni_confidence():
+    plan = sequential_settings(3, 9)
+    assert plan == {"step": 3, "max_repeats": 9, "looks": 3} and sequential_settings(3, 8)["looks"] == 3
+    m = synthetic(slowdown=1.3, seed=17)
+    adaptive = Measurement(samples=m.samples, settings={"sequential": plan})
+    assert looks_of(adaptive) == 3 and looks_of(m) == 1
+    check = latency_check(evaluate(Budget(max_latency_increase=0.2), adaptive, strip(synthetic(seed=18))))
+    assert check.estimate is not None and check.estimate.confidence == pytest.approx(bonferroni_confidence(0.95, 3))
+    assert "98.3% interval" in check.detail
+
+
+class Ticks:
+    def __init__(self, step: float) -> None:
+        self.t, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.t += self.step
+        return self.t
+
+
+@pytest.mark.parametrize(("answer", "repeats_done", "looks"), [(True, 2, [2]), (False, 6, [2, 4])])
+def test_measure_stops_early_when_clear_and_extends_when_not(gpt2, tokenizer, prompts, answer, repeats_done, looks):
+    asked = []
+
+    def until(m: Measurement) -> bool:
+        asked.append(m.settings["repeats"])
+        return answer
+
+    clock, run, wait = Ticks(1.0), Ticks(0.5), Ticks(1.5)
+
+    def cpu() -> tuple[float, float]:  # every read: the thread ran 0.5 s more and waited 1.5 s more
+        return run(), wait()
+
+    ref = ReferenceWorkload("cpu", width=8, depth=1, rows=2)
+    m = measure(
+        gpt2, tokenizer, prompts, max_new_tokens=3, warmup=1, repeats=2, batch_size=2,
+        until=until, max_repeats=6, clock=clock, cpu_clock=cpu, reference=ref,
+    )
+    assert asked == looks  # no look once the cap is reached
+    assert m.settings["repeats"] == repeats_done and m.settings["sequential"] == sequential_settings(2, 6)
+    assert len(m.samples) == len(prompts) * repeats_done
+    assert sorted({s.repeat for s in m.samples}) == list(range(repeats_done))
+    calls = 1 + repeats_done * 2  # warm-up + two batches per pass
+    # The reference ran before every call, timed by the CPU clock on a CPU: exactly one tick.
+    assert m.reference_s == (0.5,) * calls and m.environment["reference"] == "mlp8x1x2/cpu/cpu"
+    assert m.cpu_share == (0.25,) * calls  # ran 0.5 of the 2.0 s it was ready to run
+    again = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert again.reference_s == m.reference_s and again.cpu_share == m.cpu_share
+    assert again.samples == m.samples
+
+
+def test_measure_rejects_bad_adaptive_arguments(gpt2, tokenizer, prompts):
+    with pytest.raises(ConfigError, match=r"`max_repeats` must be >= `repeats` \(3\), got 2"):
+        measure(gpt2, tokenizer, prompts, repeats=3, max_repeats=2, until=lambda m: True)
+    with pytest.raises(ConfigError, match="`until` must be callable"):
+        measure(gpt2, tokenizer, prompts, until=3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="`reference` must be a ReferenceWorkload or None"):
+        measure(gpt2, tokenizer, prompts, reference="mlp")  # type: ignore[arg-type]
+
+
+def test_thread_cpu_clock_reads_run_and_wait_time():
+    read = thread_cpu_clock()
+    if read is None:
+        pytest.skip("no /proc/thread-self/schedstat here")
+    (ran0, waited0), _, (ran1, waited1) = read(), sum(range(200_000)), read()
+    assert ran1 > ran0 and waited1 >= waited0
+
+
+def test_files_written_before_these_fields_still_load():
+    data = synthetic().to_dict()
+    for key in ("reference_s", "cpu_share"):
+        data.pop(key)
+    data["samples"].pop("token_times_s", None)
+    old = Measurement.from_dict(data)
+    assert old.reference_s == () and old.cpu_share == () and all(s.token_times_s == () for s in old.samples)
+    assert "itl_ms_p50" not in old.summary()
+
+
+# --------------------------------------------------------------------- serving budgets
+def timed(latencies_ttft_n: list[tuple[float, float, int]], *, finished: bool = True) -> Measurement:
+    return Measurement(
+        samples=tuple(
+            RequestSample(i, 0, lat, ttft, 5, n, finished if i else False,
+                          tuple(ttft + k * (lat - ttft) / max(1, n - 1) for k in range(n)))
+            for i, (lat, ttft, n) in enumerate(latencies_ttft_n)
+        )
+    )
+
+
+def test_itl_from_token_times():
+    m = timed([(0.5, 0.1, 5), (0.9, 0.1, 3)])
+    assert m.samples[0].inter_token_s == pytest.approx((0.1, 0.1, 0.1, 0.1))
+    s = m.summary()
+    assert s["itl_ms_max"] == pytest.approx(400.0) and s["itl_ms_p50"] == pytest.approx(100.0)
+    assert {"itl_ms_mean", "itl_ms_p99"} <= set(s)
+
+
+def test_ttft_tpot_slo_and_truncation_budgets():
+    # TTFT 100/100/300 ms, TPOT 100/400/50 ms, latency 500/900/400 ms; request 0 was cut at max_new_tokens.
+    m = timed([(0.5, 0.1, 5), (0.9, 0.1, 3), (0.4, 0.3, 3)])
+    budget = Budget(
+        latency_ms=800, ttft_ms=200, tpot_ms=150, latency_stat="p50", min_slo_attainment=0.5,
+        max_truncated_fraction=0.25,
+    )
+    verdict = evaluate(budget, m)
+    by = {c.budget: c for c in verdict.checks}
+    assert [c.budget for c in verdict.checks] == [
+        "latency_ms", "ttft_ms", "tpot_ms", "min_slo_attainment", "max_truncated_fraction"
+    ]
+    assert by["ttft_ms"].metric == "ttft_ms_p50" and by["ttft_ms"].value == pytest.approx(100.0)
+    assert by["tpot_ms"].value == pytest.approx(100.0) and by["tpot_ms"].passed
+    # Only request 0 meets every limit: 1 of 3.
+    assert by["min_slo_attainment"].value == pytest.approx(1 / 3) and by["min_slo_attainment"].breached
+    assert by["min_slo_attainment"].describe() == "slo_attainment 0.333 below minimum 0.500"
+    assert by["min_slo_attainment"].margin < 0
+    assert by["max_truncated_fraction"].breached
+    assert by["max_truncated_fraction"].describe() == "truncated_fraction 0.333 exceeds budget 0.250"
+    assert budget.limits() == {
+        "latency_ms_p50": 800.0, "ttft_ms_p50": 200.0, "tpot_ms_p50": 150.0, "slo_attainment": 0.5,
+        "truncated_fraction": 0.25,
+    }
+    assert Budget.from_dict(budget.to_dict()) == budget
+    assert "ttft_ms=200.0" in repr(budget)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"ttft_ms": 0}, r"`ttft_ms` must be > 0, got 0.0 \(an SLA on time to first token"),
+        ({"tpot_ms": -1}, r"`tpot_ms` must be > 0, got -1.0"),
+        ({"ttft_ms": 100, "min_slo_attainment": 0}, r"`min_slo_attainment` must be in \(0, 1\], got 0.0"),
+        ({"ttft_ms": 100, "min_slo_attainment": 1.5}, r"`min_slo_attainment` must be in \(0, 1\], got 1.5"),
+        ({"min_slo_attainment": 0.9}, r"`min_slo_attainment` needs a per-request limit to attain"),
+        ({"max_truncated_fraction": 1.0}, r"`max_truncated_fraction` must be in \[0, 1\), got 1.0"),
+        ({"max_truncated_fraction": "a"}, r"`max_truncated_fraction` must be a number, got 'a'"),
+    ],
+)
+def test_serving_budget_validation(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        Budget(**kwargs)
