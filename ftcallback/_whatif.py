@@ -144,8 +144,8 @@ def _sentence(row: WhatIfRow, headline: BudgetCheck | None, finetuned: Measureme
     assert row.verdict is not None and row.measurement is not None
     metric = headline.metric if headline is not None else budget.latency_metric
     check = next((c for c in row.verdict.checks if c.budget == headline.budget), None) if headline else None
-    # The table's figures (a relative latency budget decides on the paired ratio, whose check value is the
-    # baseline scaled by it): the sentence must read the same numbers as the row above it.
+    # A summary metric reads the table's figures; a ratio (a relative latency budget decides on the paired
+    # ratio to the base) reads the check's own value, the one that decided.
     before = _figure(finetuned, metric, headline)
     after = _figure(row.measurement, metric, check)
     label, unit = _label(metric)

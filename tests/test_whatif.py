@@ -118,7 +118,7 @@ def test_what_if_needs_a_model_not_a_saved_measurement(folders, tmp_path, capsys
     assert code == 2 and "--what-if measures FINETUNED in each form, so FINETUNED must be a model" in out
 
 
-def test_sentences_read_the_table_figures_under_a_relative_latency_budget():
+def test_sentences_name_the_ratio_that_decides_a_relative_latency_budget():
     def m(latencies, form=None):
         samples = tuple(
             RequestSample(p, r, lat, 0.05, 20, 40, True) for p, lat in enumerate(latencies) for r in range(3)
@@ -127,6 +127,7 @@ def test_sentences_read_the_table_figures_under_a_relative_latency_budget():
 
     base, new, fast = m([0.2, 0.3, 0.4]), m([0.4, 0.5, 0.9]), m([0.2, 0.31, 0.41], "int8")
     w = what_if(base, new, {"int8": fast}, Budget(max_latency_increase=0.2))
-    before, after = new.latency_ms.p95, fast.latency_ms.p95
-    assert w.sentences[0].startswith(f"int8 brings latency p95 from {before:.0f} to {after:.0f} ms: within the ")
+    # A relative latency budget decides on the paired ratio to the base: the sentence names that ratio.
+    assert w.sentences[0] == "int8 brings latency ratio from x1.957 to x1.019: within the x1.200 budget"
     assert w.within_budget == ["int8"]
+    assert "900.0" in w.format_table() and "410.0" in w.format_table()  # p95 of as-is and int8
