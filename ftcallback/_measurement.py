@@ -76,6 +76,9 @@ _LATENCY_ONLY = frozenset({LATENCY})
 #: The settings rows come from :mod:`ftcallback._probe` (``COMPARABLE_SETTINGS``, ``LATENCY_SETTINGS``):
 #: see :func:`comparable_facts` for the whole list.
 RECORD_FACTS: tuple[ComparableFact, ...] = (
+    # A served model and transformers' generate differ in everything: timing path, and token counting (a server's
+    # usage leaves the EOS token out). A measurement without a backend is one of generate.
+    ComparableFact("backend", ("environment", "backend"), _BOTH, missing="transformers-generate"),
     ComparableFact("decoding", ("decoding",), _BOTH, keys=("mode", "parameters")),  # ignored flags change nothing
     ComparableFact("param_dtype", ("model", "param_dtype"), _BOTH),
     ComparableFact("compute_dtype", ("model", "compute_dtype"), _BOTH),

@@ -10,6 +10,9 @@
 #   include DeepSpeed (Linux), installed with DS_BUILD_OPS=0: nothing is compiled at install time; the
 #   shared-memory comm op a CPU run needs is compiled on its first launch (~1.5 min, g++ and ninja) and
 #   cached in ~/.cache/torch_extensions.
+#   They also include llama-cpp-python[server] (the real OpenAI-compatible server the endpoint tests
+#   start): an sdist compiled on its first install (about 3 minutes on 2 idle cores); pip keeps the built
+#   wheel in its cache, so later environments install it in seconds.
 # * a stamp holding the hash of pyproject.toml skips the installs when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

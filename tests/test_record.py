@@ -297,3 +297,14 @@ def test_comparable_facts_are_one_list_with_unique_names():
         names
     )
     assert {*COMPARABLE_SETTINGS, *LATENCY_SETTINGS} <= set(names)  # the probe's settings, from _probe
+
+
+def test_a_served_measurement_is_not_comparable_with_one_of_generate():
+    from ftcallback import Measurement, RequestSample
+
+    sample = (RequestSample(0, 0, 0.5, 0.1, 5, 9, True),)
+    generate = Measurement(samples=sample)
+    served = Measurement(samples=sample, environment={"backend": "openai-endpoint"})
+    (difference,) = generate.incompatibilities(served)
+    assert difference.fact == "backend" and difference.affects == {"latency", "tokens"}
+    assert generate.incompatibilities(Measurement(samples=sample)) == []

@@ -34,6 +34,7 @@ __all__ = [
     "load_prompts",
     "measure_model",
     "measure_model_forms",
+    "measure_served",
     "resolve_device",
 ]
 
@@ -245,6 +246,73 @@ def _measure_loaded(model: Any, *, name: str, tokenizer: Any, settings: MeasureS
         spec.max_new_tokens,
     )
     return measure(model, tokenizer, list(spec.prompts), **spec.measure_kwargs())
+
+
+def _load_tokenizer(name: str) -> Any:
+    """Only the tokenizer of ``name`` (the embedded model's comes from its GGUF file)."""
+    from transformers import AutoTokenizer
+
+    from .._embedded import embedded_model_path
+
+    logger.info("loading the tokenizer of %s", name)
+    try:
+        with no_foreign_progress_bars():
+            if name == EMBEDDED_MODEL:
+                folder, gguf = embedded_model_path()
+                return AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+            return AutoTokenizer.from_pretrained(name)
+    except FTCallbackError:
+        raise
+    except (OSError, ValueError, ImportError, KeyError) as exc:
+        raise UsageError(f"cannot load the tokenizer of {name!r}: {one_line(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class ServedSettings:
+    """How a serving endpoint is measured from the CLI (the arguments of ``measure_endpoint``)."""
+
+    url: str
+    api: str
+    served_model: str | None
+    concurrency: int
+    api_key: str | None
+    timeout_s: float
+    tokenizer: str | None
+
+
+def measure_served(served: ServedSettings, settings: MeasureSettings) -> Measurement:
+    """Measure a running OpenAI-compatible server on the probe (``ftcallback measure --endpoint URL``)."""
+    from .._endpoint import measure_endpoint
+
+    if served.tokenizer is not None:
+        check_model_name(served.tokenizer)
+    tokenizer = _load_tokenizer(served.tokenizer) if served.tokenizer is not None else None
+    spec = settings.spec
+    logger.info(
+        "measuring %s (%s): %d prompts x %d repeats (+%d warm-up), max_new_tokens %d, concurrency %d",
+        served.url,
+        served.api,
+        len(spec.prompts),
+        spec.repeats,
+        spec.warmup,
+        spec.max_new_tokens,
+        served.concurrency,
+    )
+    return measure_endpoint(
+        served.url,
+        list(spec.prompts),
+        model=served.served_model,
+        api="chat" if served.api == "chat" else "completions",
+        max_new_tokens=spec.max_new_tokens,
+        generation_kwargs=dict(spec.generation_kwargs) or None,
+        warmup=spec.warmup,
+        repeats=spec.repeats,
+        concurrency=served.concurrency,
+        tokenizer=tokenizer,
+        api_key=served.api_key,
+        timeout_s=served.timeout_s,
+        num_sample_outputs=spec.num_sample_outputs,
+    )
 
 
 def load_prompts(path: str | None) -> list[str]:

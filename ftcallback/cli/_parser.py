@@ -258,6 +258,48 @@ def _add_measure_options(parser: argparse.ArgumentParser, *, for_compare: bool) 
     )
 
 
+def _add_endpoint_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "serving endpoint (measure a running OpenAI-compatible server instead of loading MODEL)"
+    )
+    group.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="the server's base URL, e.g. http://127.0.0.1:8000 (vLLM, llama.cpp server, TGI, Ollama); "
+        "requests are streamed, greedy, max_tokens = --max-new-tokens",
+    )
+    group.add_argument(
+        "--api",
+        choices=("chat", "completions"),
+        default="chat",
+        help="/v1/chat/completions (the server applies its chat template) or /v1/completions "
+        "(raw prompts) (default: chat)",
+    )
+    group.add_argument(
+        "--served-model", metavar="NAME", help="model name sent to the server (default: the first it lists)"
+    )
+    group.add_argument(
+        "--concurrency",
+        type=_int_at_least(1),
+        default=1,
+        metavar="N",
+        help="requests in flight at once (default: 1); with --latency-ms, goodput is printed",
+    )
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,
+        help="bearer token for the server (default: $OPENAI_API_KEY when set)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_finite_float,
+        default=60.0,
+        metavar="S",
+        help="seconds allowed for connecting, each wait for data, and each request (default: 60)",
+    )
+
+
 # --------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
     """The ``ftcallback`` parser; ``args.command`` names the subcommand module that runs it."""
@@ -282,10 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "model",
         metavar="MODEL",
+        nargs="?",
         help=f"'{EMBEDDED_MODEL}' (the embedded SmolLM2-135M-Instruct, offline), a hub id, or a local "
-        "folder saved with save_pretrained",
+        "folder saved with save_pretrained; with --endpoint optional: only its tokenizer is loaded, to "
+        "count and check the server's tokens",
     )
     _add_measure_options(p, for_compare=False)
+    _add_endpoint_options(p)
     p.add_argument("--json", metavar="OUT", help="save the measurement as JSON to OUT")
     _add_budget_options(p, title="budget (all optional; relative limits need `compare`)")
     _add_common(p)
