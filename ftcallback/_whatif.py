@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +128,7 @@ def what_if(
         if isinstance(m, str):
             rows.append(WhatIfRow(form, None, None, m))
         else:
-            rows.append(WhatIfRow(form, m, evaluate(budget, m, base)))
+            rows.append(WhatIfRow(form, m, evaluate(budget, _as_remedy(m, finetuned), base)))
     headline = as_is.first_breach or next((c for c in as_is.checks if c.metric == budget.latency_metric), None)
     sentences = []
     for row in rows[1:]:
@@ -138,6 +139,21 @@ def what_if(
     if not as_is.passed and not any(r.verdict is not None and r.verdict.passed for r in rows[1:]):
         sentences.append("No form measured brings the model within budget.")
     return WhatIf(tuple(rows), budget.latency_metric, tuple(sentences))
+
+
+#: What a form changes by design: a difference from the base in these is the remedy under test, not a reason
+#: to call the comparison unfair (``Measurement.incompatibilities`` would).
+_FORM_FACTS = ("param_dtype", "compute_dtype", "adapters")
+
+
+def _as_remedy(m: Measurement, finetuned: Measurement) -> Measurement:
+    """``m`` with the facts its form changed set back to FINETUNED's as it is, so that the form is judged against
+    the base exactly as FINETUNED is (``environment["form"]`` still says what ran)."""
+    model = {**m.model, **{k: finetuned.model[k] for k in _FORM_FACTS if k in finetuned.model}}
+    for key in _FORM_FACTS:
+        if key not in finetuned.model:
+            model.pop(key, None)
+    return dataclasses.replace(m, model=model)
 
 
 def _sentence(row: WhatIfRow, headline: BudgetCheck | None, finetuned: Measurement, budget: Budget) -> str:

@@ -131,3 +131,18 @@ def test_sentences_name_the_ratio_that_decides_a_relative_latency_budget():
     assert w.sentences[0] == "int8 brings latency ratio from x1.957 to x1.019: within the x1.200 budget"
     assert w.within_budget == ["int8"]
     assert "900.0" in w.format_table() and "410.0" in w.format_table()  # p95 of as-is and int8
+
+
+def test_a_form_is_judged_against_the_base_although_it_changes_the_dtype():
+    import dataclasses
+
+    def m(latency, dtype, form=None):
+        samples = tuple(RequestSample(p, r, latency, 0.05, 20, 40, True) for p in range(3) for r in range(3))
+        return Measurement(samples=samples, model={"param_dtype": dtype, "compute_dtype": dtype},
+                           environment={"form": form} if form else {})
+
+    base, new = m(0.2, "float32"), m(0.4, "float32")
+    fast = m(0.21, "bfloat16", "bf16")
+    w = what_if(base, new, {"bf16": fast}, Budget(max_latency_increase=0.2))
+    assert [c.passed for c in w.rows[1].verdict.checks] == [True]
+    assert w.within_budget == ["bf16"]
