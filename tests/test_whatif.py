@@ -134,7 +134,6 @@ def test_sentences_name_the_ratio_that_decides_a_relative_latency_budget():
 
 
 def test_a_form_is_judged_against_the_base_although_it_changes_the_dtype():
-    import dataclasses
 
     def m(latency, dtype, form=None):
         samples = tuple(RequestSample(p, r, latency, 0.05, 20, 40, True) for p in range(3) for r in range(3))
