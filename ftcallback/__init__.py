@@ -27,12 +27,17 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "_errors",
     "EfficiencyCallback": "_callback",
     "FTCallbackError": "_errors",
+    "LatencyCause": "_compare",
     "LatencyDecomposition": "_decompose",
     "MachineFactor": "_drift",
     "Measurement": "_measurement",
     "MeasurementError": "_errors",
     "ModelError": "_errors",
     "NoisyMeasurementWarning": "_errors",
+    "NumericMatch": "_quality",
+    "ParetoFront": "_pareto",
+    "ParetoPoint": "_pareto",
+    "ProbePrompts": "_prompts",
     "PromptError": "_errors",
     "RatioEstimate": "_stats",
     "ReferenceWorkload": "_drift",
@@ -47,6 +52,7 @@ _EXPORTS: dict[str, str] = {
     "measure": "_measure",
     "measure_endpoint": "_endpoint",
     "needs_more": "_sequential",
+    "pareto": "_pareto",
     "plot_report": "_plot",
     "serving_form": "_forms",
     "shutdown_distributed": "_distributed",
@@ -61,12 +67,17 @@ __all__ = [
     "ConfigError",
     "EfficiencyCallback",
     "FTCallbackError",
+    "LatencyCause",
     "LatencyDecomposition",
     "MachineFactor",
     "Measurement",
     "MeasurementError",
     "ModelError",
     "NoisyMeasurementWarning",
+    "NumericMatch",
+    "ParetoFront",
+    "ParetoPoint",
+    "ProbePrompts",
     "PromptError",
     "RatioEstimate",
     "ReferenceWorkload",
@@ -82,6 +93,7 @@ __all__ = [
     "measure",
     "measure_endpoint",
     "needs_more",
+    "pareto",
     "plot_report",
     "serving_form",
     "shutdown_distributed",
@@ -107,7 +119,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # static checkers and IDEs see the names eagerly
     from ._budget import Budget, BudgetCheck, Verdict, evaluate
     from ._callback import EfficiencyCallback
-    from ._compare import Comparison, compare
+    from ._compare import Comparison, LatencyCause, compare
     from ._distributed import shutdown as shutdown_distributed
     from ._errors import (
         BaselineError,
@@ -122,6 +134,9 @@ if TYPE_CHECKING:  # static checkers and IDEs see the names eagerly
     from ._forms import serving_form
     from ._measure import measure
     from ._measurement import SCHEMA_VERSION, Measurement, RequestSample
+    from ._pareto import ParetoFront, ParetoPoint, pareto
     from ._plot import plot_report
+    from ._prompts import ProbePrompts
+    from ._quality import NumericMatch
     from ._report import CheckRecord, RunReport
     from ._stats import RatioEstimate, Stats

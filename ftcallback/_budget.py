@@ -1,9 +1,21 @@
-"""Budgets on latency, output length and cost, and the verdicts that check a measurement against them.
+"""Budgets on latency, output length, cost and quality, and the verdicts that check a measurement against them.
 
 A :class:`Budget` says what is allowed: absolute limits (an SLA in milliseconds, a cap on
-mean output tokens, a cap on cost) and limits relative to a baseline (+25% latency,
-+20% tokens). :func:`evaluate` turns a budget, a measurement and an optional baseline
-into a :class:`Verdict`: one :class:`BudgetCheck` per budget that is set.
+mean output tokens, a cap on cost, a minimum quality) and limits relative to a baseline
+(+25% latency, +20% tokens, at most 2 points of quality lost). :func:`evaluate` turns a
+budget, a measurement and an optional baseline into a :class:`Verdict`: one
+:class:`BudgetCheck` per budget that is set.
+
+Cost is priced one of two ways:
+
+* API pricing: ``input_price_per_1k`` / ``output_price_per_1k``;
+  cost per request = (mean input tokens x input price + mean output tokens x output price) / 1000.
+* Self-hosted pricing: ``gpu_price_per_hour`` (and ``gpu_concurrency``, the requests one accelerator
+  serves at once); cost per request = mean end-to-end latency in seconds x
+  ``gpu_price_per_hour`` / 3600 / ``gpu_concurrency``, so a slower model costs more.
+
+Either way cost per 1M output tokens = cost per request / mean output tokens x 1e6, and the
+monthly cost = cost per request x ``requests_per_month``.
 
 Decision rules:
 
@@ -19,8 +31,14 @@ Decision rules:
   budget's confidence (Bonferroni-adjusted for an adaptive measurement, :mod:`ftcallback._sequential`).
 * ``min_slo_attainment`` is the fraction of requests meeting every absolute latency limit given.
 * Token and cost budgets compare means: under greedy decoding they are deterministic.
-* A non-finite value, a missing baseline for a relative budget or a zero baseline gives
-  ``passed=None`` ("not evaluable"), never a breach.
+* Quality budgets are lower bounds: ``min_quality`` on the mean score, ``max_quality_drop`` on
+  the points lost against the baseline.
+* A non-finite value, a missing baseline for a relative budget, a zero baseline, or a cost budget
+  without a price or volume gives ``passed=None`` ("not evaluable") with one line saying what is
+  missing (:attr:`Budget.unevaluable` lists them up front), never a breach.
+* ``max_cost_increase`` without any price is still judged under API pricing when the token counts
+  decide it: the cost ratio then lies between the input-token and the output-token ratios whatever
+  the prices are.
 
 Example:
     >>> from ftcallback._measurement import Measurement, RequestSample
@@ -66,10 +84,15 @@ _LIMIT_HINTS = {
     "requests_per_month": "expected requests per month, e.g. 1000000",
     "monthly_cost": "a cap on projected monthly cost, in the currency of the prices",
     "cost_per_request": "a cap on mean cost per request, in the currency of the prices",
+    "gpu_price_per_hour": "the price of one accelerator hour when self-hosting, e.g. 2.5",
+    "gpu_concurrency": "requests one accelerator serves at once, e.g. 8",
+    "min_quality": "the lowest acceptable mean quality score, e.g. 0.85",
 }
 _FRACTIONS = ("max_latency_increase", "max_token_increase", "max_cost_increase")
 _PRICES = ("input_price_per_1k", "output_price_per_1k")
 _COST_BUDGETS = ("cost_per_request", "max_cost_increase", "monthly_cost")
+#: What to set for a price, as one phrase (the CLI turns the backticked names into its flags).
+PRICE_FIELDS_TEXT = "`input_price_per_1k`/`output_price_per_1k` or `gpu_price_per_hour`"
 # Fields that produce a check; prices and requests_per_month only parameterise the cost ones.
 _BUDGET_FIELDS = (
     "latency_ms",
@@ -83,8 +106,11 @@ _BUDGET_FIELDS = (
     "cost_per_request",
     "max_cost_increase",
     "monthly_cost",
+    "min_quality",
+    "max_quality_drop",
 )
 _DEFAULT_CONFIDENCE = 0.95
+_DEFAULT_CONCURRENCY = 1.0
 
 
 def _number(name: str, value: Any) -> float:
@@ -118,13 +144,22 @@ class Budget:
             EOS, in [0, 1): the "never learned to stop" failure.
         output_tokens: absolute cap on mean output tokens per response.
         max_token_increase: allowed fraction over the baseline's mean output tokens.
-        input_price_per_1k: price of 1000 input (prompt) tokens.
-        output_price_per_1k: price of 1000 output tokens.
+        input_price_per_1k: API pricing: price of 1000 input (prompt) tokens.
+        output_price_per_1k: API pricing: price of 1000 output tokens.
+        gpu_price_per_hour: self-hosted pricing: price of one accelerator hour; cost per request =
+            mean latency (s) x ``gpu_price_per_hour`` / 3600 / ``gpu_concurrency``. Not with token prices.
+        gpu_concurrency: self-hosted pricing: requests one accelerator serves at once.
         requests_per_month: expected traffic, to project a monthly cost.
         monthly_cost: cap on cost per request x ``requests_per_month``.
         cost_per_request: cap on mean cost per request.
         max_cost_increase: allowed fraction over the baseline's cost per request.
+        min_quality: lowest acceptable mean quality score (needs probe references).
+        max_quality_drop: most quality the model may lose against the baseline, in score points
+            (0.02 = two percentage points on a 0-1 scale).
         confidence: confidence level of the latency significance interval, in (0, 1).
+
+    A cost budget without the price or volume it needs is accepted and reported as not evaluable
+    (:attr:`unevaluable` says what is missing), so a budget can be stated before the prices are known.
 
     Raises:
         ConfigError: a field has an invalid value; the message names it and the fix.
@@ -152,6 +187,10 @@ class Budget:
     monthly_cost: float | None = None
     cost_per_request: float | None = None
     max_cost_increase: float | None = None
+    gpu_price_per_hour: float | None = None
+    gpu_concurrency: float = _DEFAULT_CONCURRENCY
+    min_quality: float | None = None
+    max_quality_drop: float | None = None
     confidence: float = _DEFAULT_CONFIDENCE
 
     def __post_init__(self) -> None:
@@ -213,24 +252,27 @@ class Budget:
                 f"`confidence` must be in (0, 1), got {confidence!r} (0.95 means a 95% interval)"
             )
         object.__setattr__(self, "confidence", confidence)
+        if self.max_quality_drop is not None:
+            drop = _number("max_quality_drop", self.max_quality_drop)
+            if drop < 0:
+                raise ConfigError(
+                    f"`max_quality_drop` must be >= 0, got {drop!r} (score points the model may lose against "
+                    "the baseline: 0.02 = two points on a 0-1 scale)"
+                )
+            object.__setattr__(self, "max_quality_drop", drop)
 
-        cost_budgets = [name for name in _COST_BUDGETS if getattr(self, name) is not None]
-        if cost_budgets:
-            prices = [getattr(self, name) for name in _PRICES]
-            if all(p is None for p in prices):
-                raise ConfigError(
-                    f"`{cost_budgets[0]}` needs a price: set `input_price_per_1k` and/or "
-                    f"`output_price_per_1k` (price of 1000 tokens)"
-                )
-            if not any(p is not None and p > 0 for p in prices):
-                raise ConfigError(
-                    f"`{cost_budgets[0]}` needs a non-zero price: at least one of `input_price_per_1k`, "
-                    f"`output_price_per_1k` must be > 0, got {prices[0]!r} and {prices[1]!r}"
-                )
-        if self.monthly_cost is not None and self.requests_per_month is None:
+        prices = [getattr(self, name) for name in _PRICES]
+        token_priced = any(p is not None for p in prices)
+        if token_priced and self.gpu_price_per_hour is not None:
             raise ConfigError(
-                "`monthly_cost` needs `requests_per_month` to project a monthly cost "
-                "(monthly cost = cost per request x requests_per_month); set it, e.g. 1000000"
+                "`gpu_price_per_hour` (self-hosted pricing) and `input_price_per_1k`/`output_price_per_1k` "
+                "(API pricing) cannot both be set; keep the one that describes how the model is served"
+            )
+        cost_budgets = [name for name in _COST_BUDGETS if getattr(self, name) is not None]
+        if cost_budgets and token_priced and not any(p is not None and p > 0 for p in prices):
+            raise ConfigError(
+                f"`{cost_budgets[0]}` needs a non-zero price: at least one of `input_price_per_1k`, "
+                f"`output_price_per_1k` must be > 0, got {prices[0]!r} and {prices[1]!r}"
             )
 
     # ----------------------------------------------------------------- queries
@@ -241,8 +283,48 @@ class Budget:
 
     @property
     def priced(self) -> bool:
-        """True when at least one token price is set, so cost can be computed."""
+        """True when a price is set (a token price or ``gpu_price_per_hour``), so cost can be computed."""
+        return self.token_priced or self.gpu_price_per_hour is not None
+
+    @property
+    def token_priced(self) -> bool:
+        """True for API pricing: at least one token price is set."""
         return self.input_price_per_1k is not None or self.output_price_per_1k is not None
+
+    def missing(self, budget_field: str) -> str | None:
+        """What ``budget_field`` needs to be evaluated and is not set, as a phrase; None when nothing is.
+
+        Only configuration counts here (a price, a volume); a missing baseline or a failed measurement is
+        reported by :func:`evaluate`.
+
+        Example:
+            >>> Budget(monthly_cost=5000, gpu_price_per_hour=2.5).missing("monthly_cost")
+            'needs `requests_per_month`'
+        """
+        needs = []
+        if budget_field == "monthly_cost" and self.requests_per_month is None:
+            needs.append("`requests_per_month`")
+        if budget_field in ("cost_per_request", "monthly_cost") and not self.priced:
+            needs.append(f"a price ({PRICE_FIELDS_TEXT})")
+        return "needs " + " and ".join(needs) if needs else None
+
+    @property
+    def unevaluable(self) -> tuple[str, ...]:
+        """One line per budget that is set but can never be evaluated as configured, saying what is missing.
+
+        ``max_cost_increase`` without a price is not listed: token counts alone may decide it.
+
+        Example:
+            >>> Budget(monthly_cost=5000, output_price_per_1k=0.002).unevaluable
+            ('`monthly_cost` not evaluated: needs `requests_per_month`',)
+        """
+        out = []
+        for name in _COST_BUDGETS:
+            if getattr(self, name) is not None:
+                why = self.missing(name)
+                if why is not None:
+                    out.append(f"`{name}` not evaluated: {why}")
+        return tuple(out)
 
     @property
     def latency_metric(self) -> str:
@@ -270,9 +352,31 @@ class Budget:
             >>> Budget(input_price_per_1k=0.001, output_price_per_1k=0.002).cost_per_request_of(m)
             0.002
         """
-        if not self.priced:
+        if self.token_priced:
+            return measurement.cost_per_request(self.input_price_per_1k or 0.0, self.output_price_per_1k or 0.0)
+        if self.gpu_price_per_hour is not None:
+            # Accelerator time is what is paid for: the mean request holds the accelerator for its
+            # end-to-end latency, shared with `gpu_concurrency - 1` other requests.
+            return measurement.latency_ms.mean / 1000.0 * self.gpu_price_per_hour / 3600.0 / self.gpu_concurrency
+        return None
+
+    def cost_per_1m_output_tokens_of(self, measurement: Measurement) -> float | None:
+        """Cost of one million output tokens: cost per request / mean output tokens x 1e6; None when unpriced.
+
+        Under self-hosted pricing this is ``gpu_price_per_hour`` / 3600 / (tokens per second x
+        ``gpu_concurrency``) x 1e6, i.e. it follows the measured throughput.
+
+        Example:
+            >>> from ftcallback._measurement import Measurement, RequestSample
+            >>> m = Measurement(samples=(RequestSample(0, 0, 2.0, 0.1, 10, 100, True),))
+            >>> round(Budget(gpu_price_per_hour=3.6).cost_per_1m_output_tokens_of(m), 6)
+            20.0
+        """
+        cost = self.cost_per_request_of(measurement)
+        tokens = measurement.output_tokens.mean
+        if cost is None or not (math.isfinite(tokens) and tokens > 0):
             return None
-        return measurement.cost_per_request(self.input_price_per_1k or 0.0, self.output_price_per_1k or 0.0)
+        return cost / tokens * 1e6
 
     def monthly_cost_of(self, measurement: Measurement) -> float | None:
         """Projected monthly cost (cost per request x ``requests_per_month``); None when not computable."""
@@ -293,7 +397,8 @@ class Budget:
             baseline: the reference measurement for relative budgets.
 
         Returns:
-            e.g. ``{"latency_ms_p95": 400.0, "output_tokens_mean": 44.4, "cost_per_request": 0.0001}``.
+            e.g. ``{"latency_ms_p95": 400.0, "output_tokens_mean": 44.4, "cost_per_request": 0.0001}``;
+            ``"quality"`` is a minimum, every other limit a maximum.
 
         Example:
             >>> from ftcallback._measurement import Measurement, RequestSample
@@ -331,15 +436,21 @@ class Budget:
         tighter("cost_per_request", self.cost_per_request)
         tighter("cost_per_request", relative(self.max_cost_increase, base_cost))
         tighter("monthly_cost", self.monthly_cost)
+        # Quality limits are minimums; the higher (stricter) one wins.
+        floors = [self.min_quality] if self.min_quality is not None else []
+        if self.max_quality_drop is not None and baseline is not None and baseline.has_quality:
+            floors.append(baseline.quality - self.max_quality_drop)
+        if floors:
+            out["quality"] = max(floors)
         return out
 
     # ----------------------------------------------------------------- JSON
     def to_dict(self) -> dict[str, Any]:
-        """The fields that are set, plus ``latency_stat`` (and ``confidence`` when not the default)."""
+        """The fields that are set, plus ``latency_stat`` (``confidence``, ``gpu_concurrency`` when not the default)."""
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "confidence" and value == _DEFAULT_CONFIDENCE:
+            if (f.name, value) in (("confidence", _DEFAULT_CONFIDENCE), ("gpu_concurrency", _DEFAULT_CONCURRENCY)):
                 continue
             if value is not None:
                 out[f.name] = value
@@ -417,8 +528,8 @@ class Budget:
 
 
 # --------------------------------------------------------------------- checks
-#: Metrics whose limit is a minimum (breached below it).
-_MINIMUM_METRICS = ("slo_attainment",)
+#: Metrics whose limit is a minimum (higher is better, breached below it); every other limit is a maximum.
+MINIMUM_METRICS = frozenset({"quality", "slo_attainment"})
 
 
 @dataclass(frozen=True)
@@ -461,8 +572,8 @@ class BudgetCheck:
 
     @property
     def is_minimum(self) -> bool:
-        """True when the limit is a minimum (``slo_attainment``): breached below it."""
-        return self.metric in _MINIMUM_METRICS
+        """True when the limit is a minimum (``quality``, ``slo_attainment``): breached below it."""
+        return self.metric in MINIMUM_METRICS
 
     @property
     def breached(self) -> bool:
@@ -471,16 +582,20 @@ class BudgetCheck:
 
     @property
     def margin(self) -> float:
-        """Headroom ``(limit - value) / limit``: positive within budget, negative over, NaN unknown."""
+        """Headroom ``(limit - value) / limit`` (``(value - limit) / limit`` for a minimum): positive
+        within budget, negative over, NaN unknown."""
         if not (math.isfinite(self.value) and math.isfinite(self.limit)) or self.limit == 0:
             return math.nan
-        if self.is_minimum:
-            return (self.value - self.limit) / self.limit
-        return (self.limit - self.value) / self.limit
+        headroom = self.value - self.limit if self.is_minimum else self.limit - self.value
+        return headroom / abs(self.limit)
 
     def _vs_baseline(self) -> str:
         if self.baseline is None or not math.isfinite(self.baseline):
             return ""
+        if self.is_minimum:
+            diff = self.value - self.baseline
+            change = f", {diff:+.3f}" if math.isfinite(diff) else ""
+            return f" (baseline {metric_value(self.metric, self.baseline)}{change})"
         ratio = self.ratio
         if ratio is None and self.baseline > 0 and math.isfinite(self.value):
             ratio = self.value / self.baseline
@@ -500,7 +615,7 @@ class BudgetCheck:
             return f"{head} {verb} budget {limit}{why}"
         if self.is_minimum:
             verb = "below minimum" if self.passed is False else "meets minimum"
-            return f"{self.metric} {value} {verb} {limit}"
+            return f"{self.metric} {value} {verb} {limit}{self._vs_baseline()}"
         if self.passed is False:
             return f"{self.metric} {value} exceeds budget {limit}{self._vs_baseline()}"
         text = f"{self.metric} {value} within budget {limit}{self._vs_baseline()}"
@@ -730,6 +845,56 @@ def _relative_latency(
     )
 
 
+def _unpriced(budget: Budget, budget_field: str, metric: str, limit: float) -> BudgetCheck:
+    return BudgetCheck(budget_field, metric, math.nan, limit, None, None, budget.missing(budget_field) or "")
+
+
+def _token_cost_change(fraction: float, measurement: Measurement, baseline: Measurement | None) -> BudgetCheck:
+    """``max_cost_increase`` without prices, under API pricing.
+
+    Cost per request is ``a x input tokens + b x output tokens`` with unknown prices ``a, b >= 0``, so its
+    ratio to the baseline lies between the input-token ratio and the output-token ratio. The budget is
+    met when the larger one is within it, breached when even the smaller one exceeds it, and needs a
+    price in between.
+    """
+    metric, limit = "token_cost_ratio", 1.0 + fraction
+    if baseline is None:
+        return BudgetCheck("max_cost_increase", metric, math.nan, limit, None, None, "no baseline")
+    ratios = []
+    for stats_of in (lambda m: m.input_tokens.mean, lambda m: m.output_tokens.mean):
+        base, new = stats_of(baseline), stats_of(measurement)
+        if base == new == 0:  # no such tokens on either side: that price does not matter
+            ratios.append(1.0)
+            continue
+        if not (math.isfinite(base) and math.isfinite(new)) or base <= 0:
+            return BudgetCheck(
+                "max_cost_increase", metric, math.nan, limit, 1.0, None, f"needs a price ({PRICE_FIELDS_TEXT})"
+            )
+        ratios.append(new / base)
+    low, high = min(ratios), max(ratios)
+    detail = (
+        "no price set: under any token prices the cost per request changes by between "
+        f"{percent_change(low - 1)} and {percent_change(high - 1)} (input tokens {percent_change(ratios[0] - 1)}, "
+        f"output tokens {percent_change(ratios[1] - 1)})"
+    )
+    if high <= limit:
+        return BudgetCheck("max_cost_increase", metric, high, limit, 1.0, True, detail, high, (low, high))
+    if low > limit:
+        return BudgetCheck("max_cost_increase", metric, low, limit, 1.0, False, detail, low, (low, high))
+    return BudgetCheck(
+        "max_cost_increase", metric, high, limit, 1.0, None, f"{detail}; needs a price ({PRICE_FIELDS_TEXT})",
+        high, (low, high),
+    )
+
+
+def _quality_check(budget_field: str, limit: float, measurement: Measurement, base: float | None) -> BudgetCheck:
+    value = measurement.quality
+    if not math.isfinite(value):
+        why = "not scored: no probe prompt has a reference (give references and a scorer)"
+        return BudgetCheck(budget_field, "quality", value, limit, base, None, why)
+    return BudgetCheck(budget_field, "quality", value, limit, base, value >= limit)
+
+
 def evaluate(
     budget: Budget, measurement: Measurement, baseline: Measurement | None = None, *, seed: int = 0
 ) -> Verdict:
@@ -749,8 +914,8 @@ def evaluate(
     Returns:
         A :class:`Verdict` with one check per budget set, in the order latency, latency increase,
         TTFT, TPOT, SLO attainment, truncated fraction, tokens, token increase, cost per request,
-        cost increase, monthly cost; plus the latency decomposition and machine factor when there is
-        a baseline.
+        cost increase, monthly cost, minimum quality, quality drop; plus the latency decomposition and
+        machine factor when there is a baseline.
 
     Example:
         >>> from ftcallback._measurement import Measurement, RequestSample
@@ -826,28 +991,42 @@ def evaluate(
         )
 
     cost = budget.cost_per_request_of(measurement)
-    if cost is not None:  # priced; validation guarantees a price whenever a cost budget is set
-        base_cost = budget.cost_per_request_of(baseline) if baseline is not None else None
-        if budget.cost_per_request is not None:
+    base_cost = budget.cost_per_request_of(baseline) if baseline is not None else None
+    if budget.cost_per_request is not None:
+        if cost is None:
+            checks.append(_unpriced(budget, "cost_per_request", "cost_per_request", budget.cost_per_request))
+        else:
             checks.append(
                 _absolute("cost_per_request", "cost_per_request", cost, budget.cost_per_request, base_cost)
             )
-        if budget.max_cost_increase is not None:
+    if budget.max_cost_increase is not None:
+        if cost is None:
+            checks.append(_token_cost_change(budget.max_cost_increase, measurement, baseline))
+        else:
             checks.append(
-                _relative(
-                    "max_cost_increase", "cost_per_request", cost, budget.max_cost_increase, base_cost, "cost"
-                )
+                _relative("max_cost_increase", "cost_per_request", cost, budget.max_cost_increase, base_cost, "cost")
             )
-        if budget.monthly_cost is not None and budget.requests_per_month is not None:
-            rpm = budget.requests_per_month
+    if budget.monthly_cost is not None:
+        rpm = budget.requests_per_month
+        if cost is None or rpm is None:
+            checks.append(_unpriced(budget, "monthly_cost", "monthly_cost", budget.monthly_cost))
+        else:
             base_monthly = base_cost * rpm if base_cost is not None else None
-            checks.append(
-                _absolute("monthly_cost", "monthly_cost", cost * rpm, budget.monthly_cost, base_monthly)
-            )
+            checks.append(_absolute("monthly_cost", "monthly_cost", cost * rpm, budget.monthly_cost, base_monthly))
+
+    base_quality = baseline.quality if baseline is not None and baseline.has_quality else None
+    if budget.min_quality is not None:
+        checks.append(_quality_check("min_quality", budget.min_quality, measurement, base_quality))
+    if budget.max_quality_drop is not None:
+        if base_quality is None:
+            why = "no baseline" if baseline is None else "the baseline has no quality score (no references)"
+            checks.append(BudgetCheck("max_quality_drop", "quality", measurement.quality, math.nan, None, None, why))
+        else:
+            limit = base_quality - budget.max_quality_drop
+            checks.append(_quality_check("max_quality_drop", limit, measurement, base_quality))
     if baseline is not None:
         checks = _not_comparable(checks, baseline, measurement)
     return Verdict(checks=tuple(checks), decomposition=decomposition, machine=machine)
-
 
 # Relative budgets and the figure each compares with the baseline (cost follows tokens).
 _RELATIVE_FIGURES = {"max_latency_increase": "latency", "max_token_increase": "tokens", "max_cost_increase": "tokens"}

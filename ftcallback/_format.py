@@ -22,8 +22,8 @@ from typing import Any
 __all__ = ["confidence_level", "finite_float", "metric_value", "number", "percent_change", "significant"]
 
 #: Metrics that are ratios to the baseline (written ``x1.234``) and fractions of requests (``0.333``).
-RATIO_METRICS = ("latency_ratio",)
-FRACTION_METRICS = ("slo_attainment", "truncated_fraction")
+RATIO_METRICS = ("latency_ratio", "token_cost_ratio")
+FRACTION_METRICS = ("slo_attainment", "truncated_fraction", "quality")
 
 
 def finite_float(value: Any) -> float | None:
@@ -58,13 +58,14 @@ def percent_change(change: float | None) -> str:
 
 
 def metric_value(metric: str, value: float | None) -> str:
-    """A metric's value for log text: money (``cost`` metrics) with 4 significant digits, else 1 decimal.
+    """A metric's value for log text: money (``cost`` metrics) with 4 significant digits, ratios as ``x1.500``,
+    fractions and quality scores with 3 decimals, else 1 decimal.
 
     Non-finite values are spelled out (``nan``, ``inf``) since a log line must say what was seen.
     """
     if value is None or not math.isfinite(value):
         return "nan" if value is None or math.isnan(value) else str(value)
-    if "cost" in metric:
+    if "cost" in metric and metric not in RATIO_METRICS:
         return significant(value, 4)
     if metric in RATIO_METRICS:
         return f"x{value:.3f}"

@@ -26,6 +26,7 @@ import datetime
 import functools
 import importlib.metadata
 import logging
+import math
 import platform
 import random
 import time
@@ -43,7 +44,8 @@ from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementW
 from ._execution import ComputeProbe, Decoding, adapters_info, build_generation_config, compile_info
 from ._measurement import Measurement, RequestSample
 from ._probe import probe_settings
-from ._prompts import encode_prompts, load_prompts, resolve_tokenizer
+from ._prompts import encode_prompts, load_probe, resolve_tokenizer, validate_references
+from ._quality import Scorer, resolve_scorer, score_outputs
 from ._sequential import sequential_settings
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
@@ -105,6 +107,8 @@ def validate_probe(
     max_new_tokens: int = 128,
     generation_kwargs: Mapping[str, Any] | None = None,
     apply_chat_template: bool = False,
+    references: Sequence[str | None] | None = None,
+    scorer: str | Scorer | None = None,
 ) -> None:
     """Check, without generating, everything :func:`measure` would reject about this probe.
 
@@ -115,7 +119,17 @@ def validate_probe(
         ConfigError, PromptError, ModelError: as :func:`measure` would.
     """
     _check_int("max_new_tokens", max_new_tokens, 1)
-    _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template, name_rejected=True)
+    _prepare(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        generation_kwargs,
+        apply_chat_template,
+        name_rejected=True,
+        references=references,
+        scorer=scorer,
+    )
 
 
 @dataclass
@@ -131,10 +145,38 @@ class _Probe:
     base_config: GenerationConfig
     call_kwargs: dict[str, Any]
     decoding: Decoding
+    references: tuple[str | None, ...] | None = None
+    scorer: tuple[str, Scorer] | None = None
 
     @property
     def do_sample(self) -> bool:
         return "sampl" in self.decoding.mode
+
+
+def _references(
+    carried: tuple[str | None, ...] | None,
+    references: Sequence[str | None] | None,
+    scorer: str | Scorer | None,
+    n: int,
+) -> tuple[tuple[str | None, ...] | None, tuple[str, Scorer] | None]:
+    """The references to score against (explicit ones win over those the prompts carry) and the scorer."""
+    if references is not None:
+        if isinstance(references, (str, bytes)) or not isinstance(references, Sequence):
+            raise ConfigError(
+                f"`references` must be a list with one reference (str or None) per prompt, "
+                f"got {type(references).__name__}"
+            )
+        validate_references(references, n)
+        carried = tuple(references) if any(r is not None for r in references) else None
+    if carried is None:
+        if scorer is not None:
+            raise ConfigError(
+                "`scorer` is set but no prompt has a reference to score against; pass references=[...] "
+                'or prompts with references ({"prompt": ..., "reference": ...} lines, a reference column, '
+                "or (prompt, reference) pairs)"
+            )
+        return None, None
+    return carried, resolve_scorer(scorer)
 
 
 def _prepare(
@@ -146,6 +188,8 @@ def _prepare(
     apply_chat_template: bool,
     *,
     name_rejected: bool = False,
+    references: Sequence[str | None] | None = None,
+    scorer: str | Scorer | None = None,
 ) -> _Probe:
     """Validate and prepare a probe.
 
@@ -161,7 +205,9 @@ def _prepare(
     user_kwargs = dict(generation_kwargs or {})
     check_generation_kwargs(user_kwargs)
     tokenizer = resolve_tokenizer(tokenizer)
-    prompt_list = load_prompts(prompts)
+    probe_prompts = load_probe(prompts)
+    prompt_list = list(probe_prompts.prompts)
+    refs, resolved_scorer = _references(probe_prompts.references, references, scorer, len(prompt_list))
     target = unwrap_model(model)
     _check_can_generate(target)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -185,7 +231,19 @@ def _prepare(
             ) from exc
     _check_context(target, encoded, max_new_tokens)
     base_config, call_kwargs, decoding = _generation_setup(target, tokenizer, user_kwargs, pad_id)
-    return _Probe(tokenizer, prompt_list, target, pad_id, encoded, user_kwargs, base_config, call_kwargs, decoding)
+    return _Probe(
+        tokenizer,
+        prompt_list,
+        target,
+        pad_id,
+        encoded,
+        user_kwargs,
+        base_config,
+        call_kwargs,
+        decoding,
+        refs,
+        resolved_scorer,
+    )
 
 
 def measure(
@@ -203,6 +261,8 @@ def measure(
     num_sample_outputs: int = 3,
     on_batch_end: Callable[[], Any] | None = None,
     synced_gpus: bool | None = None,
+    references: Sequence[str | None] | None = None,
+    scorer: str | Scorer | None = None,
     trained_compiled: bool | None = None,
     warn_ignored: bool = True,
     clock: Callable[[], float] = time.perf_counter,
@@ -234,6 +294,12 @@ def measure(
         num_sample_outputs: how many decoded responses (the first prompts, last repeat) to keep.
         on_batch_end: called with no argument after every ``generate`` call, outside the timed region.
         synced_gpus: passed to ``generate`` when not None (ZeRO-3 / FSDP, where every rank must join).
+        references: one reference answer (or None) per prompt; overrides references the prompts carry.
+            With references, every prompt's response of the last repeat is decoded and scored (no extra
+            ``generate`` call): ``Measurement.quality_scores`` and ``Measurement.quality``.
+        scorer: how a response is scored against its reference: ``"exact"`` (default), ``"contains"``,
+            ``"regex"``, ``"numeric"`` or a callable ``score(prompt, output, reference) -> float``
+            (see :mod:`ftcallback._quality`).
         trained_compiled: whether the module being trained runs compiled while ``model`` is its uncompiled
             original (the Trainer's ``args.torch_compile``); None detects it from ``model``. Recorded in
             ``model["compile"]``.
@@ -298,10 +364,20 @@ def measure(
     cap = repeats if until is None else (max_repeats if max_repeats is not None else 3 * repeats)
     if on_batch_end is not None and not callable(on_batch_end):
         raise ConfigError(f"`on_batch_end` must be callable or None, got {type(on_batch_end).__name__}")
-    probe = _prepare(model, tokenizer, prompts, max_new_tokens, generation_kwargs, apply_chat_template)
+    probe = _prepare(
+        model,
+        tokenizer,
+        prompts,
+        max_new_tokens,
+        generation_kwargs,
+        apply_chat_template,
+        references=references,
+        scorer=scorer,
+    )
     tokenizer, prompt_list, target, pad_id = probe.tokenizer, probe.prompts, probe.target, probe.pad_id
     encoded, user_kwargs = probe.encoded, probe.user_kwargs
     base_config, call_kwargs, do_sample = probe.base_config, probe.call_kwargs, probe.do_sample
+    scoring = probe.references is not None
     device = _model_device(target)
     if warn_ignored:
         probe.decoding.warn()
@@ -379,6 +455,8 @@ def measure(
         batch_size=batch_size,
         apply_chat_template=apply_chat_template,
         seed=seed,
+        references=probe.references,
+        scorer=probe.scorer[0] if probe.scorer is not None else None,
     )
     if until is not None:
         settings["sequential"] = sequential_settings(repeats, cap)
@@ -387,6 +465,12 @@ def measure(
         reference_label = f"{reference.spec}/{'cpu' if cpu_time is not None else 'wall'}"
 
     def snapshot(done: int, peak: int | None) -> Measurement:
+        decoded = {i: tokenizer.decode(ids, skip_special_tokens=True) for i, ids in sorted(last_outputs.items())}
+        quality_scores: tuple[float, ...] = ()
+        if probe.references is not None and probe.scorer is not None:
+            # The last pass's responses (greedy ones are the same on every pass): no extra generate call.
+            outputs = [decoded[i] for i in range(len(prompt_list))]
+            quality_scores = score_outputs(prompt_list, outputs, probe.references, probe.scorer[1])
         # The compute dtype is known once a forward pass has run: the record is built after generating.
         environment = _environment(target, device, synced_gpus, compute)
         if reference_label is not None:
@@ -402,13 +486,11 @@ def measure(
             cpu_share=tuple(cpu_shares),
             peak_memory_bytes=peak,
             sample_outputs=tuple(
-                {
-                    "prompt_index": i,
-                    "prompt": prompt_list[i],
-                    "output": tokenizer.decode(ids, skip_special_tokens=True),
-                }
-                for i, ids in sorted(last_outputs.items())
+                {"prompt_index": i, "prompt": prompt_list[i], "output": text}
+                for i, text in decoded.items()
+                if i < num_sample_outputs
             ),
+            quality_scores=quality_scores,
             wall_time_s=clock() - wall_start,
             created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         )
@@ -438,7 +520,7 @@ def measure(
                         samples.append(
                             RequestSample(prompt_index, r, latency, ttft, input_len, n_out, finished, token_times)
                         )
-                        if prompt_index < num_sample_outputs:
+                        if scoring or prompt_index < num_sample_outputs:
                             last_outputs[prompt_index] = row[:n_out]
                     if on_batch_end is not None:
                         on_batch_end()
@@ -863,6 +945,13 @@ def _log_result(m: Measurement) -> None:
         100.0 * m.eos_fraction,
         m.noise_cv,
     )
+    if m.has_quality:
+        logger.info(
+            "quality %.3f (%s, mean over %d prompts with a reference)",
+            m.quality,
+            m.settings.get("scorer"),
+            sum(math.isfinite(s) for s in m.quality_scores),
+        )
     if m.noise_cv > _NOISE_CV_LIMIT:
         # A Python warning, not a log record: it says so where the user looks (stderr, pytest's
         # warnings summary) without adding WARNING records next to the callback's stop line.

@@ -26,6 +26,9 @@ __all__ = ["RECORD_FACTS", "SCHEMA_VERSION", "comparable_facts", "Incompatibilit
 #: Version of the JSON layout written by :meth:`Measurement.to_dict`. Bumped on incompatible changes.
 SCHEMA_VERSION = 1
 
+# Relative tolerance when checking a saved summary against the one its samples give (JSON keeps floats
+# exactly; this only absorbs a last-bit difference from another platform's libm).
+_SUMMARY_RTOL = 1e-9
 #: Figures a difference can make incomparable: latency (with TTFT, TPOT, throughput) and output tokens (with cost).
 LATENCY, TOKENS = "latency", "tokens"
 
@@ -254,6 +257,9 @@ class Measurement:
             sleeping or blocking counts in neither); empty where the OS does not tell (not Linux).
         peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
         sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
+        quality_scores: one score per prompt (index = prompt index) of the last repeat's response
+            against the prompt's reference, NaN for a prompt without one; empty when not scored
+            (see :mod:`ftcallback._quality`).
         wall_time_s: wall time of the whole measurement, warm-up included.
         created_at: ISO-8601 UTC timestamp.
         schema_version: JSON layout version.
@@ -275,9 +281,58 @@ class Measurement:
     cpu_share: tuple[float, ...] = ()
     peak_memory_bytes: int | None = None
     sample_outputs: tuple[Mapping[str, Any], ...] = ()
+    quality_scores: tuple[float, ...] = ()
     wall_time_s: float = math.nan
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
+
+    # ----------------------------------------------------------------- from figures
+    @classmethod
+    def from_figures(
+        cls,
+        *,
+        latency_ms: float,
+        output_tokens: int,
+        input_tokens: int = 0,
+        ttft_ms: float | None = None,
+        quality: float | None = None,
+        finished: bool = True,
+        dtype: str | None = None,
+    ) -> Measurement:
+        """A measurement stated as figures rather than measured: every request takes ``latency_ms``.
+
+        For comparing what is known ("200 ms and 150 tokens before, 800 ms after") without saved files.
+        Three identical requests stand for the figures, so every budget, relative ones included, can be
+        judged (an identical slowdown is certain, not noise).
+
+        Raises:
+            ConfigError: a figure is not a finite positive number (tokens: a positive integer).
+
+        Example:
+            >>> m = Measurement.from_figures(latency_ms=200, output_tokens=150, quality=0.87)
+            >>> m.latency_ms.p95, m.output_tokens.mean, m.quality
+            (200.0, 150.0, 0.87)
+        """
+        from ._errors import ConfigError
+
+        def positive(name: str, value: Any, kind: type = float) -> Any:
+            ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            if not ok or value < 0 or (kind is int and value != int(value)):
+                raise ConfigError(f"`{name}` must be a finite number >= 0, got {value!r}")
+            return kind(value)
+
+        latency_s = positive("latency_ms", latency_ms) / 1000.0
+        ttft_s = latency_s if ttft_ms is None else positive("ttft_ms", ttft_ms) / 1000.0
+        n_in, n_out = positive("input_tokens", input_tokens, int), positive("output_tokens", output_tokens, int)
+        repeats = 3
+        samples = tuple(RequestSample(0, r, latency_s, ttft_s, n_in, n_out, bool(finished)) for r in range(repeats))
+        settings: dict[str, Any] = {"source": "figures"}
+        scores: tuple[float, ...] = ()
+        if quality is not None:
+            scores = (positive("quality", quality),)
+            settings.update(scorer="given", references_sha256="given")
+        model = {"param_dtype": dtype} if dtype else {}
+        return cls(samples=samples, settings=settings, model=model, quality_scores=scores)
 
     # ----------------------------------------------------------------- summaries
     @cached_property
@@ -326,6 +381,18 @@ class Measurement:
     def truncated_fraction(self) -> float:
         """Fraction of responses cut at ``max_new_tokens``."""
         return 1.0 - self.eos_fraction if self.samples else math.nan
+
+    @property
+    def quality(self) -> float:
+        """Mean quality score over the prompts with a reference; NaN when nothing was scored."""
+        from ._quality import mean_quality
+
+        return mean_quality(self.quality_scores)
+
+    @property
+    def has_quality(self) -> bool:
+        """True when at least one response was scored against a reference."""
+        return any(math.isfinite(s) for s in self.quality_scores)
 
     @property
     def noise_cv(self) -> float:
@@ -402,6 +469,8 @@ class Measurement:
         out["noise_cv"] = self.noise_cv
         if self.peak_memory_bytes is not None:
             out["peak_memory_mb"] = self.peak_memory_bytes / 2**20
+        if self.has_quality:
+            out["quality"] = self.quality
         return out
 
     def __repr__(self) -> str:
@@ -436,6 +505,14 @@ class Measurement:
                 f"{_spoiled(affects)}"
             )
             problems.append(Incompatibility(fact.name, base, new, affects, message))
+        if self.has_quality and other.has_quality:  # other references or another scorer: quality only
+            from ._probe import QUALITY_SETTINGS
+
+            for key in QUALITY_SETTINGS:
+                base, new = self.settings.get(key), other.settings.get(key)
+                if base != new:
+                    message = f"{key} is {base!r} in the baseline but {new!r} here; quality is not comparable"
+                    problems.append(Incompatibility(key, base, new, frozenset({"quality"}), message))
         retried = {k for r in (self.retry, other.retry) if r for k in (r.get("changed") or {})}
         return [p for p in problems if not (p.fact in retried and any(q.fact == "retry" for q in problems))]
 
@@ -477,6 +554,7 @@ class Measurement:
             "peak_memory_bytes": self.peak_memory_bytes,
             "summary": {k: json_float(v) for k, v in self.summary().items()},
             "sample_outputs": [dict(o) for o in self.sample_outputs],
+            "quality_scores": [json_float(v) for v in self.quality_scores],
             # Columnar: compact, and readable with one line of pandas.
             "samples": samples,
         }
@@ -485,8 +563,12 @@ class Measurement:
     def from_dict(cls, data: Mapping[str, Any]) -> Measurement:
         """Rebuild a measurement written by :meth:`to_dict`.
 
+        The saved ``summary`` (written for people and other tools) must agree with what the samples
+        give: a summary edited by hand is rejected, never silently replaced by recomputed figures.
+
         Raises:
-            BaselineError: the data is not a measurement or has another schema version.
+            BaselineError: the data is not a measurement, has another schema version, or its summary
+                disagrees with its samples.
         """
         if not isinstance(data, Mapping) or "samples" not in data:
             raise BaselineError("not an ftcallback measurement: no 'samples' field")
@@ -513,7 +595,7 @@ class Measurement:
                 )
                 for i in range(n)
             )
-            return cls(
+            measurement = cls(
                 samples=samples,
                 settings=dict(data.get("settings", {})),
                 model=_model_record(data.get("model", {})),
@@ -525,11 +607,14 @@ class Measurement:
                 cpu_share=tuple(float_from_json(v) for v in data.get("cpu_share", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
+                quality_scores=tuple(float_from_json(v) for v in data.get("quality_scores", [])),
                 wall_time_s=float_from_json(data.get("wall_time_s")),
                 created_at=str(data.get("created_at", "")),
             )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise BaselineError(f"corrupt measurement: {type(exc).__name__}: {exc}") from exc
+        _check_summary(data.get("summary"), measurement.summary())
+        return measurement
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the measurement as JSON, atomically (a crash leaves the previous file whole)."""
@@ -558,6 +643,35 @@ class Measurement:
             raise BaselineError(f"{what} {str(path)!r}: {exc}") from exc
 
 
+def _check_summary(saved: Any, derived: Mapping[str, float]) -> None:
+    """Raise when a saved summary states a figure its samples do not give.
+
+    Keys only one side has are skipped: an older file lacks newer keys, a newer one may carry keys this
+    version does not compute.
+    """
+    if saved is None:
+        return
+    if not isinstance(saved, Mapping):
+        raise BaselineError(f"'summary' must be an object, got {type(saved).__name__}")
+    for key, value in derived.items():
+        if key not in saved:
+            continue
+        stated = saved[key]
+        try:
+            stated_f = float_from_json(stated)
+        except (TypeError, ValueError):
+            stated_f = None
+        same = stated_f is not None and (
+            (math.isnan(stated_f) and math.isnan(value))
+            or stated_f == value
+            or math.isclose(stated_f, value, rel_tol=_SUMMARY_RTOL, abs_tol=1e-12)
+        )
+        if not same:
+            raise BaselineError(
+                f"field 'summary.{key}' is {stated!r} but the samples give {json_float(value)!r}; the summary "
+                "was edited or the samples were changed. Measure again, or delete 'summary' from the file "
+                "to use the samples as they are"
+            )
 def _model_record(model: Mapping[str, Any]) -> dict[str, Any]:
     """The ``model`` record, with the parameter dtype of files older than ``param_dtype`` under its new name."""
     out = dict(model)

@@ -16,7 +16,8 @@ from typing import Any
 
 from ._errors import ConfigError
 from ._json import jsonable
-from ._prompts import prompts_sha256
+from ._prompts import prompts_sha256, references_sha256, validate_references
+from ._quality import SCORERS, Scorer, resolve_scorer
 
 __all__ = ["COMPARABLE_SETTINGS", "ProbeSpec", "probe_settings", "settings_incompatibilities"]
 
@@ -29,6 +30,9 @@ COMPARABLE_SETTINGS = ("prompts_sha256", "num_prompts", "max_new_tokens", "gener
 #: Settings that must also agree before two latencies are compared.
 LATENCY_SETTINGS = ("batch_size",)
 
+#: Settings that must also agree before two quality scores are compared (both measured with references).
+QUALITY_SETTINGS = ("references_sha256", "scorer")
+
 
 def probe_settings(
     prompts: Sequence[str],
@@ -40,8 +44,17 @@ def probe_settings(
     batch_size: int,
     apply_chat_template: bool,
     seed: int,
+    references: Sequence[str | None] | None = None,
+    scorer: str | None = None,
 ) -> dict[str, Any]:
-    """The settings dict a measurement records: the only place it is built."""
+    """The settings dict a measurement records: the only place it is built.
+
+    With ``references`` (quality scored on the same generations), the scorer's name and a fingerprint of the
+    references are recorded too (:data:`QUALITY_SETTINGS`).
+    """
+    quality: dict[str, Any] = {}
+    if references is not None:
+        quality = {"scorer": scorer, "references_sha256": references_sha256(references)}
     return {
         "max_new_tokens": int(max_new_tokens),
         "generation_kwargs": jsonable(dict(generation_kwargs or {})),
@@ -52,6 +65,7 @@ def probe_settings(
         "num_prompts": len(prompts),
         "prompts_sha256": prompts_sha256(prompts, apply_chat_template),
         "seed": int(seed),
+        **quality,
     }
 
 
@@ -76,6 +90,11 @@ def settings_incompatibilities(base: Mapping[str, Any], new: Mapping[str, Any]) 
     return _differences(base, new, COMPARABLE_SETTINGS)
 
 
+def quality_incompatibilities(base: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """Why the quality scores of two measurements cannot be compared: other references or another scorer."""
+    return _differences(base, new, QUALITY_SETTINGS)
+
+
 def _int(name: str, value: Any, minimum: int, hint: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigError(f"`{name}` must be an integer >= {minimum}, got {value!r}{hint}")
@@ -96,6 +115,11 @@ class ProbeSpec:
         seed: seed for sampling and for the bootstrap.
         apply_chat_template: wrap each prompt in the tokenizer's chat template.
         num_sample_outputs: decoded responses kept per measurement.
+        references: one reference answer (or None) per prompt, to score quality on the same generations
+            (see :func:`ftcallback._prompts.load_probe`); None: quality is not scored.
+        scorer: how a response is scored against its reference: a built-in name (``"exact"``, the default
+            with references; ``"contains"``, ``"regex"``, ``"numeric"``) or a callable
+            ``score(prompt, output, reference) -> float`` (see :mod:`ftcallback._quality`).
 
     Example:
         >>> spec = ProbeSpec(prompts=("What is 2 + 2?",), max_new_tokens=16)
@@ -112,9 +136,22 @@ class ProbeSpec:
     seed: int = 0
     apply_chat_template: bool = False
     num_sample_outputs: int = 3
+    references: tuple[str | None, ...] | None = None
+    scorer: str | Scorer | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", tuple(self.prompts))
+        if self.references is not None:
+            validate_references(list(self.references), len(self.prompts))
+            refs = tuple(self.references)
+            object.__setattr__(self, "references", refs if any(r is not None for r in refs) else None)
+        if self.scorer is not None:
+            resolve_scorer(self.scorer)  # an unknown name fails here, not at the first measurement
+            if self.references is None:
+                raise ConfigError(
+                    "`scorer` is set but no prompt has a reference to score against; give references "
+                    '({"prompt": ..., "reference": ...} lines, a reference column, or (prompt, reference) pairs)'
+                )
         _int("max_new_tokens", self.max_new_tokens, 1)
         if not isinstance(self.generation_kwargs, Mapping):
             raise ConfigError(
@@ -142,7 +179,14 @@ class ProbeSpec:
             batch_size=self.batch_size,
             apply_chat_template=self.apply_chat_template,
             seed=self.seed,
+            references=self.references,
+            scorer=self.scorer_name,
         )
+
+    @property
+    def scorer_name(self) -> str | None:
+        """The name recorded for the scorer (None without references)."""
+        return None if self.references is None else resolve_scorer(self.scorer)[0]
 
     def fingerprint(self) -> str:
         """A short hash of what makes two measurements comparable (prompts and generation settings)."""
@@ -165,10 +209,20 @@ class ProbeSpec:
             "apply_chat_template": self.apply_chat_template,
             "seed": self.seed,
             "num_sample_outputs": self.num_sample_outputs,
+            "references": None if self.references is None else list(self.references),
+            "scorer": self.scorer,
         }
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON form (prompts included), the inverse of :meth:`from_dict`."""
+        """JSON form (prompts included), the inverse of :meth:`from_dict`.
+
+        ``references`` and ``scorer`` appear only when quality is scored, so a spec without them keeps the
+        keys (the callback's constructor arguments) it always had.
+        """
+        quality: dict[str, Any] = {}
+        if self.references is not None:
+            # A callable scorer is recorded by name; from_dict rebuilds built-in scorers only.
+            quality = {"references": list(self.references), "scorer": self.scorer_name}
         return {
             "prompts": list(self.prompts),
             "max_new_tokens": self.max_new_tokens,
@@ -179,10 +233,13 @@ class ProbeSpec:
             "seed": self.seed,
             "apply_chat_template": self.apply_chat_template,
             "num_sample_outputs": self.num_sample_outputs,
+            **quality,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ProbeSpec:
         """Rebuild a spec from :meth:`to_dict`; missing keys take their defaults."""
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        if known.get("scorer") is not None and known["scorer"] not in SCORERS:
+            del known["scorer"]  # a user callable: the caller passes it again
         return cls(**known)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import runpy
@@ -142,7 +143,7 @@ def test_compare_measurement_files(
     assert "output tokens mean" in out and "latency p95" in out
     assert max(len(line) for line in lines) <= 100
     if code == 1:
-        assert "violations:" in out and "remedies:" in out
+        assert "budgets:" in out and "cause:" in out and "remedies:" in out
 
 
 def test_compare_json_and_accuracy(pair: tuple[str, str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -199,7 +200,6 @@ def test_compare_warns_when_measure_flags_are_ignored(
         ),
         (["compare", "{base}", "{tuned}", "--latency-ms", "fast"], "must be a number, got 'fast'"),
         (["compare", "{base}", "{tuned}", "--latency-stat", "p42"], "invalid choice: 'p42'"),
-        (["compare", "{base}", "{tuned}", "--monthly-cost", "5"], "--monthly-cost needs a price"),
         (["compare", "{base}", "{tuned}", "--accuracy", "0.8"], "expected 2 arguments"),
         (["compare", "{base}", "{tuned}", "--accuracy", "5", "500"], "--accuracy values must be in"),
         (["compare", "{base}", "{missing}"], "cannot read FINETUNED measurement"),
@@ -569,3 +569,134 @@ def test_report_shows_the_recorded_loss_without_a_trainer_state(
     assert main(["report", str(run_dir), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [c["loss"] for c in data["checks"]] == [None, 2.0, 2.0, 1.5]  # last logged at or before the step
+
+
+# ----------------------------------------------------------------------------- issue #11: the seed situation
+def _seed_pair(tmp_path: Path) -> tuple[str, str]:
+    """Latency 200 ms -> 800 ms per request, 150 output tokens on both sides, every answer ends with EOS."""
+    paths = []
+    for name, latency in (("base", 0.2), ("new", 0.8)):
+        samples = tuple(RequestSample(p, r, latency, 0.05, 40, 150, True) for p in range(3) for r in range(3))
+        m = Measurement(samples=samples, settings=_measurement([0.1] * 3, 10).settings, model={"dtype": "bfloat16"})
+        paths.append(str(m.save(tmp_path / f"{name}.json")))
+    return paths[0], paths[1]
+
+
+# 1M requests a month at 0.03 / 1k input and 0.02 / 1k output tokens: 40 x 0.03 + 150 x 0.02 = 4.2 per
+# 1000 requests, a 4200 monthly bill against a 5000 budget.
+SEED_PRICES = ["--requests-per-month", "1000000", "--input-price-per-1k", "0.03", "--output-price-per-1k", "0.02"]
+
+
+def test_seed_situation_answers_like_an_engineer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, new = _seed_pair(tmp_path)
+    argv = ["compare", base, new, "--latency-ms", "400", "--monthly-cost", "5000", *SEED_PRICES]
+    assert main([*argv, "--accuracy", "0.87", "0.91"]) == 1
+    out = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "DO NOT SHIP" in out
+    assert "latency p95 breaks the 400 ms SLA (800 ms > 400 ms)" in out
+    assert "Token efficiency is neutral (output tokens +0%), so cost is unchanged and within budget." in out
+    assert "The problem is pure latency" in out
+    assert "monthly cost 4200 within 5000, unchanged vs base 4200" in out
+    assert "+4.0 points of accuracy for +300% latency (p95 800 ms, was 200 ms): breaks the 400 ms SLA" in out
+    for remedy in ("Quantize", "Prune layers", "distil", "merge_and_unload"):
+        assert remedy in out
+    assert "smaller dtype" not in out  # measured in bfloat16 already
+    assert "max_new_tokens" not in out.split("remedies:")[1]  # every answer ends with EOS: never truncate
+
+
+def test_seed_situation_without_prices_names_what_is_missing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base, new = _seed_pair(tmp_path)
+    argv = ["compare", base, new, "--latency-ms", "400", "--monthly-cost", "5000", "--accuracy", "0.87", "0.91"]
+    assert main(argv) == 1
+    captured = capsys.readouterr()
+    out = " ".join(captured.out.split())
+    assert (
+        "monthly cost not evaluated: needs --requests-per-month and a price "
+        "(--input-price-per-1k/--output-price-per-1k or --gpu-price-per-hour); token cost per request is "
+        "unchanged whatever the prices (same input and output tokens)"
+    ) in out
+    assert captured.err.count("--monthly-cost not evaluated: needs --requests-per-month") == 1
+    # A budget on the cost change needs no price when the token counts decide it.
+    assert main(["compare", base, new, "--latency-ms", "400", "--max-cost-increase", "0.05", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [c["passed"] for c in data["verdict"]["checks"]] == [False, True]
+
+
+def test_self_hosted_pricing_makes_latency_a_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base, new = _seed_pair(tmp_path)
+    # 0.2 s x 3.6 / 3600 = 0.0002 per request, 200 a month; 0.8 s: 800 a month, over a 500 budget.
+    argv = ["compare", base, new, "--gpu-price-per-hour", "3.6", "--requests-per-month", "1000000"]
+    assert main([*argv, "--monthly-cost", "500", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["statuses"] == ["monthly cost 800.0 exceeds 500.0, +300% vs base 200.0"]
+    assert data["causes"][0].startswith("monthly cost: self-hosted cost follows latency; answers are as long")
+    rows = {r["metric"]: r for r in data["rows"]}
+    assert rows["cost per 1M out tokens"]["base"] == pytest.approx(0.0002 / 150 * 1e6)
+
+
+def test_compare_refuses_mismatched_measurements(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = _measurement([0.1, 0.1, 0.1], tokens=10)
+    other = dataclasses.replace(
+        base, settings={**base.settings, "max_new_tokens": 8, "prompts_sha256": "another probe"}
+    )
+    a, b = str(base.save(tmp_path / "a.json")), str(other.save(tmp_path / "b.json"))
+    assert main(["compare", a, b]) == 2
+    err = _error_line(capsys)
+    assert "cannot be compared" in err and "--allow-mismatch" in err
+    assert "prompts_sha256 is" in err and "max_new_tokens is 64 in the baseline but 8 here" in err
+
+    assert main(["compare", a, b, "--allow-mismatch", "--json"]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert len(data["incompatible"]) == 2 and len(data["warnings"]) == 2
+    assert "max_new_tokens is 64 in the baseline but 8 here" in captured.err
+    assert main(["compare", a, b, "--allow-mismatch"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING" not in captured.out and captured.err.count("ftcallback: warning: compared anyway") == 2
+
+
+def test_compare_rejects_a_measurement_whose_summary_was_edited(
+    pair: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = json.loads(Path(pair[1]).read_text())
+    data["summary"]["output_tokens_mean"] = 5.0
+    Path(pair[1]).write_text(json.dumps(data))
+    assert main(["compare", *pair]) == 2
+    err = _error_line(capsys)
+    assert "FINETUNED measurement" in err and "tuned.json" in err
+    assert "field 'summary.output_tokens_mean' is 5.0 but the samples give 20.0" in err
+
+
+def test_measure_scores_references_from_a_jsonl_probe(
+    models: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    probe = tmp_path / "probe.jsonl"
+    lines = [{"prompt": PROBE[0], "reference": "nothing like it"}, {"prompt": PROBE[1]}]
+    probe.write_text("\n".join(json.dumps(x) for x in lines), encoding="utf-8")
+    out_json = tmp_path / "m.json"
+    argv = ["measure", str(models[0]), "--prompts", str(probe), *FAST, "--scorer", "contains", "--json", str(out_json)]
+    assert main([*argv, "-q"]) == 0
+    assert re.search(r"quality \(contains, 1 refs\)\s+0\.000  score", capsys.readouterr().out)
+    saved = Measurement.load(out_json)
+    assert saved.quality == 0.0 and saved.settings["scorer"] == "contains"
+    # compare then uses the measured quality as the accuracy of both sides.
+    assert main(["compare", str(out_json), str(out_json), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["accuracy"] == [0.0, 0.0] and data["accuracy_source"] == "measured"
+
+
+def test_compare_from_figures_without_files(capsys: pytest.CaptureFixture[str]) -> None:
+    base, new = "latency_ms=200,output_tokens=150", "latency_ms=800, output_tokens=150"
+    argv = ["compare", base, new, "--latency-ms", "400", "--max-cost-increase", "0.05", "--accuracy", "0.87", "0.91"]
+    assert main(argv) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "latency p95 breaks the 400 ms SLA (800 ms > 400 ms)" in out
+    assert "so cost is unchanged and within budget" in out
+    assert main(["compare", "latency=200", new]) == 2
+    assert "BASE 'latency=200': unknown figure 'latency'" in _error_line(capsys)
+    assert main(["compare", "latency_ms=200", new]) == 2
+    assert "output_tokens missing" in _error_line(capsys)
+    assert main(["compare", "latency_ms=fast,output_tokens=3", new]) == 2
+    assert "latency_ms must be a number, got 'fast'" in _error_line(capsys)

@@ -106,7 +106,7 @@ def test_plot_writes_a_png_with_a_loss_panel(tmp_path: Path) -> None:
 def test_plot_tolerates_a_report_it_cannot_fully_read(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    report = _report(tmp_path, stopped=False, budget={"monthly_cost": 5.0, "patience": 2})
+    report = _report(tmp_path, stopped=False, budget={"latency_ms": -5.0, "patience": 2})
     report.baseline = {"schema_version": 99, "samples": {}}
     out = plot_report(report, tmp_path / "run.svg")
     assert out.read_text().lstrip().startswith("<?xml")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import FTCallbackError
+from .._errors import BaselineError, FTCallbackError
 from .._probe import ProbeSpec
 from ._errors import EXIT_DO_NOT_SHIP, EXIT_OK, UsageError
 from ._format import budget_text, print_json, width, wrap_field
@@ -15,13 +16,15 @@ from ._models import (
     MEASURE_DEFAULTS,
     MeasureSettings,
     check_model_name,
+    figures_measurement,
+    is_figures,
     is_measurement_file,
     load_measurement,
     load_prompts,
     measure_model,
     measure_model_forms,
 )
-from ._parser import budget_from_args
+from ._parser import budget_from_args, name_flags
 
 if TYPE_CHECKING:
     from .._measurement import Measurement
@@ -76,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     measurements: dict[str, Measurement] = {}
     by_form: dict[str, Measurement | str] = {}
     for role, path in sides.items():
-        if is_measurement_file(path):
+        if is_figures(path):
+            measurements[role] = figures_measurement(path, role)
+        elif is_measurement_file(path):
             measurements[role] = load_measurement(path, role)
     to_measure = [role for role in sides if role not in measurements]
     given = [f"--{f.replace('_', '-')}" for f in _MEASURE_FLAGS if getattr(args, f) is not None]
@@ -89,12 +94,14 @@ def run(args: argparse.Namespace) -> int:
         # A model compared with a saved measurement is measured the way that one was, unless told otherwise.
         reference = next(iter(measurements.values()), None)
         spec = ProbeSpec(
-            prompts=tuple(prompts),
+            prompts=prompts.prompts,
             max_new_tokens=_pick(args.max_new_tokens, reference, "max_new_tokens", int),
             apply_chat_template=_pick(args.chat, reference, "apply_chat_template", bool),
             repeats=_pick(args.repeats, reference, "repeats", int),
             warmup=_pick(args.warmup, reference, "warmup", int),
             batch_size=_pick(args.batch_size, reference, "batch_size", int),
+            references=prompts.references,
+            scorer=args.scorer,
         )
         settings = MeasureSettings(spec=spec, dtype=args.dtype, device=args.device)
         for role in to_measure:
@@ -104,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
                 measurements[role] = measure_model(sides[role], settings)
 
     base, new = measurements["BASE"], measurements["FINETUNED"]
-    comparison = compare(base, new, budget, accuracy=accuracy)
+    try:
+        comparison = compare(base, new, budget, accuracy=accuracy, allow_mismatch=args.allow_mismatch)
+    except BaselineError as exc:
+        raise UsageError(name_flags(str(exc))) from exc
+    warnings = [f"compared anyway (--allow-mismatch): {p}" for p in comparison.incompatible]
+    for line in warnings:  # on stderr, so that stdout stays the table (or the JSON) a script reads
+        print(f"ftcallback: warning: {line}", file=sys.stderr)
     remedies = None
     if forms:
         from .._whatif import what_if
@@ -116,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
                 "base": sides["BASE"],
                 "finetuned": sides["FINETUNED"],
                 "budget": budget.to_dict(),
+                "warnings": warnings,
                 **comparison.to_dict(),
                 **({"what_if": remedies.to_dict()} if remedies is not None else {}),
             }
@@ -124,8 +138,10 @@ def run(args: argparse.Namespace) -> int:
         print(wrap_field("base:      ", _describe(sides["BASE"], base, "BASE" in to_measure)))
         print(wrap_field("finetuned: ", _describe(sides["FINETUNED"], new, "FINETUNED" in to_measure)))
         print(wrap_field("budget:    ", budget_text(budget.to_dict())))
+        for line in budget.unevaluable:
+            logger.warning("%s", name_flags(line))
         print()
-        print(comparison.format_table(width=width()))
+        print(name_flags(comparison.format_table(width=width(), warnings=False)))
         if remedies is not None:
             print()
             print("what if FINETUNED were served as:")

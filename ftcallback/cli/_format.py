@@ -99,6 +99,9 @@ def format_measurement(m: Measurement, width: int = MIN_WIDTH) -> str:
     ]
     if m.peak_memory_bytes is not None:
         rows.append(("peak memory", f"{m.peak_memory_bytes / 2**20:.1f}", "MiB"))
+    if m.has_quality:
+        scored = sum(1 for q in m.quality_scores if q == q)  # NaN: a prompt without a reference
+        rows.append((f"quality ({s.get('scorer', '?')}, {scored} refs)", number(m.quality, ".3f"), "score"))
     lines = [_model_line(m), f"{'metric':<26}{'value':>11}  unit"]
     lines += [f"{name:<26}{value:>11}  {unit}".rstrip() for name, value, unit in rows]
     lines.append("")

@@ -29,13 +29,16 @@ logger = logging.getLogger("ftcallback.cli")
 def run(args: argparse.Namespace) -> int:
     """Measure ``args.model``; exit 1 when a budget was given and the measurement exceeds it."""
     budget = budget_from_args(args)
+    probe = load_prompts(args.prompts)
     spec = ProbeSpec(
-        prompts=tuple(load_prompts(args.prompts)),
+        prompts=probe.prompts,
         max_new_tokens=args.max_new_tokens,
         apply_chat_template=args.chat,
         repeats=args.repeats,
         warmup=args.warmup,
         batch_size=args.batch_size,
+        references=probe.references,
+        scorer=args.scorer,
     )
     settings = MeasureSettings(spec=spec, dtype=args.dtype, device=args.device)
     if args.json is not None and not is_measurement_file(args.json):

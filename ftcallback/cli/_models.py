@@ -11,6 +11,7 @@ import functools
 import gc
 import logging
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,8 @@ __all__ = [
     "MEASURE_DEFAULTS",
     "MeasureSettings",
     "check_model_name",
+    "figures_measurement",
+    "is_figures",
     "is_measurement_file",
     "load_measurement",
     "load_prompts",
@@ -315,9 +318,10 @@ def measure_served(served: ServedSettings, settings: MeasureSettings) -> Measure
     )
 
 
-def load_prompts(path: str | None) -> list[str]:
-    """The prompts of ``--prompts FILE``; every error names the file."""
-    from .._prompts import load_prompts as load
+def load_prompts(path: str | None) -> Any:
+    """The prompts of ``--prompts FILE`` with the references they carry (a ``ProbePrompts``); every error
+    names the file."""
+    from .._prompts import load_probe as load
 
     if path is None:
         raise UsageError("--prompts FILE is required to measure a model")
@@ -329,7 +333,7 @@ def load_prompts(path: str | None) -> list[str]:
         if _holds_no_text(path):
             raise UsageError(
                 f"prompts file {path!r} holds no prompts; write one prompt per line (.txt) or one "
-                '{"prompt": ...} object per line (.jsonl)'
+                '{"prompt": ...} object (with an optional "reference") per line (.jsonl)'
             ) from exc
         # The library words its messages for the Python API (`prompts[3]`); say which file it was.
         raise UsageError(f"prompts file {path!r}: {one_line(exc)}") from exc
@@ -340,6 +344,43 @@ def _holds_no_text(path: str) -> bool:
         return not Path(path).read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return False
+
+
+_FIGURES = re.compile(r"^\s*\w+\s*=[^,=]+(,\s*\w+\s*=[^,=]+)*\s*$")
+#: Figures BASE / FINETUNED may be stated as instead of a file: ``latency_ms=200,output_tokens=150``.
+FIGURE_KEYS = ("latency_ms", "output_tokens", "input_tokens", "ttft_ms", "quality")
+
+
+def is_figures(arg: str) -> bool:
+    """``key=value[,key=value...]``: a side stated as figures, not a file or a model."""
+    return bool(_FIGURES.match(arg))
+
+
+def figures_measurement(arg: str, role: str) -> Measurement:
+    """The measurement that ``latency_ms=200,output_tokens=150`` states (see ``Measurement.from_figures``)."""
+    from .._errors import ConfigError
+    from .._measurement import Measurement
+
+    values: dict[str, float] = {}
+    for item in arg.split(","):
+        key, _, text = (part.strip() for part in item.partition("="))
+        if key not in FIGURE_KEYS:
+            raise UsageError(
+                f"{role} {arg!r}: unknown figure {key!r}; state a side as "
+                f"{', '.join(k + '=...' for k in FIGURE_KEYS)} (latency_ms and output_tokens required)"
+            )
+        try:
+            values[key] = float(text)
+        except ValueError:
+            raise UsageError(f"{role} {arg!r}: {key} must be a number, got {text!r}") from None
+    missing = [k for k in ("latency_ms", "output_tokens") if k not in values]
+    if missing:
+        raise UsageError(f"{role} {arg!r}: {' and '.join(missing)} missing, e.g. latency_ms=200,output_tokens=150")
+    tokens = {k: int(v) if v.is_integer() else v for k, v in values.items() if k.endswith("tokens")}
+    try:
+        return Measurement.from_figures(**{**values, **tokens})  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise UsageError(f"{role} {arg!r}: {one_line(exc)}") from exc
 
 
 def is_measurement_file(arg: str) -> bool:

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 from .. import __version__
 from .._budget import LATENCY_STATS, Budget
 from .._embedded import EMBEDDED_MODEL
+from .._quality import SCORERS
 from ._errors import UsageError
 from ._models import MEASURE_DEFAULTS
 
@@ -117,6 +118,8 @@ def _metavar(name: str) -> str:
         return "COST"
     if "confidence" in name:
         return "LEVEL"
+    if "quality" in name:
+        return "SCORE"
     return "N"
 
 
@@ -159,6 +162,19 @@ def _add_budget_options(parser: argparse.ArgumentParser, *, title: str) -> None:
         )
 
 
+def name_flags(text: str, names: Any = None) -> str:
+    """``text`` with backticked budget field names (```requests_per_month```) written as their flags
+    (``--requests-per-month``), or only those in ``names`` when given: the library names fields, a
+    command line user types flags.
+
+    Example:
+        >>> name_flags("needs `requests_per_month` and `foo`")
+        'needs --requests-per-month and `foo`'
+    """
+    known = {name for _, name in BUDGET_FLAGS} if names is None else set(names)
+    return re.sub(r"`(\w+)`", lambda m: _flag(m.group(1)) if m.group(1) in known else m.group(0), text)
+
+
 def budget_from_args(args: argparse.Namespace) -> Budget:
     """The budget of ``--budget FILE`` overridden by the budget flags given.
 
@@ -177,11 +193,7 @@ def budget_from_args(args: argparse.Namespace) -> Budget:
     try:
         return Budget.from_dict({**file_values, **flags})
     except ConfigError as exc:
-        message = re.sub(
-            r"`(\w+)`",
-            lambda match: _flag(match.group(1)) if match.group(1) in flags else match.group(0),
-            str(exc),
-        )
+        message = name_flags(str(exc), flags)
         if file_values:
             message = f"{message} (with budget file {args.budget_file!r})"
         raise UsageError(message) from exc
@@ -207,7 +219,8 @@ def _add_measure_options(parser: argparse.ArgumentParser, *, for_compare: bool) 
         "--prompts",
         metavar="FILE",
         required=not for_compare,
-        help='probe prompts: a .txt file (one per line) or a .jsonl file ({"prompt": ...} per line)',
+        help='probe prompts: a .txt file (one per line) or a .jsonl file ({"prompt": ...} per line, with an '
+        'optional "reference" answer to score quality)',
     )
 
     def default(key: str) -> Any:
@@ -249,6 +262,13 @@ def _add_measure_options(parser: argparse.ArgumentParser, *, for_compare: bool) 
         default=default("batch_size"),
         metavar="N",
         help="prompts per generate call" + inherit % MEASURE_DEFAULTS["batch_size"],
+    )
+    group.add_argument(
+        "--scorer",
+        choices=sorted(SCORERS),
+        default=None,
+        help="how a response is scored against its prompt's reference (a .jsonl line's \"reference\"); "
+        "quality needs references (default with references: exact)",
     )
     group.add_argument("--dtype", choices=_DTYPES, default="float32", help="weights dtype (default: float32)")
     group.add_argument(
@@ -339,18 +359,30 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="ship or do not ship: a fine-tuned model against its base and a budget",
         description="Compare a fine-tuned model with its base model against a budget. BASE and FINETUNED "
-        "are saved measurements (files ending .json) or models (then both are measured with the same "
-        "--prompts and settings). Exit code 0: ship; 1: do not ship; 2: usage or input error.",
+        "are saved measurements (files ending .json), models (then both are measured with the same "
+        "--prompts and settings) or figures. Exit code 0: ship; 1: do not ship; 2: usage or input error.",
     )
-    p.add_argument("base", metavar="BASE", help="measurement .json, or a model (name, hub id or folder)")
-    p.add_argument("finetuned", metavar="FINETUNED", help="measurement .json, or a model")
+    p.add_argument(
+        "base",
+        metavar="BASE",
+        help="measurement .json, a model (name, hub id or folder), or figures: latency_ms=200,output_tokens=150 "
+        "(also input_tokens, ttft_ms, quality)",
+    )
+    p.add_argument("finetuned", metavar="FINETUNED", help="measurement .json, a model, or figures")
     _add_budget_options(p, title="budget (all optional; none set = monitor only, always ship)")
     p.add_argument(
         "--accuracy",
         nargs=2,
         type=_finite_float,
         metavar=("BEFORE", "AFTER"),
-        help="task accuracy of BASE and FINETUNED (fractions or percentages), to state the trade-off",
+        help="task accuracy of BASE and FINETUNED (fractions or percentages), to state the trade-off "
+        "(default: their measured quality, when both were scored on references)",
+    )
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="compare measurements taken with different prompts or settings anyway (a warning on stderr "
+        "and in --json); without it they are refused (exit code 2)",
     )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
     p.add_argument(
