@@ -38,7 +38,7 @@ from ._measure import measure, validate_probe
 from ._measurement import Measurement
 from ._monitor import CheckOutcome, Monitor, fmt_epoch
 from ._probe import ProbeSpec
-from ._prompts import load_prompts, resolve_tokenizer
+from ._prompts import load_probe, resolve_tokenizer
 from ._report import RunReport, report_path
 from ._sequential import needs_more
 from ._sinks import ReportSink, TrackerSink
@@ -88,7 +88,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
 
     Args:
         prompts: probe prompts: a list of strings, a ``datasets.Dataset`` (column ``"prompt"`` or
-            ``"text"``), or a path to a ``.txt`` (one per line) or ``.jsonl`` file.
+            ``"text"``), or a path to a ``.txt`` (one per line) or ``.jsonl`` file. Prompts may carry a reference
+            answer (``{"prompt": ..., "reference": ...}`` lines, a ``reference`` column, ``(prompt, reference)``
+            pairs): quality is then scored on the very generations that are timed, at no extra generate cost.
         budget: a :class:`~ftcallback.Budget`, its ``to_dict()`` form, or the path of a ``.toml`` /
             ``.json`` file of its fields (:meth:`Budget.from_file`); ``None`` only monitors.
         tokenizer: the tokenizer for the probe; defaults to the Trainer's ``processing_class``
@@ -117,6 +119,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             with the same name in one Trainer are refused at train begin.
         trainer: the Trainer, to route the metrics to its ``report_to`` trackers. Optional: when not
             given, the callback finds the Trainer that calls it.
+        scorer: how a response is scored against its reference: ``"exact"`` (default: exact match after
+            normalisation), ``"contains"``, ``"regex"``, ``"numeric"``, or
+            ``score(prompt, output, reference) -> float``.
         best_model_within_budget: with ``metric_for_best_model`` set, weights over budget get the worst value of
             that metric at evaluation, so that ``load_best_model_at_end`` and ``save_strategy="best"`` never pick
             them. The evaluation metrics also carry ``eval_efficiency_within_budget`` (1 or 0),
@@ -169,6 +174,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         name: str | None = None,
         trainer: Any = None,
         best_model_within_budget: bool = True,
+        scorer: Any = None,
         deployed_form: str | None = None,
     ) -> None:
         from ._measure import check_generation_kwargs
@@ -181,8 +187,11 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         check_generation_kwargs(dict(generation_kwargs or {}))
         # Flags that have no effect (temperature without do_sample=True) are said once, here.
         describe_decoding(None, generation_kwargs).warn()
+        probe = load_probe(prompts)
         self.spec = ProbeSpec(
-            prompts=tuple(load_prompts(prompts)),
+            prompts=probe.prompts,
+            references=probe.references,
+            scorer=scorer,
             max_new_tokens=_positive_int("max_new_tokens", max_new_tokens),
             generation_kwargs=dict(generation_kwargs or {}),
             warmup=_positive_int("warmup", warmup, minimum=0),
@@ -230,6 +239,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
         self._reference: ReferenceWorkload | None = None
         self._last_check_step: int | None = None
+        self._progress: bool | str = False  # what measure() shows while the current check runs
         self._run = -1  # train() calls seen; 0 during the first
         self._trained_compiled: bool | None = None
         # Set by transformers when restoring from a checkpoint (see `state()`).
@@ -378,7 +388,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             max_new_tokens=self.spec.max_new_tokens,
             generation_kwargs=self.spec.generation_kwargs,
             apply_chat_template=self.spec.apply_chat_template,
+            references=self.spec.references,
+            scorer=self.spec.scorer,
         )
+        if state.is_world_process_zero and self._run < 0:
+            for line in self.budget.unevaluable:  # a cost budget without prices would silently never be checked
+                logger.warning("%s%s", f"[{self.name}] " if self.name else "", line)
         if self.deployed_form is not None:
             self._check_deployed_form(model)
         trainer = self.trainer or _find_calling_trainer(self)
@@ -639,6 +654,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
     ) -> None:
         if self.monitor is None or not state.is_world_process_zero:
             return
+        if self._trackers is not None:
+            self._trackers.end_training()
         self._flush_pending_trackers(state)
         self._warn_if_final_model_breaches(args, state)
         self._save_report()
@@ -677,6 +694,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             return
         self._last_check_step = state.global_step
         mode = distributed.sharding_mode(model)
+        # A bar where the Trainer shows its own, on the main process only.
+        label = "baseline" if kind == "baseline" else f"{kind} check at step {state.global_step}"
+        self._progress = label if is_main and not args.disable_tqdm else False
         if mode is None:
             decision = distributed.run_on_main(
                 lambda beat: self._measure_and_decide(kind, state, model, beat, None), is_main=is_main
@@ -714,6 +734,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 **kwargs,
                 on_batch_end=beat,
                 synced_gpus=True if mode is not None else None,
+                progress=self._progress,
                 trained_compiled=self._trained_compiled,
                 warn_ignored=False,
             )

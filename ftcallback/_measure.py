@@ -44,6 +44,7 @@ from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementW
 from ._execution import ComputeProbe, Decoding, adapters_info, build_generation_config, compile_info
 from ._measurement import Measurement, RequestSample
 from ._probe import probe_settings
+from ._progress import Progress
 from ._prompts import encode_prompts, load_probe, resolve_tokenizer, validate_references
 from ._quality import Scorer, resolve_scorer, score_outputs
 from ._sequential import sequential_settings
@@ -270,6 +271,7 @@ def measure(
     reference: ReferenceWorkload | None = None,
     until: Callable[[Measurement], bool] | None = None,
     max_repeats: int | None = None,
+    progress: bool | str = False,
 ) -> Measurement:
     """Measure latency and output length of ``model.generate`` on a probe of prompts.
 
@@ -320,6 +322,9 @@ def measure(
             (typically ``lambda m: not needs_more(budget, m, baseline, seed=seed)``).
         max_repeats: the cap on timed passes for ``until`` (default ``3 * repeats``); recorded with
             the number of looks in ``settings["sequential"]``, which sets the decision's confidence.
+        progress: show the timed requests' progress (a bar on a terminal, INFO lines every 10% elsewhere)
+            and announce the expected duration after the first request; a string names what is measured
+            ("baseline"), True says "measure". See :class:`~ftcallback._progress.Progress`.
 
     Returns:
         A :class:`~ftcallback._measurement.Measurement` with ``len(prompts) * repeats`` samples
@@ -496,7 +501,13 @@ def measure(
         )
 
     done = 0
-    with _undisturbed(target, device), _installed(compute):
+    bar = Progress(
+        len(prompt_list) * repeats,
+        progress if isinstance(progress, str) else "measure",
+        enabled=bool(progress),
+        clock=clock,
+    )
+    with _undisturbed(target, device), _installed(compute), contextlib.closing(bar):
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         for w in range(warmup):
@@ -505,6 +516,7 @@ def measure(
             if on_batch_end is not None:
                 on_batch_end()
         logger.debug("measure: %d warm-up calls took %.3f s", warmup, sum(warmup_latencies))
+        bar.start()
         while True:
             for r in range(done, min(done + repeats, cap)):
                 for b, batch in enumerate(batches):
@@ -522,6 +534,7 @@ def measure(
                         )
                         if scoring or prompt_index < num_sample_outputs:
                             last_outputs[prompt_index] = row[:n_out]
+                    bar.update(len(rows))
                     if on_batch_end is not None:
                         on_batch_end()
             done = min(done + repeats, cap)
@@ -530,6 +543,7 @@ def measure(
             if until is None or done >= cap or until(measurement):
                 break
             logger.debug("measure: look at %d repeats inconclusive, measuring %d more", done, repeats)
+            bar.extend(len(prompt_list) * (min(done + repeats, cap) - done))
 
     _log_result(measurement)
     return measurement

@@ -36,6 +36,7 @@ TRACKED_SUMMARY_KEYS = (
     "tokens_per_second",
     "eos_fraction",
     "truncated_fraction",
+    "quality",
 )
 
 
@@ -98,15 +99,22 @@ class CheckOutcome:
         A deployed form's figures come as ``<prefix>deployed/<key>`` beside the training form's.
         """
         rec = self.record
-        values = _tracked(rec.summary, rec.ratios, rec.cost)
-        if rec.deployed is not None:
-            deployed = rec.deployed
-            served = _tracked(deployed.get("summary", {}), deployed.get("ratios", {}), deployed.get("cost", {}))
-            values.update({f"deployed/{k}": v for k, v in served.items()})
+        # The Trainer prints this dict on the console as one line: the key figures and the verdict come first.
+        values: dict[str, Any] = {
+            k: rec.summary.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean")
+        }
+        for key in ("latency_ratio", "output_tokens_ratio"):
+            values[key] = rec.ratios.get(key)
         if rec.status == "ok":
             values["breached"] = int(rec.breached)
         else:
             values["check_failed"] = 1
+        values.update({k: rec.summary.get(k) for k in TRACKED_SUMMARY_KEYS if k not in values})
+        values.update(rec.cost)
+        if rec.deployed is not None:
+            deployed = rec.deployed
+            served = _tracked(deployed.get("summary", {}), deployed.get("ratios", {}), deployed.get("cost", {}))
+            values.update({f"deployed/{k}": v for k, v in served.items()})
         out: dict[str, float] = {}
         for key, value in values.items():
             if value is None:
@@ -464,8 +472,10 @@ class Monitor:
         return self.report.within_budget_at(step)
 
     def recommended_checkpoint(self) -> str | None:
-        """The checkpoint to ship: the latest saved within budget that still exists on disk (or is pinned)."""
-        return self.report.last_within_budget_checkpoint
+        """The checkpoint to ship, as a path that exists: best quality within budget (the latest within budget when
+        nothing is scored); see :attr:`RunReport.recommended_checkpoint`."""
+        found = self.report.recommended_checkpoint
+        return None if found is None else str(found["path"])
 
 
 def _latency_unlike(baseline: Measurement | None, m: Measurement) -> list[str]:

@@ -9,6 +9,7 @@ and :meth:`RunReport.from_dict` gives defaults for missing keys, so an older rep
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import textwrap
@@ -23,6 +24,7 @@ from ._format import finite_float as _finite_float
 from ._format import number
 from ._json import float_from_json, jsonable, read_json, write_json_atomic
 from ._measurement import Measurement
+from ._pareto import ParetoPoint, pareto
 
 __all__ = [
     "REPORT_SCHEMA_VERSION",
@@ -328,6 +330,52 @@ class RunReport:
                 return path
         return None
 
+    def existing_checkpoint(self, path: str) -> str | None:
+        """Where the checkpoint saved at ``path`` can be loaded from now: its kept copy, else itself, else None."""
+        pinned = {os.path.abspath(k): v for k, v in self.pinned_checkpoints.items()}
+        kept = pinned.get(os.path.abspath(path))
+        if kept is not None and Path(kept).exists():
+            return kept
+        return path if Path(path).exists() else None
+
+    def _check_at(self, step: int) -> CheckRecord | None:
+        measured = [c for c in self.checks if c.status == "ok" and c.step <= step]
+        return max(measured, key=lambda c: (c.step, c.index)) if measured else None
+
+    def pareto_points(self) -> list[ParetoPoint]:
+        """Quality, latency and cost of every measured check after the baseline (see :mod:`ftcallback._pareto`)."""
+        metric = f"latency_ms_{self.budget.get('latency_stat') or 'p95'}"
+        return [
+            ParetoPoint.from_record(c, latency_metric=metric)
+            for c in self.checks
+            if c.kind != "baseline" and c.status == "ok"
+        ]
+
+    @property
+    def recommended_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint to ship: among the saved checkpoints within budget that still exist (or were kept), the
+        best quality (then the lower latency, then the earlier step); the latest when nothing is scored.
+
+        Returns:
+            ``{"step", "path", "reason"}``, or None when no within-budget checkpoint exists.
+        """
+        candidates: list[tuple[ParetoPoint, str]] = []
+        metric = f"latency_ms_{self.budget.get('latency_stat') or 'p95'}"
+        for entry in self.checkpoints:
+            path = self.existing_checkpoint(str(entry.get("path", "")))
+            check = self._check_at(int(entry.get("step", 0)))
+            if entry.get("within_budget") is not True or path is None or check is None:
+                continue
+            point = ParetoPoint.from_record(check, latency_metric=metric)
+            candidates.append((dataclasses.replace(point, step=int(entry["step"])), path))
+        if not candidates:
+            return None
+        front = pareto([p for p, _ in candidates])
+        if front.recommended is None:
+            return None
+        point, path = candidates[front.recommended]
+        return {"step": point.step, "path": path, "reason": front.reason}
+
     # ----------------------------------------------------------------- JSON
     def to_dict(self, *, include_measurements: bool = True) -> dict[str, Any]:
         """The report as a JSON-safe dict with ``schema_version`` and ``ftcallback_version``.
@@ -357,6 +405,8 @@ class RunReport:
                 "checks": [_without_measurement(c.to_dict(), include_measurements) for c in self.checks],
                 "checkpoints": self.checkpoints,
                 "last_within_budget_checkpoint": self.last_within_budget_checkpoint,
+                "recommended_checkpoint": self.recommended_checkpoint,
+                "pareto": _pareto_rows(self.pareto_points()),
                 "pinned_checkpoints": self.pinned_checkpoints,
                 "final_model": self.final_model,
                 "stopped": self.stopped,
@@ -568,6 +618,22 @@ def _incomparable_checks(report: RunReport) -> list[str]:
         where = f"{check.kind} {_fmt(check.epoch, '.2f')} (step {check.step})"
         notes += [f"{where}: {d.message}" for d in differences]
     return notes
+
+
+def _pareto_rows(points: list[ParetoPoint]) -> list[dict[str, Any]]:
+    """One row per check for report.json: its quality, latency and cost, and whether another check dominates it."""
+    front = pareto(points)
+    return [
+        {
+            "step": p.step,
+            "quality": p.quality,
+            "latency_ms": p.latency_ms,
+            "cost": p.cost,
+            "within_budget": p.within_budget,
+            "dominated": dominated,
+        }
+        for p, dominated in zip(points, front.dominated, strict=True)
+    ]
 
 
 def _recommended_text(report: RunReport) -> str:

@@ -23,6 +23,9 @@ logger = logging.getLogger("ftcallback")
 #: Integrations ftcallback does not route metrics to: TensorBoard is written by ftcallback itself (with
 #: limit lines and a layout), and the callbacks of ftcallback never receive their own metrics back.
 _NOT_ROUTED = ("TensorBoardCallback", "EfficiencyCallback")
+#: What still takes logs once training has ended: the console. The MLflow and Trackio callbacks end their runs
+#: in their ``on_train_end``, which runs before ours; a log sent to them afterwards would open a new, stray run.
+_AFTER_TRAIN_END = ("ProgressCallback", "PrinterCallback", "NotebookProgressCallback")
 
 
 class Sink(Protocol):
@@ -69,17 +72,27 @@ class TrackerSink:
     def __init__(self, trainer: Any, owner: Any) -> None:
         self.trainer = trainer
         self.owner = owner
-        self._pending: list[tuple[dict[str, float], int]] = []
+        self.train_ended = False
 
     def targets(self) -> list[Any]:
         return [
             cb
             for cb in self.trainer.callback_handler.callbacks
-            if cb is not self.owner and type(cb).__name__ not in _NOT_ROUTED
+            if cb is not self.owner
+            and type(cb).__name__ not in _NOT_ROUTED
+            and (not self.train_ended or type(cb).__name__ in _AFTER_TRAIN_END)
         ]
+
+    def end_training(self) -> None:
+        """From now on only the console gets checks: the trackers' runs may be closed (see ``_AFTER_TRAIN_END``)."""
+        self.train_ended = True
 
     def write(self, outcome: CheckOutcome, step: int) -> None:
         self.send(outcome.metrics(), step)
+        if outcome.measurement is not None and not self.train_ended:
+            from ._trackers import write_sample_tables
+
+            write_sample_tables(self.targets(), step, list(outcome.measurement.sample_outputs))
 
     def send(self, metrics: dict[str, float], step: int) -> None:
         if not metrics:

@@ -7,10 +7,11 @@ own into which :class:`TensorBoardSink` also mirrors the Trainer's logs). Only t
 the sink creates nothing until its first write, so building it on every rank is harmless, but the
 callback calls it on ``state.is_world_process_zero`` only.
 
-Tags written: ``efficiency/<summary key>`` (see :data:`SUMMARY_KEYS`),
-``efficiency/<ratio or cost>`` (see :data:`EXTRA_KEYS`), ``efficiency/limit/<metric>`` at the same steps,
-the same under ``efficiency/deployed/`` for a run that also measures its deployed form (the limits then
-bound those curves),
+Tags written: ``efficiency/<key>`` for the headline (see :data:`HEADLINE_KEYS`), ``efficiency_detail/<key>``
+for the other summary keys (see :data:`SUMMARY_KEYS`), ratios and costs (see :data:`EXTRA_KEYS`),
+``efficiency/deployed/<key>`` for the deployed form of a run that measures one, the budget
+limit of a metric under the metric's own tag in the sibling run ``<log_dir>/budget`` (see :data:`BUDGET_RUN`)
+at the same steps,
 ``efficiency/samples/text_summary`` (markdown; torch's ``add_text`` appends the suffix), and, when
 mirroring, ``train/<key>``, ``eval/<key>``, ``test/<key>`` as transformers' TensorBoardCallback names them.
 """
@@ -32,7 +33,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXTRA_KEYS",
-    "LIMIT_PREFIX",
+    "BUDGET_RUN",
+    "DETAIL_PREFIX",
+    "HEADLINE_KEYS",
     "SUMMARY_KEYS",
     "TAG_PREFIX",
     "TensorBoardSink",
@@ -41,10 +44,18 @@ __all__ = [
 
 logger = logging.getLogger("ftcallback.tensorboard")
 
-#: Prefix of every efficiency tag.
+#: Prefix of the headline tags: what to look at first.
 TAG_PREFIX = "efficiency/"
-#: Prefix of the budget-limit series, drawn next to the metric they bound.
-LIMIT_PREFIX = "efficiency/limit/"
+#: Prefix of every other efficiency tag. TensorBoard's Time Series tab groups cards by the tag's first
+#: component and sorts them by name; a group of their own keeps percentiles, ratios, costs and fractions
+#: from filling its first page before latency and output tokens.
+DETAIL_PREFIX = "efficiency_detail/"
+#: Keys written under :data:`TAG_PREFIX`.
+HEADLINE_KEYS = ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean")
+#: The budget limits are a run of their own, ``<log_dir>/budget``, under the very tag of the metric they bound:
+#: TensorBoard colours lines by run, so every chart of a metric (Time Series card, custom-scalars chart) shows
+#: the measured line and its limit together, in two colours.
+BUDGET_RUN = "budget"
 
 #: Keys of :meth:`Measurement.summary` written as ``efficiency/<key>`` (the rest would only clutter).
 SUMMARY_KEYS = (
@@ -195,6 +206,14 @@ def _trainer_tag(key: str) -> str:
     return f"train/{key}"
 
 
+def _glance_order(metric: str) -> tuple[int, str]:
+    """Latency first, then output tokens, then the rest (cost), each group alphabetically."""
+    for rank, head in enumerate(("latency", "output_tokens")):
+        if metric.startswith(head):
+            return rank, metric
+    return 2, metric
+
+
 def _exact(tag: str) -> str:
     # Custom-scalars chart tags are regular expressions matched at the start of a tag name;
     # anchor both ends so "efficiency/x" does not also pick up "efficiency/x_y".
@@ -223,7 +242,7 @@ class TensorBoardSink:
         >>> import tempfile
         >>> with TensorBoardSink(tempfile.mkdtemp(), mirror_trainer_logs=False) as sink:
         ...     sink.log_check(10, {"latency_ms_p50": 41.5}, {"latency_ratio": 1.1}, {"latency_ratio": 1.2})
-        ['efficiency/latency_ms_p50', 'efficiency/latency_ratio', 'efficiency/limit/latency_ratio']
+        ['efficiency/latency_ms_p50', 'efficiency_detail/latency_ratio', 'budget:efficiency_detail/latency_ratio']
     """
 
     def __init__(
@@ -232,9 +251,10 @@ class TensorBoardSink:
         self.log_dir = os.fspath(log_dir)
         # Several callbacks in one Trainer write to one run: each under its own `efficiency/<name>/` tags.
         self.prefix = TAG_PREFIX if not name else f"{TAG_PREFIX}{name}/"
-        self.limit_prefix = LIMIT_PREFIX if not name else f"{self.prefix}limit/"
+        self.detail_prefix = DETAIL_PREFIX if not name else f"{DETAIL_PREFIX}{name}/"
         self.mirror_trainer_logs = mirror_trainer_logs
         self._writer: Any = None
+        self._budget_writer: Any = None
         self._layout_written = False
 
     def __repr__(self) -> str:
@@ -258,11 +278,27 @@ class TensorBoardSink:
             logger.debug("tensorboard: writing to %s", self.log_dir)
         return self._writer
 
-    def _scalar(self, tag: str, value: Any, step: int) -> bool:
+    @property
+    def budget_writer(self) -> Any:
+        """The writer of the ``budget`` run (the limit lines), created on first use."""
+        if self._budget_writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._budget_writer = SummaryWriter(
+                log_dir=os.path.join(self.log_dir, BUDGET_RUN), filename_suffix=_FILENAME_SUFFIX
+            )
+        return self._budget_writer
+
+    def tag(self, key: str) -> str:
+        """The tag of a summary, ratio or cost key: ``efficiency/<key>`` for :data:`HEADLINE_KEYS`, else
+        ``efficiency_detail/<key>`` (a group of its own, after the headline, in the Time Series tab)."""
+        return (self.prefix if key in HEADLINE_KEYS else self.detail_prefix) + key
+
+    def _scalar(self, tag: str, value: Any, step: int, *, limit: bool = False) -> bool:
         number = _finite_number(value)
         if number is None:
             return False
-        self.writer.add_scalar(tag, number, global_step=int(step))
+        (self.budget_writer if limit else self.writer).add_scalar(tag, number, global_step=int(step))
         return True
 
     def log_check(
@@ -271,8 +307,6 @@ class TensorBoardSink:
         summary: Mapping[str, float],
         extra: Mapping[str, float] | None = None,
         limits: Mapping[str, float] | None = None,
-        *,
-        prefix: str | None = None,
     ) -> list[str]:
         """Write one check: summary statistics, ratios and costs, and the budget limits at ``step``.
 
@@ -280,51 +314,58 @@ class TensorBoardSink:
             step: the Trainer's ``global_step``, the x axis shared with the loss curve.
             summary: :meth:`Measurement.summary`; the keys in :data:`SUMMARY_KEYS` are written.
             extra: ratios to the baseline and costs (:data:`EXTRA_KEYS`); every numeric key is written.
-            limits: budget limit per metric, written as ``efficiency/limit/<metric>`` so each
-                metric's chart shows its limit as a line.
-            prefix: the tag prefix of the summary and extra values (default ``efficiency/``, or
-                ``efficiency/<name>/``); the deployed form's go under ``<prefix>deployed/``.
+            limits: budget limit per metric, written as ``efficiency/<metric>`` in the ``budget`` run, so
+                each metric's chart shows its limit as a line of another colour.
 
         Returns:
-            The tags written (non-finite and missing values are skipped).
+            The tags written, ``budget:<tag>`` for the limits (non-finite and missing values are skipped).
         """
-        tag = self.prefix if prefix is None else prefix
-        written = [tag + k for k in SUMMARY_KEYS if self._scalar(tag + k, summary.get(k), step)]
-        written += [tag + k for k, v in (extra or {}).items() if self._scalar(tag + k, v, step)]
+        written = [self.tag(k) for k in SUMMARY_KEYS if self._scalar(self.tag(k), summary.get(k), step)]
+        written += [self.tag(k) for k, v in (extra or {}).items() if self._scalar(self.tag(k), v, step)]
         written += [
-            self.limit_prefix + k for k, v in (limits or {}).items() if self._scalar(self.limit_prefix + k, v, step)
+            f"{BUDGET_RUN}:{self.tag(k)}"
+            for k, v in (limits or {}).items()
+            if self._scalar(self.tag(k), v, step, limit=True)
         ]
         # Checks are rare and each one cost seconds of generation: flush so a crash loses none.
         self.flush()
         return written
 
-    def write_layout(self, metrics: Iterable[str], *, judged_prefix: str | None = None) -> bool:
-        """Write the custom-scalars layout once: each budget metric with its limit, percentiles, ratios.
+    def write_layout(self, metrics: Iterable[str]) -> bool:
+        """Write the custom-scalars layout once: what to watch first, then ratios, then detail.
+
+        The first category, "efficiency at a glance", holds one "Multiline" chart per budget metric showing
+        ``efficiency/<metric>`` in this run and its limit in the ``budget`` run (latency first, then output tokens,
+        then cost), a latency and an output-token chart when no budget covers them, and the Trainer's
+        ``train/loss`` (in the same run: the TensorBoardCallback's, or mirrored by this sink). Ratios to the
+        baseline (all near 1) get a category of their own, so that their scale is not squeezed by the others.
 
         Args:
-            metrics: the budget metrics (``latency_ratio``, ``output_tokens_mean``, ...), one
-                "Multiline" chart each pairing ``efficiency/<metric>`` with ``efficiency/limit/<metric>``.
-            judged_prefix: the prefix of the curves the budget judges (``efficiency/deployed/`` with a
-                deployed form); default the sink's prefix.
+            metrics: the budget metrics (``latency_ms_p95``, ``output_tokens_mean``, ...).
 
         Returns:
             True when written, False when this sink had already written it.
         """
         if self._layout_written:
             return False
-        judged = self.prefix if judged_prefix is None else judged_prefix
-        budget_charts = {
-            f"{m} vs limit": ["Multiline", [_exact(judged + m), _exact(self.limit_prefix + m)]]
-            for m in dict.fromkeys(metrics)
+        budgeted = sorted(dict.fromkeys(metrics), key=_glance_order)
+        glance: dict[str, list[Any]] = {
+            f"{m} and its budget": ["Multiline", [_exact(self.tag(m))]]  # both runs: measured and limit
+            for m in budgeted
         }
-        overview = {
-            "latency percentiles (ms)": ["Multiline", [_exact(self.prefix + k) for k in _LATENCY_PERCENTILES]],
-            "ratios to baseline": ["Multiline", [_exact(self.prefix + k) for k in _RATIOS]],
+        for metric in ("latency_ms_p50", "output_tokens_mean"):
+            if not any(m.split("_")[0] == metric.split("_")[0] for m in budgeted):
+                glance[metric] = ["Multiline", [_exact(self.tag(metric))]]
+        glance["train/loss"] = ["Multiline", [_exact("train/loss")]]
+        layout: dict[str, dict[str, list[Any]]] = {
+            "efficiency at a glance": glance,
+            "efficiency: ratios to baseline": {
+                "latency and output-token ratios": ["Multiline", [_exact(self.tag(k)) for k in _RATIOS]],
+            },
+            "efficiency: latency detail": {
+                "latency percentiles (ms)": ["Multiline", [_exact(self.tag(k)) for k in _LATENCY_PERCENTILES]],
+            },
         }
-        layout: dict[str, dict[str, list[Any]]] = {}
-        if budget_charts:
-            layout["efficiency budget"] = budget_charts
-        layout["efficiency"] = overview
         self.writer.add_custom_scalars(layout)
         self._layout_written = True
         self.flush()
@@ -371,27 +412,32 @@ class TensorBoardSink:
         rec = outcome.record
         if outcome.failed:
             return
-        if rec.deployed is None:
-            self.write_layout(list(outcome.limits))
-            self.log_check(step, rec.summary, {**rec.ratios, **rec.cost}, outcome.limits)
-        else:
-            # Both forms as curves; the limits bound the deployed one, which the budget judges.
+        self.write_layout(list(outcome.limits))
+        self.log_check(step, rec.summary, {**rec.ratios, **rec.cost}, outcome.limits)
+        if rec.deployed is not None:
+            # The served form beside the training one (the record's verdict judges it): efficiency/deployed/<key>.
             served = self.prefix + "deployed/"
-            self.write_layout(list(outcome.limits), judged_prefix=served)
-            self.log_check(step, rec.summary, {**rec.ratios, **rec.cost})
-            deployed = rec.deployed
-            extra = {**deployed.get("ratios", {}), **deployed.get("cost", {})}
-            self.log_check(step, deployed.get("summary", {}), extra, outcome.limits, prefix=served)
+            summary = rec.deployed.get("summary") or {}
+            extra = {**(rec.deployed.get("ratios") or {}), **(rec.deployed.get("cost") or {})}
+            for key in SUMMARY_KEYS:
+                self._scalar(served + key, summary.get(key), step)
+            for key, value in extra.items():
+                self._scalar(served + key, value, step)
+            self.flush()
         if outcome.measurement is not None:
             self.log_samples(step, list(outcome.measurement.sample_outputs))
 
     def flush(self) -> None:
         """Push pending events to disk (nothing to do before the first write)."""
-        if self._writer is not None:
-            self._writer.flush()
+        for writer in (self._writer, self._budget_writer):
+            if writer is not None:
+                writer.flush()
 
     def close(self) -> None:
         """Flush and close the writer; a later write opens a new event file in the same folder."""
+        if self._budget_writer is not None:
+            self._budget_writer.close()
+            self._budget_writer = None
         if self._writer is not None:
             self._writer.close()
             self._writer = None

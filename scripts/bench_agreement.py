@@ -28,8 +28,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
 import torch
+from _bench import cli, models, stats, table  # before transformers: sets HF_HUB_OFFLINE
+from _bench.report import Report, method_text
 from torch.utils.benchmark import Timer
 
 from ftcallback import measure
@@ -52,11 +53,11 @@ def settings(name: str, args: argparse.Namespace) -> dict[str, int]:
     return cfg
 
 
-def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
+def bench_model(lm: models.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
     prompts = lm.probe(cfg["prompts"])
     T, half = cfg["max_new_tokens"], cfg["repeats"] // 2
-    kw = bc.generate_kwargs(lm, T)
-    encoded = bc.encode(lm, prompts)
+    kw = models.generate_kwargs(lm, T)
+    encoded = models.encode(lm, prompts)
     ftc: dict[int, list[float]] = {i: [] for i in range(len(prompts))}
     ref: dict[int, list[float]] = {i: [] for i in range(len(prompts))}
     ftc_out: dict[int, set[int]] = {i: set() for i in range(len(prompts))}
@@ -86,14 +87,14 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
             num_threads=torch.get_num_threads(),
             label="generate",
         )
-        estimate = bc.median(ftc[i]) if ftc[i] else 0.05
+        estimate = stats.median(ftc[i]) if ftc[i] else 0.05
         with torch.inference_mode():
             result = timer.blocked_autorange(min_run_time=half * estimate * 0.9)
         ref[i].extend(t / result.number_per_run for t in result.raw_times)
         if i not in hand_out:
             with torch.inference_mode():
                 out = lm.model.generate(**inputs, **kw)
-            hand_out[i] = bc.count_output_tokens(out[0, ids.shape[1] :].tolist(), lm.eos_ids)
+            hand_out[i] = models.count_output_tokens(out[0, ids.shape[1] :].tolist(), lm.eos_ids)
 
     for i in range(len(prompts)):
         run_ftc(i)
@@ -104,7 +105,7 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
 
     per_prompt: list[dict[str, Any]] = []
     for i in range(len(prompts)):
-        a, b = bc.median(ftc[i]), bc.median(ref[i])
+        a, b = stats.median(ftc[i]), stats.median(ref[i])
         per_prompt.append(
             {
                 "prompt": i,
@@ -119,7 +120,7 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
                 "hand_input_tokens": len(encoded[i]),
             }
         )
-    ratio = bc.median([p["ratio"] for p in per_prompt])
+    ratio = stats.median([p["ratio"] for p in per_prompt])
     worst = max(per_prompt, key=lambda p: abs(p["ratio"] - 1.0))
     tokens_equal = all(p["ftcallback_output_tokens"] == [p["hand_output_tokens"]] for p in per_prompt)
     inputs_equal = all(p["ftcallback_input_tokens"] == [p["hand_input_tokens"]] for p in per_prompt)
@@ -136,25 +137,25 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=None, help="probe size")
     parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None, help="samples per prompt and timer (even)")
     args = parser.parse_args(argv)
-    device = bc.setup(args)
-    report = bc.Report(
+    device = cli.setup(args)
+    report = Report(
         "agreement",
         "Agreement with torch.utils.benchmark.Timer and with counting by hand",
         f"per-prompt median latency within {TARGET:.0%} of torch.utils.benchmark.Timer; output and input "
         "token counts equal to the counts by hand",
-        bc.command_line("bench_agreement.py", argv),
+        cli.command_line("bench_agreement.py", argv),
         args.quick,
         device,
-        method=bc.method_text(__doc__),
+        method=method_text(__doc__),
     )
     results = []
-    for name in bc.models_for(args):
-        lm = bc.load(name, device)
+    for name in cli.models_for(args):
+        lm = models.load(name, device)
         results.append(bench_model(lm, settings(name, args)))
         del lm
     report.table(
@@ -174,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 len(r["per_prompt"]),
                 r["settings"]["repeats"],
                 r["ratio"],
-                bc.pct(r["worst_deviation"]),
+                table.pct(r["worst_deviation"]),
                 "yes" if r["output_tokens_equal"] else "NO",
                 "yes" if r["input_tokens_equal"] else "NO",
             ]
@@ -208,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ok_latency = all(abs(r["deviation"]) <= TARGET for r in results)
     ok_tokens = all(r["output_tokens_equal"] and r["input_tokens_equal"] for r in results)
     text = ", ".join(
-        f"{r['model']} {bc.pct(r['deviation'])} (worst prompt {bc.pct(r['worst_deviation'])})"
+        f"{r['model']} {table.pct(r['deviation'])} (worst prompt {table.pct(r['worst_deviation'])})"
         for r in results
     )
     tokens = "token counts equal" if ok_tokens else "token counts DIFFER"

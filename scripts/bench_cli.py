@@ -23,7 +23,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import _bench_common as bc
+from _bench import cli, stats
+from _bench.report import Report, method_text
 
 TARGET_S = 0.5
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -68,19 +69,19 @@ def heavy_imports_of_help() -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=None, help="processes per command (default 21, quick 5)")
     args = parser.parse_args(argv)
-    device = bc.setup(args)
+    device = cli.setup(args)
     runs = args.runs or (5 if args.quick else 21)
-    report = bc.Report(
+    report = Report(
         "cli",
         "Command-line start-up: ftcallback --help",
         f"`ftcallback --help` median under {TARGET_S} s, importing neither torch nor transformers",
-        bc.command_line("bench_cli.py", argv),
+        cli.command_line("bench_cli.py", argv),
         args.quick,
         device,
-        method=bc.method_text(__doc__),
+        method=method_text(__doc__),
     )
     for args_ in COMMANDS.values():  # one untimed run each: the first start fills the OS file cache
         _once(args_)
@@ -88,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for _ in range(runs):
         for label, args_ in COMMANDS.items():
             times[label].append(_once(args_))
-    bare = bc.median(times["python -c pass"])
-    medians = {label: bc.median(values) for label, values in times.items()}
+    bare = stats.median(times["python -c pass"])
+    medians = {label: stats.median(values) for label, values in times.items()}
     heavy = heavy_imports_of_help()
     report.table(
         f"Wall time per process, median of {runs} (interleaved)",

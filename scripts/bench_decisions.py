@@ -34,8 +34,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
 import torch
+from _bench import cli, models, stats, table, timing  # before transformers: sets HF_HUB_OFFLINE
+from _bench.report import Report, method_text
 
 from ftcallback import Budget, EfficiencyCallback, evaluate, measure
 
@@ -67,11 +68,11 @@ class SlowDown:
         ]
 
     def _pre(self, module: torch.nn.Module, args: Any) -> None:
-        bc.synchronize(self._device)
+        timing.synchronize(self._device)
         self._start = time.perf_counter()
 
     def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
-        bc.synchronize(self._device)
+        timing.synchronize(self._device)
         elapsed = time.perf_counter() - self._start
         self.forward_s += elapsed
         if self.factor > 0 and not module.training:
@@ -80,7 +81,7 @@ class SlowDown:
             self._debt += self.factor * elapsed
             if self._debt > 0:
                 start = time.perf_counter()
-                bc.busy_wait(self._debt)
+                timing.busy_wait(self._debt)
                 self._debt -= time.perf_counter() - start
 
     def remove(self) -> None:
@@ -90,7 +91,7 @@ class SlowDown:
 
 
 @contextlib.contextmanager
-def slowed(lm: bc.LoadedModel, factor: float) -> Iterator[SlowDown | None]:
+def slowed(lm: models.LoadedModel, factor: float) -> Iterator[SlowDown | None]:
     if factor <= 0:
         yield None
         return
@@ -115,7 +116,7 @@ def settings(name: str, args: argparse.Namespace) -> dict[str, int]:
     return cfg
 
 
-def probe_measure(lm: bc.LoadedModel, prompts: list[str], T: int) -> Any:
+def probe_measure(lm: models.LoadedModel, prompts: list[str], T: int) -> Any:
     # The callback's defaults: warmup=1, repeats=3, batch_size=1.
     return measure(
         lm.model,
@@ -127,7 +128,7 @@ def probe_measure(lm: bc.LoadedModel, prompts: list[str], T: int) -> Any:
     )
 
 
-def forward_share(lm: bc.LoadedModel, prompts: list[str], T: int) -> float:
+def forward_share(lm: models.LoadedModel, prompts: list[str], T: int) -> float:
     """Fraction of the timed requests' latency spent inside the model's forward passes."""
     shares = []
     for _ in range(2):
@@ -138,10 +139,10 @@ def forward_share(lm: bc.LoadedModel, prompts: list[str], T: int) -> float:
             hooks.remove()
         total = sum(s.latency_s for s in m.samples) + sum(m.warmup_latencies_s)
         shares.append(hooks.forward_s / total)
-    return min(1.0, bc.median(shares))
+    return min(1.0, stats.median(shares))
 
 
-def direct_runs(lm: bc.LoadedModel, cfg: dict[str, int], share: float) -> list[dict[str, Any]]:
+def direct_runs(lm: models.LoadedModel, cfg: dict[str, int], share: float) -> list[dict[str, Any]]:
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
     out = []
@@ -166,7 +167,7 @@ def direct_runs(lm: bc.LoadedModel, cfg: dict[str, int], share: float) -> list[d
     return out
 
 
-def trainer_run(lm: bc.LoadedModel, cfg: dict[str, int], slowdown: float, share: float) -> dict[str, Any]:
+def trainer_run(lm: models.LoadedModel, cfg: dict[str, int], slowdown: float, share: float) -> dict[str, Any]:
     """One Trainer run, lr=0, the slowdown switched on after the first optimizer step."""
     from transformers import (
         PrinterCallback,
@@ -178,7 +179,7 @@ def trainer_run(lm: bc.LoadedModel, cfg: dict[str, int], slowdown: float, share:
 
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
-    batch = bc.left_padded_batches(lm, prompts[:4], 4)[0]
+    batch = models.left_padded_batches(lm, prompts[:4], 4)[0]
     data = [
         {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
         for ids, mask in zip(batch["input_ids"].cpu(), batch["attention_mask"].cpu(), strict=True)
@@ -247,7 +248,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "runs": len(sel),
                 "stops": sum(r["stopped"] for r in sel),
                 "rate": sum(r["stopped"] for r in sel) / len(sel),
-                "ratio_median": bc.median(ratios),
+                "ratio_median": stats.median(ratios),
                 "ratio_min": min(ratios),
                 "ratio_max": max(ratios),
             }
@@ -256,7 +257,7 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--runs", type=int, default=None, help=f"runs per condition (>= {MIN_RUNS} in full mode)"
     )
@@ -266,20 +267,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--trainer-runs", dest="trainer_runs", type=int, default=None, help="Trainer runs per condition"
     )
     args = parser.parse_args(argv)
-    device = bc.setup(args)
-    report = bc.Report(
+    device = cli.setup(args)
+    report = Report(
         "decisions",
         "Decision quality",
         f"max_latency_increase=0.2, patience 1: false-stop rate 0 over >= {MIN_RUNS} unchanged runs; "
         "detection 100% for +25% and +50% slowdowns",
-        bc.command_line("bench_decisions.py", argv),
+        cli.command_line("bench_decisions.py", argv),
         args.quick,
         device,
-        method=bc.method_text(__doc__),
+        method=method_text(__doc__),
     )
     results: list[dict[str, Any]] = []
-    for name in bc.models_for(args, ("tiny-gpt2",)):
-        lm = bc.load(name, device)
+    for name in cli.models_for(args, ("tiny-gpt2",)):
+        lm = models.load(name, device)
         cfg = settings(name, args)
         prompts = lm.probe(cfg["prompts"])
         probe_measure(lm, prompts, cfg["max_new_tokens"])  # warm-up, untimed
@@ -310,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{s['slowdown']:+.0%}",
                 s["runs"],
                 s["stops"],
-                bc.pct(s["rate"], 0, signed=False),
+                table.pct(s["rate"], 0, signed=False),
                 s["ratio_median"],
                 f"{s['ratio_min']:.3f} .. {s['ratio_max']:.3f}",
             ]
@@ -321,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{s['slowdown']:+.0%}",
                 s["runs"],
                 s["stops"],
-                bc.pct(s["rate"], 0, signed=False),
+                table.pct(s["rate"], 0, signed=False),
                 s["ratio_median"],
                 f"{s['ratio_min']:.3f} .. {s['ratio_max']:.3f}",
             ]

@@ -44,8 +44,9 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
 import torch
+from _bench import cli, models, stats, timing  # before transformers: sets HF_HUB_OFFLINE
+from _bench.report import Report, method_text
 from bench_decisions import forward_share
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -145,13 +146,13 @@ def settings(args: argparse.Namespace) -> dict[str, int]:
     return cfg
 
 
-def plain(lm: bc.LoadedModel, prompts: list[str], T: int) -> Measurement:
+def plain(lm: models.LoadedModel, prompts: list[str], T: int) -> Measurement:
     """The callback's defaults without drift control (0.1): warmup=1, repeats=3."""
     return measure(lm.model, lm.tokenizer, prompts, max_new_tokens=T, generation_kwargs={"min_new_tokens": T})
 
 
 def controlled(
-    lm: bc.LoadedModel, prompts: list[str], T: int, ref: ReferenceWorkload, baseline: Measurement | None, seed: int
+    lm: models.LoadedModel, prompts: list[str], T: int, ref: ReferenceWorkload, baseline: Measurement | None, seed: int
 ) -> Measurement:
     """The new defaults: reference workload, and the adaptive rule when there is a baseline to judge against."""
     until = None if baseline is None else (lambda m: not needs_more(BUDGET, m, baseline, seed=seed))
@@ -179,7 +180,9 @@ def first_look(m: Measurement) -> Measurement:
     )
 
 
-def drift_runs(lm: bc.LoadedModel, cfg: dict[str, int], share: float, ref: ReferenceWorkload) -> list[dict[str, Any]]:
+def drift_runs(
+    lm: models.LoadedModel, cfg: dict[str, int], share: float, ref: ReferenceWorkload
+) -> list[dict[str, Any]]:
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
     out = []
@@ -221,16 +224,16 @@ def drift_runs(lm: bc.LoadedModel, cfg: dict[str, int], share: float, ref: Refer
     return out
 
 
-def growth_runs(lm: bc.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload) -> list[dict[str, Any]]:
+def growth_runs(lm: models.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload) -> list[dict[str, Any]]:
     prompts = lm.probe(cfg["prompts"])
-    encoded = bc.encode(lm, prompts)
+    encoded = models.encode(lm, prompts)
     eos = int(lm.tokenizer.eos_token_id)
     lasts = {ids[-1] for ids in encoded}
     filler = next(t for t in range(10, 1000) if t not in lasts and t not in lm.eos_ids and t != lm.pad_id)
     proc = GrowingAnswers({tuple(ids): len(ids) for ids in encoded}, filler, eos)
     T = 8 + 2 * cfg["epochs"] + 2
     kwargs = {"logits_processor": LogitsProcessorList([proc])}
-    batches = bc.left_padded_batches(lm, prompts, 1)
+    batches = models.left_padded_batches(lm, prompts, 1)
     out = []
     for run in range(cfg["runs"]):
         counts, measured = [], []
@@ -241,9 +244,9 @@ def growth_runs(lm: bc.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload)
                 hand = []
                 for b in batches:
                     ids = lm.model.generate(
-                        **b, **bc.generate_kwargs(lm, T), logits_processor=LogitsProcessorList([proc])
+                        **b, **models.generate_kwargs(lm, T), logits_processor=LogitsProcessorList([proc])
                     )
-                    hand.append(bc.count_output_tokens(ids[0, b["input_ids"].shape[1] :].tolist(), lm.eos_ids))
+                    hand.append(models.count_output_tokens(ids[0, b["input_ids"].shape[1] :].tolist(), lm.eos_ids))
             counts.append(sum(hand) / len(hand))
             # One timed pass: the token count decides here, and it is exact.
             measured.append(
@@ -271,7 +274,7 @@ def growth_runs(lm: bc.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload)
     return out
 
 
-def cost_rounds(lm: bc.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload) -> dict[str, Any]:
+def cost_rounds(lm: models.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload) -> dict[str, Any]:
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
     baseline = controlled(lm, prompts, T, ref, None, 0)
@@ -285,43 +288,43 @@ def cost_rounds(lm: bc.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload)
     def new() -> float:
         return controlled(lm, prompts, T, ref, baseline, 0).wall_time_s
 
-    times = bc.interleaved(
+    times = timing.interleaved(
         cfg["cost_rounds"], {"0.1 defaults": old, "reference": with_reference, "reference + adaptive": new}
     )
-    ratios = bc.ratios(times["reference + adaptive"], times["0.1 defaults"])
-    ref_ratios = bc.ratios(times["reference"], times["0.1 defaults"])
-    ref_s = bc.median([ref.seconds() for _ in range(20)])
+    ratios = stats.ratios(times["reference + adaptive"], times["0.1 defaults"])
+    ref_ratios = stats.ratios(times["reference"], times["0.1 defaults"])
+    ref_s = stats.median([ref.seconds() for _ in range(20)])
     return {
-        "old_s": bc.median(times["0.1 defaults"]),
-        "reference_s": bc.median(times["reference"]),
-        "new_s": bc.median(times["reference + adaptive"]),
-        "reference_cost_ratio": bc.median(ref_ratios),
-        "cost_ratio": bc.median(ratios),
+        "old_s": stats.median(times["0.1 defaults"]),
+        "reference_s": stats.median(times["reference"]),
+        "new_s": stats.median(times["reference + adaptive"]),
+        "reference_cost_ratio": stats.median(ref_ratios),
+        "cost_ratio": stats.median(ratios),
         "reference_ms": ref_s * 1e3,
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=None, help=f"runs per condition (>= {MIN_RUNS} in full mode)")
     args = parser.parse_args(argv)
-    device = bc.setup(args)
+    device = cli.setup(args)
     if args.threads is None:
         torch.set_num_threads(1)  # the load is two busy processes on a small machine: one thread for the probe
-    report = bc.Report(
+    report = Report(
         "drift",
         "Decisions on a busy machine",
         f"max_latency_increase=0.2, patience 1, >= {MIN_RUNS} runs each: 0 false stops with background load "
         "after the baseline; +25%/+50% detected every time with and without load; 0 stops at +10%; "
         "growing answers stop at the epoch counted by hand; measurement cost at defaults reported",
-        bc.command_line("bench_drift.py", argv),
+        cli.command_line("bench_drift.py", argv),
         args.quick,
         device,
-        method=bc.method_text(__doc__),
+        method=method_text(__doc__),
     )
     results = []
-    for name in bc.models_for(args, ("tiny-gpt2",)):
-        lm = bc.load(name, device)
+    for name in cli.models_for(args, ("tiny-gpt2",)):
+        lm = models.load(name, device)
         cfg = settings(args)
         ref = ReferenceWorkload(device)
         prompts = lm.probe(cfg["prompts"])
@@ -342,9 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "runs": len(sel),
                     "stops": sum(r["stopped"] for r in sel),
                     "old_stops": sum(r["old_stopped"] for r in sel),
-                    "ratio_median": bc.median([r["ratio"] for r in sel]),
-                    "raw_median": bc.median([r["raw_total"] for r in sel]),
-                    "machine_median": bc.median([r["machine"] for r in sel]),
+                    "ratio_median": stats.median([r["ratio"] for r in sel]),
+                    "raw_median": stats.median([r["raw_total"] for r in sel]),
+                    "machine_median": stats.median([r["machine"] for r in sel]),
                     "machine_moved": sum(r["machine_moved"] for r in sel),
                     "repeats_mean": sum(r["repeats"] for r in sel) / len(sel),
                 }

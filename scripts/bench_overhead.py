@@ -24,8 +24,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
 import torch
+from _bench import cli, models, stats, table, timing  # before transformers: sets HF_HUB_OFFLINE
+from _bench.report import Report, method_text
 
 from ftcallback import measure
 
@@ -47,11 +48,11 @@ def settings(name: str, args: argparse.Namespace) -> dict[str, int]:
     return base
 
 
-def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
+def bench_model(lm: models.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
     prompts = lm.probe(cfg["prompts"])
     T, R, B = cfg["max_new_tokens"], cfg["repeats"], cfg["batch_size"]
-    batches = bc.left_padded_batches(lm, prompts, B)
-    kw = bc.generate_kwargs(lm, T)
+    batches = models.left_padded_batches(lm, prompts, B)
+    kw = models.generate_kwargs(lm, T)
     model, device = lm.model, lm.device
     call_times: list[float] = []
     bare_tokens: list[int] = []
@@ -59,25 +60,25 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
     def bare() -> float:
         call_times.clear()
         bare_tokens.clear()
-        bc.synchronize(device)
+        timing.synchronize(device)
         start = time.perf_counter()
         with torch.inference_mode():
             for _ in range(R):
                 for batch in batches:
                     t0 = time.perf_counter()
                     out = model.generate(**batch, **kw)
-                    bc.synchronize(device)
+                    timing.synchronize(device)
                     call_times.append(time.perf_counter() - t0)
                     width = batch["input_ids"].shape[1]
                     bare_tokens.extend(
-                        bc.count_output_tokens(row, lm.eos_ids) for row in out[:, width:].tolist()
+                        models.count_output_tokens(row, lm.eos_ids) for row in out[:, width:].tolist()
                     )
         return time.perf_counter() - start
 
     last: dict[str, Any] = {}
 
     def harness() -> float:
-        m, seconds = bc.timed(
+        m, seconds = timing.timed(
             lambda: measure(
                 model,
                 lm.tokenizer,
@@ -96,7 +97,7 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
     # One shared warm-up: a bare pass and a measure() call, untimed.
     bare()
     harness()
-    bc.reset_peak_memory(device)
+    timing.reset_peak_memory(device)
     inside: list[float] = []
     outside_ms: list[float] = []
     cpu: dict[str, list[float]] = {"measure": [], "bare": []}
@@ -120,14 +121,14 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
         bare_calls.append(sum(call_times))
         return seconds
 
-    times = bc.interleaved(cfg["rounds"], {"measure": harness_split, "bare": bare_split})
-    per_round = bc.ratios(times["measure"], times["bare"])
-    overhead = bc.median(per_round) - 1.0
+    times = timing.interleaved(cfg["rounds"], {"measure": harness_split, "bare": bare_split})
+    per_round = stats.ratios(times["measure"], times["bare"])
+    overhead = stats.median(per_round) - 1.0
     m = last["m"]
     # measure() orders samples by repeat then prompt, as the bare loop does.
     ftc_tokens = [s.output_tokens for s in m.samples]
     out_tokens = sum(ftc_tokens)
-    in_call = bc.median(bc.ratios(inside, bare_calls)) - 1.0 if inside else math.nan
+    in_call = stats.median(stats.ratios(inside, bare_calls)) - 1.0 if inside else math.nan
     return {
         "model": lm.name,
         "settings": cfg,
@@ -139,41 +140,41 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
         "overhead": overhead,
         "overhead_min": min(per_round) - 1.0,
         "overhead_max": max(per_round) - 1.0,
-        "outside_generate_ms": bc.median(outside_ms) if outside_ms else math.nan,
+        "outside_generate_ms": stats.median(outside_ms) if outside_ms else math.nan,
         "inside_generate_overhead": in_call,
         "inside_generate_us_per_token": (
-            (bc.median(inside) - bc.median(bare_calls)) / out_tokens * 1e6
+            (stats.median(inside) - stats.median(bare_calls)) / out_tokens * 1e6
             if inside and out_tokens
             else math.nan
         ),
         # CPU time of the process: what the harness costs in work, blind to time spent descheduled.
-        "cpu_overhead": bc.median(bc.ratios(cpu["measure"], cpu["bare"])) - 1.0,
+        "cpu_overhead": stats.median(stats.ratios(cpu["measure"], cpu["bare"])) - 1.0,
         "token_counts_equal": ftc_tokens == bare_tokens,
-        "peak_memory_mb": bc.peak_memory_mb(device),
+        "peak_memory_mb": timing.peak_memory_mb(device),
     }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=None, help="probe size")
     parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None, help="timed passes per measure() call")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per condition")
     parser.add_argument("--batch-size", dest="batch_size", type=int, default=1)
     args = parser.parse_args(argv)
-    device = bc.setup(args)
-    report = bc.Report(
+    device = cli.setup(args)
+    report = Report(
         "overhead",
         "Harness overhead",
         f"measure() wall time within {TARGET:.0%} of a bare generate loop (tiny models and SmolLM2, CPU)",
-        bc.command_line("bench_overhead.py", argv),
+        cli.command_line("bench_overhead.py", argv),
         args.quick,
         device,
-        method=bc.method_text(__doc__),
+        method=method_text(__doc__),
     )
     rows, results = [], []
-    for name in bc.models_for(args):
-        lm = bc.load(name, device)
+    for name in cli.models_for(args):
+        lm = models.load(name, device)
         cfg = settings(name, args)
         r = bench_model(lm, cfg)
         results.append(r)
@@ -183,13 +184,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{cfg['prompts']} x {cfg['repeats']} (B={cfg['batch_size']})",
                 cfg["max_new_tokens"],
                 cfg["rounds"],
-                bc.median(r["bare_s"]),
-                bc.median(r["measure_s"]),
-                bc.pct(r["overhead"]),
-                f"{bc.pct(r['overhead_min'])} .. {bc.pct(r['overhead_max'])}",
-                bc.fmt(r["outside_generate_ms"], 1),
-                bc.pct(r["inside_generate_overhead"]),
-                bc.pct(r["cpu_overhead"]),
+                stats.median(r["bare_s"]),
+                stats.median(r["measure_s"]),
+                table.pct(r["overhead"]),
+                f"{table.pct(r['overhead_min'])} .. {table.pct(r['overhead_max'])}",
+                table.fmt(r["outside_generate_ms"], 1),
+                table.pct(r["inside_generate_overhead"]),
+                table.pct(r["cpu_overhead"]),
                 "yes" if r["token_counts_equal"] else "NO",
             ]
         )
@@ -222,13 +223,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     worst = max(results, key=lambda r: r["overhead"])
     ok = all(r["overhead"] <= TARGET for r in results) and all(r["token_counts_equal"] for r in results)
-    text = ", ".join(f"{r['model']} {bc.pct(r['overhead'])}" for r in results)
+    text = ", ".join(f"{r['model']} {table.pct(r['overhead'])}" for r in results)
     if ok:
         report.decide(True, f"overhead {text} (target <= {TARGET:.0%})")
     else:
         why = (
-            f"worst {worst['model']} {bc.pct(worst['overhead'])} wall, "
-            f"{bc.pct(worst['cpu_overhead'])} CPU time"
+            f"worst {worst['model']} {table.pct(worst['overhead'])} wall, "
+            f"{table.pct(worst['cpu_overhead'])} CPU time"
             if worst["overhead"] > TARGET
             else "token counts of measure() and the bare loop differ"
         )

@@ -27,8 +27,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
 import torch
+from _bench import cli, models, stats, table, timing  # before transformers: sets HF_HUB_OFFLINE
+from _bench.report import Report, method_text
 
 from ftcallback import Measurement, measure
 from ftcallback._stats import paired_ratio, percentile
@@ -50,7 +51,7 @@ def settings(name: str, args: argparse.Namespace) -> dict[str, int]:
     return cfg
 
 
-def disturb(lm: bc.LoadedModel, batch: dict[str, torch.Tensor]) -> None:
+def disturb(lm: models.LoadedModel, batch: dict[str, torch.Tensor]) -> None:
     """One training step's forward and backward pass, gradients dropped: what runs between two checks."""
     model = lm.model
     model.train()
@@ -58,7 +59,7 @@ def disturb(lm: bc.LoadedModel, batch: dict[str, torch.Tensor]) -> None:
         model(**batch).loss.backward()
     model.zero_grad(set_to_none=True)
     model.eval()
-    bc.synchronize(lm.device)
+    timing.synchronize(lm.device)
 
 
 def select(m: Measurement, prompts: int, warmup: int, repeats: int) -> dict[int, list[float]]:
@@ -74,10 +75,10 @@ def select(m: Measurement, prompts: int, warmup: int, repeats: int) -> dict[int,
     return out
 
 
-def bench_model(lm: bc.LoadedModel, cfg: dict[str, int], between: str) -> dict[str, Any]:
+def bench_model(lm: models.LoadedModel, cfg: dict[str, int], between: str) -> dict[str, Any]:
     prompts = lm.probe(cfg["prompts"])
     T, K, R = cfg["max_new_tokens"], cfg["measurements"], cfg["max_repeats"]
-    ids = bc.left_padded_batches(lm, prompts[:2], 2)[0]
+    ids = models.left_padded_batches(lm, prompts[:2], 2)[0]
     labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
     batch = {**ids, "labels": labels}
     measurements: list[Measurement] = []
@@ -100,7 +101,7 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int], between: str) -> dict[s
     first_call = []
     for m in measurements:
         rest = [s.latency_s for s in m.samples[P:] if s.prompt_index == 0]
-        first_call.append(m.samples[0].latency_s / bc.median(rest) if rest else math.nan)
+        first_call.append(m.samples[0].latency_s / stats.median(rest) if rest else math.nan)
     rows = []
     for warmup in (0, 1):
         for repeats in range(1, R - warmup + 1):
@@ -115,9 +116,9 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int], between: str) -> dict[s
                     "repeats": repeats,
                     "calls": warmup + repeats * P,
                     "p50_ms": p50,
-                    "p50_spread": bc.spread(p50),
-                    "p50_cv": bc.cv(p50),
-                    "p95_spread": bc.spread(p95),
+                    "p50_spread": stats.spread(p50),
+                    "p50_cv": stats.cv(p50),
+                    "p95_spread": stats.spread(p95),
                     "paired_ratio_max_dev": max((abs(r - 1.0) for r in paired), default=math.nan),
                 }
             )
@@ -125,9 +126,9 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, int], between: str) -> dict[s
         "model": lm.name,
         "settings": cfg,
         "between": between,
-        "first_call_ratio_median": bc.median(first_call),
+        "first_call_ratio_median": stats.median(first_call),
         "first_call_ratio_max": max(first_call),
-        "noise_cv_median": bc.median([m.noise_cv for m in measurements]),
+        "noise_cv_median": stats.median([m.noise_cv for m in measurements]),
         "configs": rows,
     }
 
@@ -140,7 +141,7 @@ def _spread_at(result: dict[str, Any], setting: tuple[int, int]) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--measurements", type=int, default=None, help="repeated measurements (10)")
     parser.add_argument("--prompts", type=int, default=None, help="probe size")
     parser.add_argument("--max-new-tokens", dest="max_new_tokens", type=int, default=None)
@@ -154,21 +155,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="what runs between two measurements (default: a forward+backward pass, as in training)",
     )
     args = parser.parse_args(argv)
-    device = bc.setup(args)
-    report = bc.Report(
+    device = cli.setup(args)
+    report = Report(
         "precision",
         "Precision of repeated measurements",
         f"max/min of the median latency across repeated measurements of an unchanged model <= "
         f"{TARGET_SPREAD} at the recommended (warmup, repeats), every model (our target; the issue asks "
         "for a recommendation)",
-        bc.command_line("bench_precision.py", argv),
+        cli.command_line("bench_precision.py", argv),
         args.quick,
         device,
-        method=bc.method_text(__doc__),
+        method=method_text(__doc__),
     )
     results = []
-    for name in bc.models_for(args):
-        lm = bc.load(name, device)
+    for name in cli.models_for(args):
+        lm = models.load(name, device)
         results.append(bench_model(lm, settings(name, args), args.between))
         del lm
     for r in results:
@@ -193,11 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                     c["warmup"],
                     c["repeats"],
                     c["calls"],
-                    bc.median(c["p50_ms"]),
+                    stats.median(c["p50_ms"]),
                     c["p50_spread"],
-                    bc.pct(c["p50_cv"], signed=False),
+                    table.pct(c["p50_cv"], signed=False),
                     c["p95_spread"],
-                    bc.pct(c["paired_ratio_max_dev"], signed=False),
+                    table.pct(c["paired_ratio_max_dev"], signed=False),
                 ]
                 for c in r["configs"]
             ],

@@ -22,7 +22,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
+from _bench import cli, models, stats, table, timing  # before transformers: sets HF_HUB_OFFLINE
+from _bench.report import Report, method_text
 
 from ftcallback import measure
 
@@ -56,14 +57,14 @@ def grid(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cell(
-    lm: bc.LoadedModel, prompts: int, max_new_tokens: int, batch_size: int, repeats: int
+    lm: models.LoadedModel, prompts: int, max_new_tokens: int, batch_size: int, repeats: int
 ) -> dict[str, Any]:
     probe = lm.probe(prompts)
     walls, peaks = [], []
     m = None
     for _ in range(repeats):
-        bc.reset_peak_memory(lm.device)
-        m, seconds = bc.timed(
+        timing.reset_peak_memory(lm.device)
+        m, seconds = timing.timed(
             lambda: measure(
                 lm.model,
                 lm.tokenizer,
@@ -78,11 +79,11 @@ def cell(
             lm.device,
         )
         walls.append(seconds)
-        peaks.append(bc.peak_memory_mb(lm.device))
+        peaks.append(timing.peak_memory_mb(lm.device))
     assert m is not None
     calls = 1 + math.ceil(prompts / batch_size)
     tokens = sum(s.output_tokens for s in m.samples)
-    wall = bc.median(walls)
+    wall = stats.median(walls)
     return {
         "prompts": prompts,
         "max_new_tokens": max_new_tokens,
@@ -110,7 +111,7 @@ def slope(cells: list[dict[str, Any]], key: str) -> float:
     return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else math.nan
 
 
-def bench_model(lm: bc.LoadedModel, g: dict[str, Any]) -> dict[str, Any]:
+def bench_model(lm: models.LoadedModel, g: dict[str, Any]) -> dict[str, Any]:
     base = g["base"]
     cell(lm, base["prompts"], base["max_new_tokens"], 1, 1)  # warm-up, untimed
     out: dict[str, Any] = {"model": lm.name, "grid": g, "factors": {}}
@@ -132,25 +133,25 @@ def bench_model(lm: bc.LoadedModel, g: dict[str, Any]) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--cell-repeats", dest="cell_repeats", type=int, default=None, help="measurements per cell"
     )
     args = parser.parse_args(argv)
-    device = bc.setup(args)
-    report = bc.Report(
+    device = cli.setup(args)
+    report = Report(
         "scaling",
         "Scaling of measurement time",
         f"wall time grows at most linearly: log-log slope <= {MAX_SLOPE} in prompts and in max_new_tokens "
         "(our target; the issue asks for the table)",
-        bc.command_line("bench_scaling.py", argv),
+        cli.command_line("bench_scaling.py", argv),
         args.quick,
         device,
-        method=bc.method_text(__doc__),
+        method=method_text(__doc__),
     )
     results = []
-    for name in bc.models_for(args, ("tiny-gpt2", "smollm2")):
-        lm = bc.load(name, device)
+    for name in cli.models_for(args, ("tiny-gpt2", "smollm2")):
+        lm = models.load(name, device)
         results.append(bench_model(lm, grid(name, args)))
         del lm
     for r in results:
@@ -169,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         c["wall_s"],
                         f"x{c['wall_s'] / ref['wall_s']:.2f}" if ref["wall_s"] > 0 else "-",
                         c["ms_per_output_token"],
-                        bc.fmt(c["peak_memory_mb"], 1),
+                        table.fmt(c["peak_memory_mb"], 1),
                     ]
                 )
         report.table(

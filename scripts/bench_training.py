@@ -40,8 +40,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import _bench_common as bc  # before transformers: sets HF_HUB_OFFLINE
 import torch
+from _bench import catalog, cli, models, stats, table, timing  # before transformers: sets HF_HUB_OFFLINE
+from _bench.report import Report, method_text
 
 from ftcallback import EfficiencyCallback, measure
 
@@ -63,7 +64,7 @@ def settings(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
-def training_data(lm: bc.LoadedModel, n: int, seq: int) -> list[dict[str, torch.Tensor]]:
+def training_data(lm: models.LoadedModel, n: int, seq: int) -> list[dict[str, torch.Tensor]]:
     """``n`` causal-LM examples of exactly ``seq`` tokens, cut from repeated probe-like text."""
     text = " ".join(lm.prompts * 8)
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -115,7 +116,7 @@ def _step_clock(times: list[float]) -> Any:
 
 
 def train_once(
-    lm: bc.LoadedModel,
+    lm: models.LoadedModel,
     initial: dict[str, torch.Tensor],
     data: list[dict[str, torch.Tensor]],
     cfg: dict[str, Any],
@@ -150,12 +151,12 @@ def train_once(
         if step_times is not None:
             trainer.add_callback(_step_clock(step_times))
         trainer.remove_callback(PrinterCallback)  # the loss lines would drown the tables
-        _, seconds = bc.timed(trainer.train, lm.device)
+        _, seconds = timing.timed(trainer.train, lm.device)
     lm.model.eval()
     return seconds
 
 
-def reference_step(lm: bc.LoadedModel, batch: int, seq: int, steps: int) -> float:
+def reference_step(lm: models.LoadedModel, batch: int, seq: int, steps: int) -> float:
     """Median seconds of one optimizer step (forward, backward, AdamW) on ``batch`` x ``seq`` tokens.
 
     The learning rate is 0, so AdamW does all its work but the weights do not change.
@@ -175,15 +176,15 @@ def reference_step(lm: bc.LoadedModel, batch: int, seq: int, steps: int) -> floa
     model.train()
     try:
         for i in range(steps + 1):  # the first one warms up
-            _, seconds = bc.timed(one_step, lm.device)
+            _, seconds = timing.timed(one_step, lm.device)
             if i:
                 times.append(seconds)
     finally:
         model.eval()
-    return bc.median(times)
+    return stats.median(times)
 
 
-def make_callback(lm: bc.LoadedModel, prompts: list[str], **overrides: Any) -> EfficiencyCallback:
+def make_callback(lm: models.LoadedModel, prompts: list[str], **overrides: Any) -> EfficiencyCallback:
     # The defaults, except the probe itself (and the chat template an instruct model needs).
     return EfficiencyCallback(prompts, apply_chat_template=lm.chat, **overrides)
 
@@ -218,7 +219,7 @@ def share(
     return checks * cost / (epochs * steps * t_step), checks, cost
 
 
-def bench_model(lm: bc.LoadedModel, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+def bench_model(lm: models.LoadedModel, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     prompts = lm.probe(cfg["prompts"])
     data = training_data(lm, cfg["steps"] * cfg["batch"], cfg["seq"])
     initial = {k: v.detach().clone() for k, v in lm.model.state_dict().items()}
@@ -246,24 +247,24 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, Any], args: argparse.Namespac
         return seconds
 
     train_once(lm, initial, data[: cfg["batch"] * 2], {**cfg, "epochs": 1}, None)  # warm-up, untimed
-    times = bc.interleaved(cfg["rounds"], {"without": without, "with": with_cb})
+    times = timing.interleaved(cfg["rounds"], {"without": without, "with": with_cb})
     lm.model.load_state_dict(initial)
-    t_without, t_with = bc.median(times["without"]), bc.median(times["with"])
-    per_round = bc.ratios(times["with"], times["without"])
-    measured_share = bc.median(per_round) - 1.0
+    t_without, t_with = stats.median(times["without"]), stats.median(times["with"])
+    per_round = stats.ratios(times["with"], times["without"])
+    measured_share = stats.median(per_round) - 1.0
     rec = records[-1]
     n_checks = rec["checks"]
     extra = t_with - t_without
     summaries = [s for r in records for s in r["summaries"]]
     # Means: a check's cost is a sum of request latencies, sum = n x (mean TTFT + (mean n_out - 1) x TPOT).
-    ttft = bc.median([s["ttft_ms_mean"] for s in summaries]) / 1000.0
-    tpot = bc.median([s["tpot_ms_mean"] for s in summaries]) / 1000.0
-    answer = bc.median([s["output_tokens_mean"] for s in summaries])
+    ttft = stats.median([s["ttft_ms_mean"] for s in summaries]) / 1000.0
+    tpot = stats.median([s["tpot_ms_mean"] for s in summaries]) / 1000.0
+    answer = stats.median([s["output_tokens_mean"] for s in summaries])
     calls = calls_per_check(len(prompts), 3, 1)
     predicted_check = check_cost_model(calls, ttft, tpot, answer)
-    measured_check = bc.median([r["measure_s"] / max(r["checks"], 1) for r in records])
+    measured_check = stats.median([r["measure_s"] / max(r["checks"], 1) for r in records])
     # Median optimizer step, without the Trainer's fixed start-up cost that a short run would spread over it.
-    t_step = bc.median(step_times)
+    t_step = stats.median(step_times)
     ref_step = reference_step(lm, args.ref_batch, args.ref_seq, 1 if args.quick else 2)
     lm.model.load_state_dict(initial)
 
@@ -271,7 +272,7 @@ def bench_model(lm: bc.LoadedModel, cfg: dict[str, Any], args: argparse.Namespac
     if not args.quick:
         # A second probe configuration, measured directly, against the model's prediction.
         alt = {"prompts": max(2, len(prompts) // 2), "max_new_tokens": 32, "repeats": 2, "warmup": 1}
-        m, seconds = bc.timed(
+        m, seconds = timing.timed(
             lambda: measure(
                 lm.model,
                 lm.tokenizer,
@@ -376,7 +377,7 @@ def max_probe_for(r: dict[str, Any], epochs: int, steps: int, answer: float) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = bc.base_parser(__doc__.split("\n\n")[0])
+    parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=None, help="probe size for the measured runs")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the measured runs")
     parser.add_argument(
@@ -396,24 +397,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:  # seconds: a small reference step (it only feeds the model's table)
         args.ref_batch, args.ref_seq = min(args.ref_batch, 4), min(args.ref_seq, 32)
-    device = bc.setup(args)
+    device = cli.setup(args)
     ref = (
         f"{args.epochs_ref} epochs x {args.steps_ref} steps of {args.ref_batch} x {args.ref_seq} tokens, "
         "step time measured at that shape"
     )
-    report = bc.Report(
+    report = Report(
         "training",
         "Training overhead",
         f"callback at its defaults under {TARGET_SHARE:.0%} of a realistic fine-tune ({ref}); "
         "judged on SmolLM2",
-        bc.command_line("bench_training.py", argv),
+        cli.command_line("bench_training.py", argv),
         args.quick,
         device,
-        method=bc.method_text(__doc__),
+        method=method_text(__doc__),
     )
     results = []
-    for name in bc.models_for(args, ("tiny-gpt2", "smollm2")):
-        lm = bc.load(name, device)
+    for name in cli.models_for(args, ("tiny-gpt2", "smollm2")):
+        lm = models.load(name, device)
         cfg = settings(name, args)
         r = bench_model(lm, cfg, args)
         r["sweep"] = sweep(r, args.epochs_ref, args.steps_ref)
@@ -447,17 +448,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r["model"],
                 "{epochs} x {steps} ({batch} x {seq})".format(**r["settings"]),
                 f"{r['settings']['prompts']} prompts",
-                bc.median(r["without_s"]),
-                bc.median(r["with_s"]),
-                bc.pct(r["share_measured"], 0),
+                stats.median(r["without_s"]),
+                stats.median(r["with_s"]),
+                table.pct(r["share_measured"], 0),
                 r["checks"],
                 r["measure_s"],
                 r["bookkeeping_s_per_check"],
                 r["check_s"],
                 r["step_s"],
-                bc.fmt(r["check_over_step"], 0),
+                table.fmt(r["check_over_step"], 0),
                 r["ref_step_s"],
-                bc.fmt(r["check_over_ref_step"], 1),
+                table.fmt(r["check_over_ref_step"], 1),
             ]
             for r in results
         ],
@@ -474,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 v["config"]["repeats"],
                 v["measured_s"],
                 v["predicted_s"],
-                bc.pct(v["predicted_s"] / v["measured_s"] - 1.0 if v["measured_s"] > 0 else math.nan),
+                table.pct(v["predicted_s"] / v["measured_s"] - 1.0 if v["measured_s"] > 0 else math.nan),
             ]
             for r in results
             for v in r["validation"]
@@ -486,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"TTFT {r['ttft_s'] * 1000:.1f} ms, TPOT {r['tpot_s'] * 1000:.1f} ms, "
             f"answers {r['answer_tokens']:.0f} tokens)",
             ["setting", "checks", "s per check", "share of training"],
-            [[s["label"], s["checks"], s["check_s"], bc.pct(s["share"], 2)] for s in r["sweep"]],
+            [[s["label"], s["checks"], s["check_s"], table.pct(s["share"], 2)] for s in r["sweep"]],
         )
     report.notes.append(
         "share ~= n_checks x C / T_train, n_checks = 1 + epochs + epochs x steps // every_n_steps, "
@@ -514,11 +515,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     # Judged on the pretrained model when there is one: a random tiny model never emits EOS, so its answers
     # always run to max_new_tokens, and its training step is mostly Python overhead; it shows the mechanics.
-    judged = [r for r in results if r["model"] not in bc.TINY_MODELS] or results
+    judged = [r for r in results if r["model"] not in catalog.TINY_MODELS] or results
     ok = all(r["share_ref_defaults"] <= TARGET_SHARE for r in judged)
     text = ", ".join(
-        f"{r['model']} {bc.pct(r['share_ref_defaults'], 2)} with 8 prompts "
-        f"({bc.pct(r['share_ref_capped'], 2)} if answers run to 128 tokens)"
+        f"{r['model']} {table.pct(r['share_ref_defaults'], 2)} with 8 prompts "
+        f"({table.pct(r['share_ref_capped'], 2)} if answers run to 128 tokens)"
         for r in judged
     )
     report.decide(

@@ -33,7 +33,6 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuB
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -43,10 +42,11 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _bench_common as common  # noqa: E402
 import torch  # noqa: E402
+from _bench import catalog, cli, machine, models, table  # noqa: E402
 
 from ftcallback import NoisyMeasurementWarning, measure  # noqa: E402
+from ftcallback._json import jsonable, write_json_atomic  # noqa: E402
 
 EXIT_SKIPPED = 77
 _TIMING_ABS_MS, _TIMING_REL = 1.0, 0.05
@@ -89,7 +89,7 @@ class _GenerateClock:
         return [(e - s) * 1000.0 for s, e in self.pairs]
 
 
-def check_timing(lm: common.LoadedModel, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
+def check_timing(lm: models.LoadedModel, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
     warmup, repeats = 1, 3
     with _GenerateClock(lm.model, lm.device) as clock:
         m = measure(
@@ -123,7 +123,7 @@ def check_timing(lm: common.LoadedModel, n_prompts: int, max_new_tokens: int) ->
     }
 
 
-def check_peak_memory(lm: common.LoadedModel, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
+def check_peak_memory(lm: models.LoadedModel, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
     m = measure(lm.model, lm.tokenizer, lm.probe(n_prompts), max_new_tokens=max_new_tokens, repeats=1)
     weights = sum(p.numel() * p.element_size() for p in lm.model.parameters())
     if lm.device.type != "cuda":
@@ -138,7 +138,7 @@ def check_peak_memory(lm: common.LoadedModel, n_prompts: int, max_new_tokens: in
     }
 
 
-def check_autocast(lm: common.LoadedModel, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
+def check_autocast(lm: models.LoadedModel, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
     def run() -> Any:
         return measure(
             lm.model,
@@ -163,7 +163,7 @@ def check_autocast(lm: common.LoadedModel, n_prompts: int, max_new_tokens: int) 
     }
 
 
-def check_rng(lm: common.LoadedModel, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
+def check_rng(lm: models.LoadedModel, n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
     cuda = lm.device.type == "cuda"
     torch.manual_seed(1234)  # initialises the CUDA generators too, so there is state to disturb
     cpu_before = torch.get_rng_state()
@@ -191,7 +191,7 @@ def _train(
     model = copy.deepcopy(base).to(device)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    batch = tokenizer(list(common.TINY_PROMPTS[:4]), return_tensors="pt", padding=True).to(device)
+    batch = tokenizer(list(catalog.TINY_PROMPTS[:4]), return_tensors="pt", padding=True).to(device)
     torch.manual_seed(0)
     losses = []
     for step in range(3):
@@ -210,13 +210,13 @@ def check_training(device: torch.device) -> dict[str, Any]:
     from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
     tokenizer = tiny_tokenizer()
-    base = tiny_causal_lm("gpt2", positions=common.TINY_POSITIONS)  # GPT-2 config: dropout 0.1, RNG matters
+    base = tiny_causal_lm("gpt2", positions=catalog.TINY_POSITIONS)  # GPT-2 config: dropout 0.1, RNG matters
 
     def probe(model: Any) -> None:
         measure(
             model,
             tokenizer,
-            list(common.TINY_PROMPTS[:2]),
+            list(catalog.TINY_PROMPTS[:2]),
             max_new_tokens=8,
             generation_kwargs={"do_sample": True},
             repeats=1,
@@ -239,11 +239,11 @@ def write(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
     stem = out.with_suffix("") if out.suffix in (".json", ".md") else out
     stem.parent.mkdir(parents=True, exist_ok=True)
     json_path, md_path = stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".md")
-    json_path.write_text(json.dumps(common._json_clean(result), indent=2, allow_nan=False) + "\n")
+    write_json_atomic(json_path, jsonable(result))
     rows = []
     for name, check in result["checks"].items():
         figures = "; ".join(
-            f"{k} {common.fmt(v) if isinstance(v, float) else v}" for k, v in check.items() if k != "passed"
+            f"{k} {table.fmt(v) if isinstance(v, float) else v}" for k, v in check.items() if k != "passed"
         )
         rows.append([name, "PASS" if check["passed"] else "FAIL", figures])
     lines = [
@@ -251,11 +251,11 @@ def write(out: Path, result: dict[str, Any]) -> tuple[Path, Path]:
         "",
         f"Command: `{result['command']}`",
         "",
-        f"Machine: {common.machine_line(result['machine'])}",
+        f"Machine: {machine.machine_line(result['machine'])}",
         "",
         f"Model: {result['model']}; wall time {result['wall_s']:.1f} s",
         "",
-        common.md_table(["check", "result", "figures"], rows),
+        table.md_table(["check", "result", "figures"], rows),
         "",
     ]
     md_path.write_text("\n".join(lines))
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output stem: writes OUT.json and OUT.md")
     parser.add_argument("--dry-run", action="store_true", help="run the checks on the CPU with a tiny model")
     parser.add_argument(
-        "--model", choices=common.MODELS, default=None, help="default: smollm2 (tiny-gpt2 in a dry run)"
+        "--model", choices=catalog.MODELS, default=None, help="default: smollm2 (tiny-gpt2 in a dry run)"
     )
     parser.add_argument("--max-new-tokens", type=int, default=None, help="default: 32 (8 in a dry run)")
     parser.add_argument("--prompts", type=int, default=4, help="probe prompts per check (default: 4)")
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.model or ("tiny-gpt2" if args.dry_run else "smollm2")
     max_new_tokens = args.max_new_tokens or (8 if args.dry_run else 32)
     start = time.perf_counter()
-    lm = common.load(name, device)
+    lm = models.load(name, device)
     checks: dict[str, dict[str, Any]] = {}
     for check_name, fn in (
         ("synchronised_timing", lambda: check_timing(lm, args.prompts, max_new_tokens)),
@@ -302,8 +302,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{check_name}: {'PASS' if checks[check_name]['passed'] else 'FAIL'}", flush=True)
     result = {
         "dry_run": bool(args.dry_run),
-        "command": common.command_line("gpu_check.py", argv),
-        "machine": common.machine_info(device),
+        "command": cli.command_line("gpu_check.py", argv),
+        "machine": machine.machine_info(device),
         "model": name,
         "max_new_tokens": max_new_tokens,
         "wall_s": time.perf_counter() - start,

@@ -38,12 +38,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from _bench.catalog import MODELS
+
 SCRIPTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = SCRIPTS_DIR.parent
 BENCHMARKS = ("overhead", "training", "precision", "decisions", "agreement", "scaling", "cli", "drift")
 # Benchmarks that load no model: a CUDA pass would only repeat them.
 CPU_ONLY = ("cli",)
-MODELS = ("tiny-gpt2", "tiny-llama", "smollm2")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

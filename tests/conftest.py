@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Trackio reads its folder once, at import: keep test runs out of the user's HF_HOME.
+os.environ.setdefault("TRACKIO_DIR", tempfile.mkdtemp(prefix="ftcallback-trackio-"))
 
 import pytest  # noqa: E402
 

@@ -35,6 +35,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 import ftcallback._callback as callback_module
 from ftcallback import BaselineError, Budget, BudgetCheck, EfficiencyCallback, Measurement, measure
 from ftcallback._prompts import encode_prompts, prompts_sha256
+from ftcallback._tensorboard import HEADLINE_KEYS
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 STOP_LINE = re.compile(
@@ -259,7 +260,9 @@ def test_simulated_slowdown_breaches_latency_budget(tmp_path: Path, caplog: pyte
     assert (stopped["budget"], stopped["metric"]) == ("max_latency_increase", "latency_ratio")
     assert stopped["value"] > stopped["limit"] == pytest.approx(1.2) and stopped["baseline"] is None
     slow_check = report["checks"][-1]
-    assert slow_check["ratios"]["latency_ratio"] > 1.2 and slow_check["ratios"]["latency_ratio_low"] > 1.0
+    ratios = slow_check["ratios"]
+    assert ratios["latency_judged_ratio"] == stopped["value"] and ratios["latency_judged_ratio_low"] > 1.0
+    assert ratios["latency_ratio"] > 1.2 and ratios["latency_length_ratio"] == 1.0  # same answers, slower tokens
     assert stop_lines(caplog.records) == [stopped["message"]]
     assert stopped["message"].startswith(
         f"stopping training at epoch 2 (step 4): latency_ratio x{stopped['value']:.3f} ["
@@ -344,7 +347,7 @@ def test_report_json_records_budget_baseline_checks_and_stop(full_run: dict[str,
         )
         ratios, summary = check["ratios"], check["summary"]
         assert ratios["output_tokens_ratio"] == pytest.approx(summary["output_tokens_mean"] / 4.0)
-        assert ratios["latency_ratio_low"] <= ratios["latency_ratio"] <= ratios["latency_ratio_high"]
+        assert ratios["latency_speed_ratio_low"] <= ratios["latency_speed_ratio"] <= ratios["latency_speed_ratio_high"]
         # Cost per request = input and output tokens at their prices; the month projects it.
         cost = check["cost"]
         assert cost["cost_per_request"] == pytest.approx(
@@ -406,7 +409,7 @@ def test_stop_line_recommends_the_last_checkpoint_within_budget(full_run: dict[s
 # Keep every event: the default size guidance samples scalars and tensors down.
 _ALL = {event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0}
 TB_TAGS = [
-    f"efficiency/{k}"
+    f"efficiency/{k}" if k in HEADLINE_KEYS else f"efficiency_detail/{k}"
     for k in (
         "latency_ms_p50",
         "latency_ms_p95",
@@ -419,9 +422,6 @@ TB_TAGS = [
         "cost_per_request",
         "monthly_cost",
         "cost_ratio",
-        "limit/output_tokens_mean",
-        "limit/latency_ms_p95",
-        "limit/monthly_cost",
     )
 ]
 
@@ -442,10 +442,15 @@ def test_tensorboard_shows_loss_and_efficiency_curves_together(full_run: dict[st
     with_loss = [folder for folder, acc in runs.items() if "train/loss" in acc.Tags()["scalars"]]
     assert len(with_loss) == 1
     acc = runs[with_loss[0]]
+    # The budget limits: a sibling run (its own colour) under the tags of the metrics they bound.
+    budget = runs.pop(with_loss[0] / "budget")
+    limit_tags = set(budget.Tags()["scalars"])
+    assert "efficiency/output_tokens_mean" in limit_tags and "efficiency_detail/monthly_cost" in limit_tags
+    assert limit_tags <= set(acc.Tags()["scalars"])  # each limit next to the curve it bounds
     # One loss point per optimizer step: the loss is not written twice.
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
     every_efficiency_tag = {
-        t for a in runs.values() for t in a.Tags()["scalars"] if t.startswith("efficiency/")
+        t for a in runs.values() for t in a.Tags()["scalars"] if t.startswith(("efficiency/", "efficiency_detail/"))
     }
     assert set(TB_TAGS) <= every_efficiency_tag
     for tag in every_efficiency_tag:
@@ -455,17 +460,17 @@ def test_tensorboard_shows_loss_and_efficiency_curves_together(full_run: dict[st
     steps = [c["step"] for c in report["checks"]]
     assert steps == [0, 2, 4]
     for key in ("latency_ms_p50", "latency_ms_p95", "ttft_ms_p50", "tpot_ms_p50", "output_tokens_mean"):
-        events = acc.Scalars(f"efficiency/{key}")
+        events = acc.Scalars(TB_TAGS[[t.rsplit("/", 1)[1] for t in TB_TAGS].index(key)])
         assert [e.step for e in events] == steps
         assert [e.value for e in events] == pytest.approx(
             [c["summary"][key] for c in report["checks"]], rel=1e-5
         )
-    assert [e.value for e in acc.Scalars("efficiency/output_tokens_ratio")] == pytest.approx([1.0, 1.0, 2.0])
-    assert [e.value for e in acc.Scalars("efficiency/limit/output_tokens_mean")] == pytest.approx([6.0] * 3)
-    assert [e.value for e in acc.Scalars("efficiency/monthly_cost")] == pytest.approx(
+    assert [e.value for e in acc.Scalars("efficiency_detail/output_tokens_ratio")] == pytest.approx([1.0, 1.0, 2.0])
+    assert [e.value for e in budget.Scalars("efficiency/output_tokens_mean")] == pytest.approx([6.0] * 3)
+    assert [e.value for e in acc.Scalars("efficiency_detail/monthly_cost")] == pytest.approx(
         [c["cost"]["monthly_cost"] for c in report["checks"]], rel=1e-5
     )
-    assert [e.step for e in acc.Scalars("efficiency/limit/latency_ms_p95")] == steps
+    assert all([e.step for e in budget.Scalars(tag)] == steps for tag in limit_tags)
     samples = acc.Tensors("efficiency/samples/text_summary")
     assert [e.step for e in samples] == steps
     assert PROBE[0] in samples[0].tensor_proto.string_val[0].decode()
@@ -556,7 +561,8 @@ def test_given_baseline_skips_the_baseline_measurement(
     tokens = [v for v in report["checks"][0]["verdict"] if v["budget"] == "max_token_increase"][0]
     assert tokens["baseline"] == m.output_tokens.mean
     # TensorBoard still gets the given baseline at step 0, next to the checks.
-    (acc,) = tensorboard_runs(tmp_path).values()
+    # One run with the curves, and its sibling with the budget lines.
+    (acc,) = [a for folder, a in tensorboard_runs(tmp_path).items() if folder.name != "budget"]
     events = acc.Scalars("efficiency/output_tokens_mean")
     assert [(e.step, e.value) for e in events][0] == (0, m.output_tokens.mean)
     assert [e.step for e in events] == [0, 2, 4]

@@ -106,7 +106,7 @@ def test_tensorboard_carries_both_forms(tmp_path, tokenizer):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"efficiency/latency_ms_p50", "efficiency/deployed/latency_ms_p50",
-            "efficiency/limit/output_tokens_mean"} <= tags
+            "efficiency/deployed/output_tokens_ratio"} <= tags
     assert [e.step for e in acc.Scalars("efficiency/deployed/latency_ms_p50")] == [0, 1]
 
 

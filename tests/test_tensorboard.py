@@ -17,7 +17,7 @@ from tensorboard.plugins.custom_scalar import layout_pb2
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.integrations.integration_utils import TensorBoardCallback, rewrite_logs
 
-from ftcallback._tensorboard import SUMMARY_KEYS, TensorBoardSink, resolve_log_dir
+from ftcallback._tensorboard import HEADLINE_KEYS, SUMMARY_KEYS, TensorBoardSink, resolve_log_dir
 
 # Keep every event: the default size guidance samples scalars down to 1000 and tensors to 10.
 _ALL = {event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0}
@@ -65,30 +65,33 @@ def test_log_check_writes_summary_extra_and_limits(tmp_path: Path) -> None:
     assert set(written) == {
         "efficiency/latency_ms_p50",
         "efficiency/latency_ms_p95",
-        "efficiency/ttft_ms_p50",
+        "efficiency_detail/ttft_ms_p50",
         "efficiency/output_tokens_mean",
-        "efficiency/latency_ratio",
-        "efficiency/cost_per_request",
-        "efficiency/limit/latency_ratio",
-        "efficiency/limit/output_tokens_mean",
+        "efficiency_detail/latency_ratio",
+        "efficiency_detail/cost_per_request",
+        "budget:efficiency_detail/latency_ratio",
+        "budget:efficiency/output_tokens_mean",
     }
-    assert scalars == set(written)
+    assert scalars == {t for t in written if not t.startswith("budget:")}
     assert series(acc, "efficiency/latency_ms_p50") == [(10, 40.0), (20, 45.0)]
-    assert series(acc, "efficiency/latency_ratio") == [(10, pytest.approx(1.1)), (20, pytest.approx(1.3))]
-    assert series(acc, "efficiency/limit/latency_ratio") == [
-        (10, pytest.approx(1.2)),
-        (20, pytest.approx(1.2)),
-    ]
-    assert series(acc, "efficiency/limit/output_tokens_mean") == [(10, 20.0)]
+    assert series(acc, "efficiency_detail/latency_ratio") == [(10, pytest.approx(1.1)), (20, pytest.approx(1.3))]
+    # The limits: a run of their own (TensorBoard colours by run), under the metric's own tag.
+    budget = read(tmp_path / "budget")
+    assert set(budget.Tags()["scalars"]) == {"efficiency_detail/latency_ratio", "efficiency/output_tokens_mean"}
+    assert series(budget, "efficiency_detail/latency_ratio") == [(10, pytest.approx(1.2)), (20, pytest.approx(1.2))]
+    assert series(budget, "efficiency/output_tokens_mean") == [(10, 20.0)]
     # NaN and inf were skipped, not written.
-    assert not {"efficiency/noise_cv", "efficiency/tpot_ms_p50", "efficiency/cost_ratio"} & scalars
+    assert not {"efficiency_detail/noise_cv", "efficiency_detail/tpot_ms_p50", "efficiency_detail/cost_ratio"} & scalars
     assert all(math.isfinite(e.value) for tag in scalars for e in acc.Scalars(tag))
 
 
 def test_every_summary_key_is_written(tmp_path: Path) -> None:
     with TensorBoardSink(tmp_path, mirror_trainer_logs=False) as sink:
         sink.log_check(3, dict.fromkeys(SUMMARY_KEYS, 1.5))
-    assert set(read(tmp_path).Tags()["scalars"]) == {f"efficiency/{k}" for k in SUMMARY_KEYS}
+    # The headline under efficiency/, the rest out of the way under efficiency_detail/.
+    assert set(read(tmp_path).Tags()["scalars"]) == {
+        f"efficiency/{k}" if k in HEADLINE_KEYS else f"efficiency_detail/{k}" for k in SUMMARY_KEYS
+    }
 
 
 def test_layout_pairs_each_metric_with_its_limit(tmp_path: Path) -> None:
@@ -108,20 +111,37 @@ def test_layout_pairs_each_metric_with_its_limit(tmp_path: Path) -> None:
     assert len(configs) == 1
     layout = layout_pb2.Layout.FromString(configs[0].tensor_proto.string_val[0])
     charts = {chart.title: list(chart.multiline.tag) for cat in layout.category for chart in cat.chart}
-    assert [cat.title for cat in layout.category] == ["efficiency budget", "efficiency"]
+    # What to watch first: each budget metric with its limit (latency first), then the loss; ratios apart.
+    assert [cat.title for cat in layout.category] == [
+        "efficiency at a glance",
+        "efficiency: ratios to baseline",
+        "efficiency: latency detail",
+    ]
+    assert [chart.title for chart in layout.category[0].chart] == [
+        "latency_ratio and its budget",
+        "output_tokens_mean and its budget",
+        "train/loss",
+    ]
     assert set(charts) == {
-        "latency_ratio vs limit",
-        "output_tokens_mean vs limit",
+        "latency_ratio and its budget",
+        "output_tokens_mean and its budget",
+        "train/loss",
         "latency percentiles (ms)",
-        "ratios to baseline",
+        "latency and output-token ratios",
     }
-    # Chart tags are regular expressions (matched from the start): each must pick exactly its tag.
+    # Chart tags are regular expressions (matched from the start): each must pick exactly its tag, which the
+    # measured run and the budget run both hold.
     tags = acc.Tags()["scalars"]
+    limits = read(tmp_path / "budget").Tags()["scalars"]
     for metric in ("latency_ratio", "output_tokens_mean"):
-        title = f"{metric} vs limit"
+        title = f"{metric} and its budget"
         matched = sorted(t for t in tags for pattern in charts[title] if re.match(pattern, t))
-        assert matched == sorted([f"efficiency/{metric}", f"efficiency/limit/{metric}"])
+        tag = sink.tag(metric)
+        assert matched == [tag] and tag.startswith(("efficiency/", "efficiency_detail/"))
+        assert [t for t in limits for pattern in charts[title] if re.match(pattern, t)] == [tag]
+    assert charts["train/loss"] == ["^train/loss$"]
     assert [p for p in charts["latency percentiles (ms)"] if re.match(p, "efficiency/latency_ms_p50")]
+    assert [p for p in charts["latency percentiles (ms)"] if re.match(p, "efficiency_detail/latency_ms_p99")]
 
 
 def test_log_samples_as_markdown_text(tmp_path: Path) -> None:
@@ -247,9 +267,10 @@ def test_override(tmp_path: Path, report_to: str | list[str], mirror: bool) -> N
 
 
 def test_report_to_all(tmp_path: Path) -> None:
-    _events_file(tmp_path / "runs" / "x")
     # TrainingArguments expands "all" itself; a plain object keeps it, and is expanded here.
     for args in (_args(tmp_path, "all"), SimpleNamespace(output_dir=str(tmp_path), report_to="all")):
+        # Made after the arguments: with every tracker installed, expanding "all" imports them (seconds).
+        _events_file(tmp_path / "runs" / "x")
         assert resolve_log_dir(args, started_at=time.time()) == (str(tmp_path / "runs" / "x"), False)
 
 
