@@ -634,7 +634,15 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         path = os.path.join(str(args.output_dir), f"checkpoint-{state.global_step}")
         entry = self.monitor.record_checkpoint(state.global_step, path)
         if state.is_world_process_zero:
-            if entry["within_budget"] and args.save_total_limit is not None:
+            recommended = self.monitor.report.recommended_checkpoint
+            # Keep the checkpoint to ship from rotation once it is the recommendation (best quality within budget,
+            # or the latest within budget): an older recommendation stays kept until a better one is saved.
+            if (
+                entry["within_budget"]
+                and args.save_total_limit is not None
+                and recommended is not None
+                and recommended["step"] == state.global_step
+            ):
                 self._pin(path)
             self._save_report()
 

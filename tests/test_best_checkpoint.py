@@ -95,3 +95,84 @@ def test_the_efficiency_flag_itself_can_pick_the_best_model(tmp_path):
     trainer, _ = _run(tmp_path, within_budget_only=False, metric="efficiency_within_budget")
     assert trainer.args.greater_is_better
     assert trainer.state.best_model_checkpoint == str(tmp_path / "checkpoint-2")
+
+
+class QualityByEpoch(TrainerCallback):
+    """A scorer whose grade depends on the epoch being checked: a stand-in for a model that gets better, then
+    worse, then better again but over budget (what real fine-tunes do, made exact)."""
+
+    def __init__(self, grades: dict[int, float]) -> None:
+        self.grades, self.epoch = grades, 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epoch = int(round(state.epoch or 0)) + 1
+
+    def score(self, prompt: str, output: str, reference: str) -> float:
+        return self.grades.get(self.epoch, 0.0)
+
+
+def test_the_best_quality_within_budget_is_in_memory_and_on_disk(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm()
+    length = ForcedLength(model, tok.eos_token_id, long_epochs={4})  # epoch 4 rambles: over the token budget
+    grades = QualityByEpoch({0: 0.5, 1: 0.6, 2: 0.9, 3: 0.7, 4: 0.95})
+    cb = EfficiencyCallback(
+        [(p, "a reference answer") for p in PROBE],
+        scorer=grades.score,
+        budget=Budget(max_token_increase=0.5),
+        max_new_tokens=6,
+        repeats=1,
+        warmup=0,
+        stop_training=False,
+    )
+    args = training_args(
+        tmp_path,
+        num_train_epochs=4,
+        eval_strategy="epoch",
+        save_strategy="epoch",
+        save_total_limit=1,
+        load_best_model_at_end=True,
+        metric_for_best_model="efficiency_quality",
+    )
+    data = plain_dataset(tok, n=8)
+    trainer = make_trainer(model, args, data, tok, [grades, length, cb], eval_dataset=data)
+    trainer.train()
+
+    report = RunReport.load(tmp_path)
+    assert [round(c.summary["quality"], 2) for c in report.checks] == [0.5, 0.6, 0.9, 0.7, 0.95]
+    assert [c.breached for c in report.checks] == [False, False, False, False, True]
+    # Epoch 2 (step 4): the best quality among the checks within budget; epoch 4 scores higher but is over budget.
+    best = str(tmp_path / "checkpoint-4")
+    assert trainer.state.best_model_checkpoint == best and Path(best).is_dir()
+    assert report.final_model == {"step": 4, "source": best, "within_budget": True}
+    assert report.recommended_checkpoint["step"] == 4
+    assert Path(report.recommended_checkpoint["path"]).is_dir()
+    assert report.recommended_checkpoint["reason"].startswith("step 4: best quality within budget (0.900")
+    rows = report.to_dict()["pareto"]
+    assert [(r["step"], round(r["quality"], 2), r["within_budget"]) for r in rows] == [
+        (2, 0.6, True),
+        (4, 0.9, True),
+        (6, 0.7, True),
+        (8, 0.95, False),
+    ]
+    assert not rows[1]["dominated"]  # the best quality is never dominated (timing decides the others)
+
+
+def test_an_older_best_quality_checkpoint_is_kept_from_rotation(tmp_path):
+    """No load_best_model_at_end: the Trainer protects only the newest checkpoint, ftcallback keeps the best."""
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm()
+    grades = QualityByEpoch({0: 0.5, 1: 0.6, 2: 0.9, 3: 0.7})
+    cb = EfficiencyCallback(
+        [(p, "a reference answer") for p in PROBE], scorer=grades.score, max_new_tokens=4, repeats=1, warmup=0
+    )
+    args = training_args(tmp_path, num_train_epochs=3, save_strategy="epoch", save_total_limit=1)
+    trainer = make_trainer(model, args, plain_dataset(tok, n=8), tok, [grades, cb])
+    trainer.train()
+
+    report = RunReport.load(tmp_path)
+    assert not (tmp_path / "checkpoint-4").exists()  # rotated away by the Trainer
+    recommended = report.recommended_checkpoint
+    assert recommended["step"] == 4 and Path(recommended["path"]).is_dir()
+    assert Path(recommended["path"]).parent == tmp_path / "efficiency" / "checkpoints"
+    assert sorted(p.name for p in (tmp_path / "efficiency" / "checkpoints").iterdir()) == ["checkpoint-4"]
