@@ -54,6 +54,7 @@ _EXPORTS: dict[str, str] = {
     "needs_more": "_sequential",
     "pareto": "_pareto",
     "plot_report": "_plot",
+    "serving_form": "_forms",
     "shutdown_distributed": "_distributed",
 }
 
@@ -94,6 +95,7 @@ __all__ = [
     "needs_more",
     "pareto",
     "plot_report",
+    "serving_form",
     "shutdown_distributed",
 ]
 
@@ -129,6 +131,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the names eagerly
         PromptError,
         ReportError,
     )
+    from ._forms import serving_form
     from ._measure import measure
     from ._measurement import SCHEMA_VERSION, Measurement, RequestSample
     from ._pareto import ParetoFront, ParetoPoint, pareto

@@ -33,6 +33,7 @@ from ._budget import Budget
 from ._drift import ReferenceWorkload
 from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
 from ._execution import describe_decoding
+from ._forms import form_cost, measure_in_form, parse_form
 from ._measure import measure, validate_probe
 from ._measurement import Measurement
 from ._monitor import CheckOutcome, Monitor, fmt_epoch
@@ -126,6 +127,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             them. The evaluation metrics also carry ``eval_efficiency_within_budget`` (1 or 0),
             ``eval_efficiency_latency_ms_p50`` / ``_p95``, ``eval_efficiency_output_tokens_mean`` and, with
             references, ``eval_efficiency_quality``, from the latest check at or before the evaluated step.
+        deployed_form: also measure, at every check, the model as it will be served: ``"merged"`` (LoRA
+            adapters merged in place, base weights restored bit for bit), ``"bf16"`` / ``"fp16"`` (cast in
+            place, originals put back), ``"int8"`` (a quantized CPU copy), or ``"merged+bf16"``. Budgets then
+            judge that form against the baseline in the same form; the report, TensorBoard
+            (``efficiency/deployed/*``) and trackers carry both. A form that does not fit in memory is
+            recorded as a failed check, never run. Not with ``baseline=`` (it holds the training form only).
 
     Raises:
         ConfigError: an argument is invalid (the message names it and the fix).
@@ -168,6 +175,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         trainer: Any = None,
         best_model_within_budget: bool = True,
         scorer: Any = None,
+        deployed_form: str | None = None,
     ) -> None:
         from ._measure import check_generation_kwargs
 
@@ -211,6 +219,13 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         if not isinstance(best_model_within_budget, bool):
             raise ConfigError(f"`best_model_within_budget` must be True or False, got {best_model_within_budget!r}")
         self.best_model_within_budget = best_model_within_budget
+        self.deployed_form = None if deployed_form is None else parse_form(deployed_form)
+        if self.deployed_form is not None and baseline is not None:
+            raise ConfigError(
+                f"`baseline` cannot be given with `deployed_form={self.deployed_form!r}`: a saved measurement "
+                "holds the training form only, and the budget judges the deployed form against its own baseline. "
+                "Drop `baseline=` (both forms are then measured at train begin) or drop `deployed_form=`"
+            )
 
         self._given_baseline, self._baseline_source = self._load_baseline(baseline)
 
@@ -256,6 +271,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             "stop_training": self.stop_training,
             "strict": self.strict,
             "name": self.name,
+            "deployed_form": self.deployed_form,
         }
 
     def _load_baseline(self, baseline: Any) -> tuple[Measurement | None, str]:
@@ -293,6 +309,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             "logging_dir": self.logging_dir,
             "name": self.name,
             "best_model_within_budget": self.best_model_within_budget,
+            "deployed_form": self.deployed_form,
         }
 
     def state(self) -> dict[str, Any]:
@@ -345,6 +362,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self.stop_training, self.strict = user.stop_training, user.strict
         self.best_model_within_budget = user.best_model_within_budget
         self.logging_dir, self.trainer = user.logging_dir, user.trainer
+        self.deployed_form = user.deployed_form
         self.tokenizer = self.tokenizer or user.tokenizer
 
     # ------------------------------------------------------------------ Trainer events
@@ -376,6 +394,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         if state.is_world_process_zero and self._run < 0:
             for line in self.budget.unevaluable:  # a cost budget without prices would silently never be checked
                 logger.warning("%s%s", f"[{self.name}] " if self.name else "", line)
+        if self.deployed_form is not None:
+            self._check_deployed_form(model)
         trainer = self.trainer or _find_calling_trainer(self)
         self._trainer = trainer
         self._check_names(trainer)
@@ -391,6 +411,18 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             self._check("baseline", args, state, control, model)
         elif state.is_world_process_zero:
             self._write_baseline(state)
+
+    def _check_deployed_form(self, model: Any) -> None:
+        """A form the model cannot take is a user error: say so before the first step, on every rank."""
+        assert self.deployed_form is not None
+        mode = distributed.sharding_mode(model)
+        if mode is not None:
+            raise ConfigError(
+                f"`deployed_form={self.deployed_form!r}` cannot be measured on a sharded model ({mode}): every "
+                "rank holds a slice of the weights. Drop `deployed_form=` and measure the saved checkpoint with "
+                "`ftcallback compare --what-if` after training"
+            )
+        form_cost(model, self.deployed_form)  # raises ModelError: no adapters to merge, int8 off CPU, ...
 
     def _start_monitor(self, args: TrainingArguments, state: TrainerState) -> None:
         """A fresh record, a resumed one, or the first run's kept for a second ``train()``."""
@@ -753,12 +785,19 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         epoch = state.epoch if kind != "baseline" else 0.0
         step = state.global_step
         quiet = contextlib.nullcontext() if decide else _silenced()
+        deployed: Measurement | None = None
         try:
             with quiet:
                 m = self._measure(model, beat, mode, speak=decide)
-            impossible = _impossible(m)
-            if impossible:
-                raise MeasurementError(f"impossible measurement: {impossible}")
+                if self.deployed_form is not None:
+                    form = self.deployed_form
+                    deployed = measure_in_form(
+                        model, form, lambda served: self._measure(served, beat, mode, speak=decide)
+                    )
+            for measured in (m, deployed):
+                impossible = _impossible(measured) if measured is not None else None
+                if impossible:
+                    raise MeasurementError(f"impossible measurement: {impossible}")
         except (ConfigError, ModelError):
             raise  # a user error: the probe itself is wrong, say so now
         except Exception as exc:  # a failed measurement must not kill a healthy run
@@ -783,7 +822,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             return {"stop": False, "error": error}
         if not decide:
             return None
-        outcome = monitor.observe(m, kind=kind, epoch=epoch, step=step, run=self._run)
+        outcome = monitor.observe(m, kind=kind, epoch=epoch, step=step, run=self._run, deployed=deployed)
         outcome.record.loss = _last_loss(state)
         if state.is_world_process_zero:
             tb_step = step if kind != "baseline" else 0

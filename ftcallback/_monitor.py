@@ -77,7 +77,9 @@ class CheckOutcome:
         measurement: the measurement (None when it failed).
         verdict: the budget's verdict (None when the measurement failed).
         decision: stop or go on, and why.
-        limits: the limit of each budgeted metric, in the metric's unit (for limit lines in plots).
+        limits: the limit of each budgeted metric, in the metric's unit (for limit lines in plots); with a
+            deployed form, the limits of that form's metrics.
+        deployed: the measurement in the deployed form, when the run measures one (the one judged).
     """
 
     record: CheckRecord
@@ -85,13 +87,17 @@ class CheckOutcome:
     verdict: Verdict | None
     decision: Decision
     limits: dict[str, float] = field(default_factory=dict)
+    deployed: Measurement | None = None
 
     @property
     def failed(self) -> bool:
         return self.record.status != "ok"
 
     def metrics(self, prefix: str = "efficiency/") -> dict[str, float]:
-        """The check as flat, finite numbers for trackers: the headline summary, ratios, cost and flags."""
+        """The check as flat, finite numbers for trackers: the headline summary, ratios, cost and flags.
+
+        A deployed form's figures come as ``<prefix>deployed/<key>`` beside the training form's.
+        """
         rec = self.record
         # The Trainer prints this dict on the console as one line: the key figures and the verdict come first.
         values: dict[str, Any] = {
@@ -105,6 +111,10 @@ class CheckOutcome:
             values["check_failed"] = 1
         values.update({k: rec.summary.get(k) for k in TRACKED_SUMMARY_KEYS if k not in values})
         values.update(rec.cost)
+        if rec.deployed is not None:
+            deployed = rec.deployed
+            served = _tracked(deployed.get("summary", {}), deployed.get("ratios", {}), deployed.get("cost", {}))
+            values.update({f"deployed/{k}": v for k, v in served.items()})
         out: dict[str, float] = {}
         for key, value in values.items():
             if value is None:
@@ -113,6 +123,14 @@ class CheckOutcome:
             if math.isfinite(number):
                 out[f"{prefix}{key}"] = number
         return out
+
+
+def _tracked(summary: Mapping[str, Any], ratios: Mapping[str, Any], cost: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {k: summary.get(k) for k in TRACKED_SUMMARY_KEYS}
+    for key in ("latency_ratio", "output_tokens_ratio"):
+        values[key] = ratios.get(key)
+    values.update(cost)
+    return values
 
 
 class Monitor:
@@ -166,6 +184,7 @@ class Monitor:
             output_dir=output_dir,
         )
         self._baseline = baseline
+        self._deployed_baseline: Measurement | None = None
 
     # ----------------------------------------------------------------- state
     @property
@@ -174,6 +193,13 @@ class Monitor:
         if self._baseline is None and self.report.baseline is not None:
             self._baseline = Measurement.from_dict(self.report.baseline)
         return self._baseline
+
+    @property
+    def deployed_baseline(self) -> Measurement | None:
+        """The baseline in the deployed form (None when the run measures none), typed."""
+        if self._deployed_baseline is None and self.report.deployed_baseline is not None:
+            self._deployed_baseline = Measurement.from_dict(self.report.deployed_baseline)
+        return self._deployed_baseline
 
     @property
     def consecutive_breaches(self) -> int:
@@ -189,6 +215,7 @@ class Monitor:
         """Continue from a saved record (resume): its baseline, checks and checkpoints become this run's."""
         self.report = report
         self._baseline = None
+        self._deployed_baseline = None
 
     def _prefix(self) -> str:
         return f"[{self.name}] " if self.name else ""
@@ -203,8 +230,13 @@ class Monitor:
         step: int,
         run: int = 0,
         record: bool = True,
+        deployed: Measurement | None = None,
     ) -> CheckOutcome:
         """Judge one measurement and record it.
+
+        ``deployed`` is the same model measured in its deployed form (``environment["form"]`` names it): the
+        budget then judges it against the deployed baseline (the first ``kind="baseline"`` one), and the
+        training-form ``measurement`` is recorded and compared with its own baseline beside it.
 
         ``kind="baseline"`` makes it the baseline (when none is set yet). A baseline that already breaches
         an absolute budget is reported once at WARNING and never counted: nothing was trained yet.
@@ -214,20 +246,37 @@ class Monitor:
         if kind == "baseline" and self.report.baseline is None:
             self.report.baseline = measurement.to_dict()
             self._baseline = measurement
+        if kind == "baseline" and deployed is not None and self.report.deployed_baseline is None:
+            self.report.deployed_baseline = deployed.to_dict()
+            self._deployed_baseline = deployed
         baseline = self.baseline
+        judged, judged_baseline = (measurement, baseline) if deployed is None else (deployed, self.deployed_baseline)
         # Decided once, with the run's seed: the verdict carries the estimates and the decomposition it used.
-        verdict = evaluate(self.budget, measurement, baseline, seed=self.spec.seed)
+        # With a deployed form, that form is judged against the baseline in the same form.
+        verdict = evaluate(self.budget, judged, judged_baseline, seed=self.spec.seed)
         # What makes latency incomparable (a retry, another batch size, dtype, compile, adapters, ...) is decided
         # by Measurement.incompatibilities alone; evaluate() already left relative budgets over it unjudged.
-        differences = baseline.incompatibilities(measurement) if baseline else []
-        unlike = [d.message for d in differences if "latency" in d.affects]
+        unlike = _latency_unlike(judged_baseline, judged)
         if kind == "baseline" and record:
             for check in verdict.breaches:
                 logger.warning("%sthe baseline already breaches the budget: %s", self._prefix(), check.describe())
             verdict = dataclasses.replace(verdict, checks=tuple(c for c in verdict.checks if not c.breached))
         breached = bool(verdict.breaches)
         consecutive = self.consecutive_breaches + 1 if breached else 0
-        ratios, cost = self._ratios_and_cost(measurement, baseline, verdict, comparable_latency=not unlike)
+        ratios, cost = self._ratios_and_cost(judged, judged_baseline, verdict, comparable_latency=not unlike)
+        deployed_entry: dict[str, Any] | None = None
+        if deployed is not None:
+            deployed_entry = {
+                "form": deployed.environment.get("form"),
+                "summary": deployed.summary(),
+                "ratios": ratios,
+                "cost": cost,
+                "measurement": deployed.to_dict(),
+            }
+            # The training form beside it, against its own baseline: shown, never deciding.
+            trained = evaluate(self.budget, measurement, baseline, seed=self.spec.seed)
+            comparable = not _latency_unlike(baseline, measurement)
+            ratios, cost = self._ratios_and_cost(measurement, baseline, trained, comparable_latency=comparable)
         entry = CheckRecord(
             index=self.report.next_index,
             kind=kind,
@@ -242,13 +291,15 @@ class Monitor:
             breached=breached,
             consecutive_breaches=consecutive,
             measurement=measurement.to_dict(),
+            deployed=deployed_entry,
         )
+        limits = self.budget.limits(judged_baseline)
         if not record:
-            return CheckOutcome(entry, measurement, verdict, Decision(), self.budget.limits(baseline))
+            return CheckOutcome(entry, measurement, verdict, Decision(), limits, deployed)
         self.report.add_check(entry)
-        self._log_check(entry, measurement, unlike, verdict)
+        self._log_check(entry, measurement, unlike, verdict, deployed)
         decision = self._decide(entry, verdict)
-        return CheckOutcome(entry, measurement, verdict, decision, self.budget.limits(baseline))
+        return CheckOutcome(entry, measurement, verdict, decision, limits, deployed)
 
     def observe_failure(
         self, error: str, *, kind: str, epoch: float | None, step: int, run: int = 0
@@ -265,7 +316,8 @@ class Monitor:
             consecutive_breaches=self.consecutive_breaches,
         )
         self.report.add_check(record)
-        return CheckOutcome(record, None, None, Decision(), self.budget.limits(self.baseline))
+        judged_baseline = self.deployed_baseline if self.report.deployed_baseline is not None else self.baseline
+        return CheckOutcome(record, None, None, Decision(), self.budget.limits(judged_baseline))
 
     def _ratios_and_cost(
         self, m: Measurement, baseline: Measurement | None, verdict: Verdict, *, comparable_latency: bool
@@ -348,28 +400,22 @@ class Monitor:
         }
         return Decision(True, StopReason.BUDGET_BREACHED, line)
 
-    def _log_check(self, record: CheckRecord, m: Measurement, unlike: list[str], verdict: Verdict) -> None:
+    def _log_check(
+        self,
+        record: CheckRecord,
+        m: Measurement,
+        unlike: list[str],
+        verdict: Verdict,
+        deployed: Measurement | None = None,
+    ) -> None:
         where = "baseline" if record.kind == "baseline" else f"epoch {fmt_epoch(record.epoch)} (step {record.step})"
-        ratio = record.ratios.get("latency_ratio")
-        ratio_text = f", latency x{ratio:.2f}" if isinstance(ratio, float) and math.isfinite(ratio) else ""
-        tokens_ratio = record.ratios.get("output_tokens_ratio")
-        tokens_text = (
-            f" (x{tokens_ratio:.2f})" if isinstance(tokens_ratio, float) and math.isfinite(tokens_ratio) else ""
-        )
         status = "" if record.kind == "baseline" else (" - BUDGET BREACHED" if record.breached else " - within budget")
-        logger.info(
-            "%s%s: latency p50 %.1f ms p95 %.1f ms%s, ttft p50 %.1f ms, tpot p50 %.2f ms, output tokens %.1f%s%s",
-            self._prefix(),
-            where,
-            m.latency_ms.p50,
-            m.latency_ms.p95,
-            ratio_text,
-            m.ttft_ms.p50,
-            m.tpot_ms.p50,
-            m.output_tokens.mean,
-            tokens_text,
-            status,
-        )
+        if deployed is not None and record.deployed is not None:
+            # The training form first, without a verdict: the deployed line below carries it.
+            self._log_line(where, m, record.ratios, "")
+            self._log_line(f"{where} deployed {record.deployed['form']}", deployed, record.deployed["ratios"], status)
+        else:
+            self._log_line(where, m, record.ratios, status)
         parts = verdict.decomposition
         if parts is not None and record.kind != "baseline" and not unlike:
             # Why latency moved: longer answers (exact) vs per-token speed (statistical) vs the machine.
@@ -390,6 +436,27 @@ class Monitor:
                 "; ".join(unlike),
             )
 
+    def _log_line(self, where: str, m: Measurement, ratios: Mapping[str, Any], status: str) -> None:
+        ratio = ratios.get("latency_ratio")
+        ratio_text = f", latency x{ratio:.2f}" if isinstance(ratio, float) and math.isfinite(ratio) else ""
+        tokens_ratio = ratios.get("output_tokens_ratio")
+        tokens_text = (
+            f" (x{tokens_ratio:.2f})" if isinstance(tokens_ratio, float) and math.isfinite(tokens_ratio) else ""
+        )
+        logger.info(
+            "%s%s: latency p50 %.1f ms p95 %.1f ms%s, ttft p50 %.1f ms, tpot p50 %.2f ms, output tokens %.1f%s%s",
+            self._prefix(),
+            where,
+            m.latency_ms.p50,
+            m.latency_ms.p95,
+            ratio_text,
+            m.ttft_ms.p50,
+            m.tpot_ms.p50,
+            m.output_tokens.mean,
+            tokens_text,
+            status,
+        )
+
     # ----------------------------------------------------------------- checkpoints
     def record_checkpoint(self, step: int, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Record a saved checkpoint with the verdict of the latest check at or before its step."""
@@ -409,6 +476,12 @@ class Monitor:
         nothing is scored); see :attr:`RunReport.recommended_checkpoint`."""
         found = self.report.recommended_checkpoint
         return None if found is None else str(found["path"])
+
+
+def _latency_unlike(baseline: Measurement | None, m: Measurement) -> list[str]:
+    """Why ``m``'s latency cannot be compared with ``baseline``'s (empty when it can)."""
+    differences = baseline.incompatibilities(m) if baseline else []
+    return [d.message for d in differences if "latency" in d.affects]
 
 
 def _verdict_entry(check: BudgetCheck) -> dict[str, Any]:

@@ -86,6 +86,9 @@ class CheckRecord:
             for a second ``train()`` keeps its first baseline and numbers steps from 0 again).
         loss: the training loss last logged at or before the check's step, when the Trainer logged one
             (``ftcallback report`` shows it when the run left no ``trainer_state.json``).
+        deployed: the same check in the deployed form, when the run measures one (``deployed_form=``):
+            ``{"form", "summary", "ratios", "cost", "measurement"}``, compared with the deployed baseline.
+            ``verdict`` and ``breached`` then judge this form; ``summary`` and ``ratios`` stay the training form's.
 
     Example:
         >>> rec = CheckRecord(index=1, kind="epoch", epoch=1.0, step=10, summary={"latency_ms_p50": 41.0})
@@ -111,6 +114,7 @@ class CheckRecord:
     time: str = field(default_factory=_utcnow)
     run: int = 0
     loss: float | None = None
+    deployed: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in CHECK_KINDS:
@@ -145,6 +149,7 @@ class CheckRecord:
                 "time": self.time,
                 "run": self.run,
                 "loss": self.loss,
+                "deployed": self.deployed,
             }
         )
         return out
@@ -179,6 +184,7 @@ class CheckRecord:
                 time=str(data.get("time", "")),
                 run=int(data.get("run", 0)),
                 loss=_finite_float(data.get("loss")),
+                deployed=None if data.get("deployed") is None else dict(data["deployed"]),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):
@@ -187,7 +193,10 @@ class CheckRecord:
 
 
 def _without_measurement(check: dict[str, Any], keep: bool) -> dict[str, Any]:
-    return check if keep else {**check, "measurement": None}
+    if keep:
+        return check
+    deployed = check.get("deployed")
+    return {**check, "measurement": None, "deployed": None if deployed is None else {**deployed, "measurement": None}}
 
 
 @dataclass
@@ -212,6 +221,8 @@ class RunReport:
             (``source`` is the checkpoint ``load_best_model_at_end`` loaded, or ``"last step"``).
         earlier_stops: the ``stopped`` records of earlier ``train()`` calls of the same callback (a second
             call starts with ``stopped`` cleared; what stopped the first is kept here, never dropped).
+        deployed_baseline: :meth:`Measurement.to_dict` of the baseline in the deployed form (its
+            ``environment["form"]`` names it), when the run measures one; budgets compare with it.
 
     Example:
         >>> report = RunReport(output_dir="out")
@@ -235,6 +246,7 @@ class RunReport:
     pinned_checkpoints: dict[str, str] = field(default_factory=dict)
     final_model: dict[str, Any] | None = None
     earlier_stops: list[dict[str, Any]] = field(default_factory=list)
+    deployed_baseline: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.updated_at:
@@ -389,6 +401,7 @@ class RunReport:
                 "settings": self.settings,
                 "baseline": self.baseline,
                 "baseline_source": self.baseline_source,
+                "deployed_baseline": self.deployed_baseline,
                 "checks": [_without_measurement(c.to_dict(), include_measurements) for c in self.checks],
                 "checkpoints": self.checkpoints,
                 "last_within_budget_checkpoint": self.last_within_budget_checkpoint,
@@ -447,6 +460,7 @@ class RunReport:
                 pinned_checkpoints={str(k): str(v) for k, v in (data.get("pinned_checkpoints") or {}).items()},
                 final_model=None if data.get("final_model") is None else dict(data["final_model"]),
                 earlier_stops=[dict(stop) for stop in data.get("earlier_stops") or []],
+                deployed_baseline=None if data.get("deployed_baseline") is None else dict(data["deployed_baseline"]),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ReportError):
@@ -640,7 +654,8 @@ def format_checks_table(
 
     One row per check: kind, epoch, step, train loss and eval metric (when ``trainer_state`` is given:
     the values logged at the closest step at or before the check), latency p50/p95, TTFT p50 (ms),
-    mean output tokens, cost per request (when any check has one) and the verdict; then a footer with
+    mean output tokens, cost per request (when any check has one) and the verdict (on a row of its own
+    below the check, naming the form, when the run measured a deployed form); then a footer with
     the stop message (or "trained to the end") and the last within-budget checkpoint. Columns are sized
     to their contents; a long verdict wraps within its column (at most three lines) to keep lines
     within ``width``.
@@ -696,11 +711,25 @@ def format_checks_table(
             row.append(_fmt(s.get("quality"), ".3f"))
         if show_cost:
             row.append(_fmt(check.cost.get("cost_per_request"), ".3g"))
+        deployed = check.deployed
         verdict = _verdict_text(check)
         if check.kind != "baseline" and check.status == "ok" and check.step in dominated:
             verdict += " (dominated)"  # another check is at least as good on quality, latency and cost
-        row.append(verdict)
+        # With a deployed form the verdict judges that form: it goes on the form's own row, below.
+        row.append(verdict if deployed is None else "")
         rows.append(row)
+        if deployed is not None:
+            d = deployed.get("summary") or {}
+            served = [f" {deployed.get('form', 'deployed')}", "", ""]
+            served += [""] * (len(row) - 8 - show_cost - show_quality)
+            served += [_fmt(d.get(k), ".1f") for k in ("latency_ms_p50", "latency_ms_p95", "ttft_ms_p50")]
+            served.append(_fmt(d.get("output_tokens_mean"), ".1f"))
+            if show_quality:
+                served.append(_fmt(d.get("quality"), ".3f"))
+            if show_cost:
+                served.append(_fmt((deployed.get("cost") or {}).get("cost_per_request"), ".3g"))
+            served.append(verdict)
+            rows.append(served)
 
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers[:-1])]
     # Two spaces between columns read best; one when that leaves the verdict too little room.

@@ -8,7 +8,8 @@ the sink creates nothing until its first write, so building it on every rank is 
 callback calls it on ``state.is_world_process_zero`` only.
 
 Tags written: ``efficiency/<key>`` for the headline (see :data:`HEADLINE_KEYS`), ``efficiency_detail/<key>``
-for the other summary keys (see :data:`SUMMARY_KEYS`), ratios and costs (see :data:`EXTRA_KEYS`), the budget
+for the other summary keys (see :data:`SUMMARY_KEYS`), ratios and costs (see :data:`EXTRA_KEYS`),
+``efficiency/deployed/<key>`` for the deployed form of a run that measures one, the budget
 limit of a metric under the metric's own tag in the sibling run ``<log_dir>/budget`` (see :data:`BUDGET_RUN`)
 at the same steps,
 ``efficiency/samples/text_summary`` (markdown; torch's ``add_text`` appends the suffix), and, when
@@ -413,6 +414,16 @@ class TensorBoardSink:
             return
         self.write_layout(list(outcome.limits))
         self.log_check(step, rec.summary, {**rec.ratios, **rec.cost}, outcome.limits)
+        if rec.deployed is not None:
+            # The served form beside the training one (the record's verdict judges it): efficiency/deployed/<key>.
+            served = self.prefix + "deployed/"
+            summary = rec.deployed.get("summary") or {}
+            extra = {**(rec.deployed.get("ratios") or {}), **(rec.deployed.get("cost") or {})}
+            for key in SUMMARY_KEYS:
+                self._scalar(served + key, summary.get(key), step)
+            for key, value in extra.items():
+                self._scalar(served + key, value, step)
+            self.flush()
         if outcome.measurement is not None:
             self.log_samples(step, list(outcome.measurement.sample_outputs))
 

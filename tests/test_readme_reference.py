@@ -33,6 +33,7 @@ NOT_WRITTEN_HERE = {
     "environment.world_size": "distributed runs only",
     "environment.rank": "distributed runs only",
     "efficiency_detail/peak_memory_mb": "CUDA only",
+    "efficiency/deployed/<key>": "runs with deployed_form only (tests/test_deployed.py reads them)",
 }
 
 

@@ -22,6 +22,7 @@ from ._models import (
     load_measurement,
     load_prompts,
     measure_model,
+    measure_model_forms,
 )
 from ._parser import budget_from_args, name_flags
 
@@ -69,7 +70,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc).replace("`accuracy`", "--accuracy")) from exc
 
     sides = {"BASE": args.base, "FINETUNED": args.finetuned}
+    forms: tuple[str, ...] = args.what_if or ()
+    if forms and is_measurement_file(args.finetuned):
+        raise UsageError(
+            f"--what-if measures FINETUNED in each form, so FINETUNED must be a model (a name or a folder), "
+            f"not the saved measurement {args.finetuned!r}"
+        )
     measurements: dict[str, Measurement] = {}
+    by_form: dict[str, Measurement | str] = {}
     for role, path in sides.items():
         if is_figures(path):
             measurements[role] = figures_measurement(path, role)
@@ -97,7 +105,10 @@ def run(args: argparse.Namespace) -> int:
         )
         settings = MeasureSettings(spec=spec, dtype=args.dtype, device=args.device)
         for role in to_measure:
-            measurements[role] = measure_model(sides[role], settings)
+            if role == "FINETUNED" and forms:
+                measurements[role], by_form = measure_model_forms(sides[role], settings, forms)
+            else:
+                measurements[role] = measure_model(sides[role], settings)
 
     base, new = measurements["BASE"], measurements["FINETUNED"]
     try:
@@ -107,6 +118,11 @@ def run(args: argparse.Namespace) -> int:
     warnings = [f"compared anyway (--allow-mismatch): {p}" for p in comparison.incompatible]
     for line in warnings:  # on stderr, so that stdout stays the table (or the JSON) a script reads
         print(f"ftcallback: warning: {line}", file=sys.stderr)
+    remedies = None
+    if forms:
+        from .._whatif import what_if
+
+        remedies = what_if(base, new, by_form, budget)
     if args.json:
         print_json(
             {
@@ -115,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
                 "budget": budget.to_dict(),
                 "warnings": warnings,
                 **comparison.to_dict(),
+                **({"what_if": remedies.to_dict()} if remedies is not None else {}),
             }
         )
     else:
@@ -125,4 +142,8 @@ def run(args: argparse.Namespace) -> int:
             logger.warning("%s", name_flags(line))
         print()
         print(name_flags(comparison.format_table(width=width(), warnings=False)))
+        if remedies is not None:
+            print()
+            print("what if FINETUNED were served as:")
+            print(remedies.format_table())
     return EXIT_OK if comparison.ship else EXIT_DO_NOT_SHIP

@@ -7,6 +7,7 @@ mistake costs milliseconds and reads as one line, not a hub error.
 from __future__ import annotations
 
 import difflib
+import functools
 import gc
 import logging
 import os
@@ -35,6 +36,7 @@ __all__ = [
     "load_measurement",
     "load_prompts",
     "measure_model",
+    "measure_model_forms",
     "measure_served",
     "resolve_device",
 ]
@@ -95,6 +97,8 @@ def check_model_name(name: str) -> None:
     # A hub id is "name" or "org/name"; anything else with a slash can only be a local folder.
     looks_local = name.startswith((".", "/", "~")) or name.rstrip("/").count("/") > 1
     if path.exists():
+        if path.is_dir() and (path / "adapter_config.json").is_file():
+            return  # a PEFT adapter folder: its base is named inside and loaded with it
         if path.is_dir() and not (path / "config.json").is_file():
             raise UsageError(
                 f"model folder {name!r} has no config.json; pass a folder written by save_pretrained, "
@@ -127,7 +131,11 @@ def _load_model(name: str, dtype: str, device: str) -> tuple[Any, Any]:
     logger.info("loading %s (%s) on %s", name, dtype, device)
     try:
         with no_foreign_progress_bars():
-            model, tokenizer = load_model_and_tokenizer(name, dtype=dtype)
+            adapter = _adapter_base(name)
+            if adapter is None:
+                model, tokenizer = load_model_and_tokenizer(name, dtype=dtype)
+            else:
+                model, tokenizer = _load_adapter(name, adapter, dtype)
     except FTCallbackError:
         raise
     except (OSError, ValueError, ImportError, KeyError) as exc:
@@ -147,23 +155,70 @@ def _load_model(name: str, dtype: str, device: str) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def _adapter_base(name: str) -> str | None:
+    """The base model a PEFT adapter folder names, or None when ``name`` is not an adapter folder."""
+    config = Path(name).expanduser() / "adapter_config.json"
+    if not config.is_file():
+        return None
+    import json
+
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {config}: {one_line(exc)}") from exc
+    if not isinstance(base, str) or not base:
+        raise UsageError(f"{config} names no base_model_name_or_path: cannot load the adapter's base model")
+    return base
+
+
+def _load_adapter(name: str, base: str, dtype: str) -> tuple[Any, Any]:
+    """A PEFT adapter folder: its base model (a name, hub id or folder), then the adapter on it, unmerged."""
+    from .._embedded import load_model_and_tokenizer
+
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise UsageError(f"{name!r} is a PEFT adapter folder: loading it needs peft (pip install peft)") from exc
+    check_model_name(base)
+    model, tokenizer = load_model_and_tokenizer(base, dtype=dtype)
+    if (Path(name).expanduser() / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    return PeftModel.from_pretrained(model, name), tokenizer
+
+
 def measure_model(name: str, settings: MeasureSettings) -> Measurement:
     """Load a model, measure it on the probe, and free it again (compare loads two in turn)."""
+    measured, _ = measure_model_forms(name, settings, ())
+    return measured
+
+
+def measure_model_forms(
+    name: str, settings: MeasureSettings, forms: tuple[str, ...]
+) -> tuple[Measurement, dict[str, Measurement | str]]:
+    """Load a model once and measure it as it is, then in each deployed form (``--what-if``).
+
+    Returns:
+        The measurement as loaded, and per form its measurement, or one line saying why that form does
+        not apply to this model (no adapters to merge, not enough memory, ...).
+    """
     check_model_name(name)  # before torch and transformers are imported: a typo costs milliseconds
-    from .._measure import measure
+    from .._errors import MeasurementError, ModelError
+    from .._forms import measure_in_form
 
     device = resolve_device(settings.device)
     model, tokenizer = _load_model(name, settings.dtype, device)
-    logger.info(
-        "measuring %s: %d prompts x %d repeats (+%d warm-up), max_new_tokens %d",
-        name,
-        len(settings.spec.prompts),
-        settings.spec.repeats,
-        settings.spec.warmup,
-        settings.spec.max_new_tokens,
-    )
     try:
-        m = measure(model, tokenizer, list(settings.spec.prompts), **settings.spec.measure_kwargs())
+        measured = _measure_loaded(model, name=name, tokenizer=tokenizer, settings=settings, form="")
+        by_form: dict[str, Measurement | str] = {}
+        for form in forms:
+            try:
+                run = functools.partial(_measure_loaded, name=name, tokenizer=tokenizer, settings=settings, form=form)
+                by_form[form] = measure_in_form(model, form, run)
+            except (ModelError, MeasurementError) as exc:
+                logger.warning("what-if %s: %s", form, one_line(exc))
+                by_form[form] = one_line(exc)
     finally:
         # The second model of a compare must not share memory (or the allocator's cache) with the first.
         del model, tokenizer
@@ -174,7 +229,26 @@ def measure_model(name: str, settings: MeasureSettings) -> Measurement:
             torch.cuda.empty_cache()
     # Record the model as the user named it: for the embedded model transformers only knows a
     # site-packages folder, and the name is what reproduces the measurement from the command line.
-    return replace(m, model={**m.model, "name_or_path": name})
+    def named(m: Measurement) -> Measurement:
+        return replace(m, model={**m.model, "name_or_path": name})
+
+    return named(measured), {form: m if isinstance(m, str) else named(m) for form, m in by_form.items()}
+
+
+def _measure_loaded(model: Any, *, name: str, tokenizer: Any, settings: MeasureSettings, form: str) -> Measurement:
+    from .._measure import measure
+
+    spec = settings.spec
+    logger.info(
+        "measuring %s%s: %d prompts x %d repeats (+%d warm-up), max_new_tokens %d",
+        name,
+        f" ({form})" if form else "",
+        len(spec.prompts),
+        spec.repeats,
+        spec.warmup,
+        spec.max_new_tokens,
+    )
+    return measure(model, tokenizer, list(spec.prompts), **spec.measure_kwargs())
 
 
 def _load_tokenizer(name: str) -> Any:

@@ -68,6 +68,22 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _forms(text: str) -> tuple[str, ...]:
+    """``--what-if merge,int8`` -> the canonical forms, in order, each once."""
+    from .._errors import ConfigError
+    from .._forms import parse_form
+
+    forms: list[str] = []
+    for part in text.split(","):
+        try:
+            form = parse_form(part, argument="--what-if")
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc).replace("`--what-if` ", "")) from None
+        if form not in forms:
+            forms.append(form)
+    return tuple(forms)
+
+
 # --------------------------------------------------------------------------- budget flags
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
@@ -369,6 +385,14 @@ def build_parser() -> argparse.ArgumentParser:
         "and in --json); without it they are refused (exit code 2)",
     )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON instead of a table")
+    p.add_argument(
+        "--what-if",
+        metavar="FORMS",
+        type=_forms,
+        help="also measure FINETUNED (a model, not a .json) in each deployed form, comma-separated: merged "
+        "(LoRA adapters merged), bf16, fp16, int8 (dynamic int8 quantization, CPU), or steps joined by + "
+        "(merged+bf16); says which bring it within budget",
+    )
     _add_measure_options(p, for_compare=True)
     _add_common(p)
 
