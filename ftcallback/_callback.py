@@ -11,12 +11,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
-import inspect
 import itertools
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 import weakref
@@ -30,8 +28,9 @@ from transformers.trainer_callback import ExportableState
 
 from . import _distributed as distributed
 from ._budget import Budget
+from ._checkpoints import pin, record_final_model
 from ._drift import ReferenceWorkload
-from ._errors import BaselineError, ConfigError, FTCallbackError, MeasurementError, ModelError
+from ._errors import BaselineError, ConfigError, MeasurementError, ModelError
 from ._execution import describe_decoding
 from ._forms import form_cost, measure_in_form, parse_form
 from ._measure import measure, validate_probe
@@ -40,19 +39,29 @@ from ._monitor import CheckOutcome, Monitor, fmt_epoch
 from ._probe import ProbeSpec
 from ._prompts import load_probe, resolve_tokenizer
 from ._report import RunReport, report_path
+from ._resume import note_resumed_checkpoint, reconcile_arguments, reloaded_report, restored_report
 from ._sequential import needs_more
 from ._sinks import ReportSink, TrackerSink
 from ._tensorboard import TensorBoardSink, resolve_log_dir
+from ._trainer_facts import (
+    EVAL_SUMMARY_KEYS,
+    TRACKERS,
+    best_metric_key,
+    check_not_meta,
+    check_parallelism,
+    eval_key,
+    find_calling_trainer,
+    last_loss,
+    report_to,
+    termination_requested,
+    watch_jit_checkpoint,
+)
 
 __all__ = ["EfficiencyCallback"]
 
 # Decisions and stops are logged on the package logger itself, so that
 # `logging.getLogger("ftcallback")` is all a user needs to watch.
 logger = logging.getLogger("ftcallback")
-
-#: Integrations that show metrics a user would look for; without a route to them, say so once.
-_TRACKERS = ("wandb", "mlflow", "trackio", "comet_ml", "neptune", "clearml", "dvclive", "swanlab", "aim")
-
 
 def _positive_int(name: str, value: Any, *, minimum: int = 1, hint: str = "") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -337,26 +346,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         user = max(candidates, key=lambda cb: cb._serial, default=None)
         if user is None or saved is None:
             return
-        mine, theirs = user._args(), saved
-        probe_keys = set(user.spec.to_dict())
-        changed = {k for k in mine if k in theirs and mine[k] != theirs[k] and k != "logging_dir"}
-        probe_changed = sorted(changed & probe_keys - {"num_sample_outputs", "warmup", "repeats"})
-        if probe_changed:
-            raise ConfigError(
-                "resuming from a checkpoint whose EfficiencyCallback measured another probe ("
-                + ", ".join(f"{k}: {theirs[k]!r} in the checkpoint, {mine[k]!r} now" for k in probe_changed)
-                + "): its baseline cannot be compared with this run. Use the same prompts and generation "
-                "settings, or set restore_callback_states_from_checkpoint=False and pass baseline= "
-                "(a measurement of the untrained model)"
-            )
-        for key in sorted(changed):
-            logger.warning(
-                "resuming: EfficiencyCallback argument `%s` is %r in the checkpoint and %r in this run; using "
-                "this run's value",
-                key,
-                theirs[key],
-                mine[key],
-            )
+        reconcile_arguments(user._args(), saved, probe_keys=set(user.spec.to_dict()))
         self.spec, self.budget = user.spec, user.budget
         self.every_n_steps, self.patience = user.every_n_steps, user.patience
         self.stop_training, self.strict = user.stop_training, user.strict
@@ -376,8 +366,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # User errors surface here, before any optimizer step, on every rank.
         if model is None:
             raise ModelError("EfficiencyCallback got no model from the Trainer")
-        _check_not_meta(model)
-        _check_parallelism(args)
+        check_not_meta(model)
+        check_parallelism(args)
         if self._restored_args is not None:
             self._adopt_user_arguments()
         self.tokenizer = self.tokenizer or resolve_tokenizer(kwargs.get("processing_class"))
@@ -396,10 +386,10 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 logger.warning("%s%s", f"[{self.name}] " if self.name else "", line)
         if self.deployed_form is not None:
             self._check_deployed_form(model)
-        trainer = self.trainer or _find_calling_trainer(self)
+        trainer = self.trainer or find_calling_trainer(self)
         self._trainer = trainer
         self._check_names(trainer)
-        _watch_jit_checkpoint(trainer)
+        watch_jit_checkpoint(trainer)
         self._run += 1
         self.report_path = _report_path(args.output_dir, self.name)
         self._start_monitor(args, state)
@@ -452,11 +442,23 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             name=self.name,
             settings=self.settings(),
         )
-        restored = self._restored_report(args, state)
+        restored = (
+            None
+            if self._saved_report is None
+            else restored_report(
+                self._saved_report,
+                report_path=self.report_path,
+                first_report_path=lambda out: _report_path(out, self.name),
+                output_dir=str(args.output_dir),
+                global_step=state.global_step,
+                run=self._run,
+            )
+        )
+        self._saved_report = None
         if restored is not None:
             monitor.adopt_report(restored)
         elif self._given_baseline is None and state.global_step > 0:
-            reloaded = self._report_for_resume(state)
+            reloaded = reloaded_report(self.report_path, self.spec, state.global_step)
             if reloaded is not None:
                 monitor.adopt_report(reloaded)
             else:
@@ -466,83 +468,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         monitor.report.output_dir = str(args.output_dir)  # a resume may write into another folder
         self.monitor = monitor
         if state.global_step > 0 and monitor.report.baseline is not None:
-            self._note_resumed_checkpoint(args, state)
-
-    def _restored_report(self, args: TrainingArguments, state: TrainerState) -> RunReport | None:
-        """The record restored from the checkpoint's trainer_state.json, completed from report.json."""
-        if self._saved_report is None:
-            return None
-        saved = RunReport.from_dict(self._saved_report)
-        self._saved_report = None
-        # trainer_state.json keeps the record small (no raw samples per check); report.json has them. Take the
-        # checks from the file when it has the same baseline, so that a resumed run's report equals an
-        # uninterrupted run's.
-        on_disk = self._read_report()
-        if on_disk is None and saved.output_dir and saved.output_dir != str(args.output_dir):
-            # Resumed into another output_dir (a copied checkpoint): the raw samples are in the first run's.
-            on_disk = self._read_report(_report_path(saved.output_dir, self.name))
-        if on_disk is not None and on_disk.baseline == saved.baseline:
-            full = {c.index: c for c in on_disk.checks}
-            saved.checks = [
-                dataclasses.replace(c, measurement=full[c.index].measurement)
-                if c.index in full and full[c.index].step == c.step
-                else c
-                for c in saved.checks
-            ]
-        saved.checks = [c for c in saved.checks if c.step <= state.global_step or c.run < self._run]
-        saved.stopped = None
-        logger.info(
-            "resumed at step %d: restored the baseline and %d check(s) from the checkpoint",
-            state.global_step,
-            len(saved.checks),
-        )
-        return saved
-
-    def _read_report(self, path: Path | None = None) -> RunReport | None:
-        path = path if path is not None else self.report_path
-        if path is None or not path.exists():
-            return None
-        try:
-            return RunReport.load(path)
-        except FTCallbackError:
-            return None
-
-    def _report_for_resume(self, state: TrainerState) -> RunReport | None:
-        previous = self._read_report()
-        baseline = None
-        if previous is not None:
-            try:
-                baseline = previous.baseline_measurement()
-            except FTCallbackError:
-                baseline = None
-        if previous is None or baseline is None or self.spec.incompatibilities(baseline.settings):
-            logger.warning(
-                "resuming at step %d without a saved baseline matching this probe (%s): measuring the partly "
-                "trained model as the baseline; pass `baseline=` or use "
-                "restore_callback_states_from_checkpoint=True to keep the original one",
-                state.global_step,
-                "no readable report" if previous is None else "the report's baseline differs",
-            )
-            return None
-        previous.checks = [c for c in previous.checks if c.step <= state.global_step]
-        previous.checkpoints = [c for c in previous.checkpoints if c["step"] <= state.global_step]
-        previous.stopped = None
-        logger.warning(
-            "resuming at step %d: reusing the baseline measured at train begin from %s instead of measuring "
-            "the partly trained model",
-            state.global_step,
-            self.report_path,
-        )
-        previous.baseline_source = f"reloaded from {self.report_path} at resume"
-        return previous
-
-    def _note_resumed_checkpoint(self, args: TrainingArguments, state: TrainerState) -> None:
-        """The checkpoint a run resumes from was saved before its own state was (so it is not in it)."""
-        assert self.monitor is not None
-        path = os.path.join(str(args.output_dir), f"checkpoint-{state.global_step}")
-        known = {c.get("path") for c in self.monitor.report.checkpoints}
-        if path not in known and os.path.isdir(path):
-            self.monitor.record_checkpoint(state.global_step, path)
+            note_resumed_checkpoint(monitor, str(args.output_dir), state.global_step)
 
     def _check_names(self, trainer: Any) -> None:
         if trainer is None:
@@ -567,7 +493,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         if trainer is not None:
             self._trackers = TrackerSink(trainer, self)
         else:
-            wanted = [r for r in _report_to(args) if r in _TRACKERS]
+            wanted = [r for r in report_to(args) if r in TRACKERS]
             if wanted:
                 logger.warning(
                     "EfficiencyCallback could not find the Trainer, so %s will not receive the efficiency "
@@ -609,12 +535,12 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         check = self.monitor.check_at(state.global_step)
         if check is None:
             return
-        for key in _EVAL_SUMMARY_KEYS:
+        for key in EVAL_SUMMARY_KEYS:
             value = check.summary.get(key)
             if value is not None and math.isfinite(value):
-                metrics[_eval_key(f"efficiency_{key}", self.name)] = float(value)
-        metrics[_eval_key("efficiency_within_budget", self.name)] = float(not check.breached)
-        best_key = _best_metric_key(args)
+                metrics[eval_key(f"efficiency_{key}", self.name)] = float(value)
+        metrics[eval_key("efficiency_within_budget", self.name)] = float(not check.breached)
+        best_key = best_metric_key(args)
         if check.breached and self.best_model_within_budget and best_key in metrics:
             # Over budget: the worst possible value, so _determine_best_metric never picks these weights.
             metrics[best_key] = -math.inf if args.greater_is_better else math.inf
@@ -643,7 +569,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
                 and recommended is not None
                 and recommended["step"] == state.global_step
             ):
-                self._pin(path)
+                assert self.report_path is not None
+                pin(path, self.report_path.parent / "checkpoints", self.monitor)
             self._save_report()
 
     def on_log(
@@ -665,7 +592,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         if self._trackers is not None:
             self._trackers.end_training()
         self._flush_pending_trackers(state)
-        self._warn_if_final_model_breaches(args, state)
+        loaded = state.best_model_checkpoint if args.load_best_model_at_end else None
+        record_final_model(self.monitor, loaded, state.global_step, self.name)
         self._save_report()
         if self._tensorboard is not None:
             self._tensorboard.close()
@@ -688,7 +616,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         # measure. (A callback that merely ends training early still gets its last epoch measured.) The main
         # process decides for all ranks, which must skip or measure alike, and says it once.
         if kind != "baseline" and distributed.broadcast_from_main(
-            _termination_requested(self._trainer) if is_main else None
+            termination_requested(self._trainer) if is_main else None
         ):
             if is_main:
                 logger.warning(
@@ -823,7 +751,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         if not decide:
             return None
         outcome = monitor.observe(m, kind=kind, epoch=epoch, step=step, run=self._run, deployed=deployed)
-        outcome.record.loss = _last_loss(state)
+        outcome.record.loss = last_loss(state)
         if state.is_world_process_zero:
             tb_step = step if kind != "baseline" else 0
             if self._tensorboard is not None:
@@ -862,47 +790,6 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._send_trackers(outcome, state, immediately=False)
         self._save_report()
 
-    def _pin(self, path: str) -> None:
-        """Keep a within-budget checkpoint from ``save_total_limit`` rotation: hard links (no extra disk) under
-        ``<output_dir>/efficiency/[<name>/]checkpoints/``; the previous pin goes once a newer one exists."""
-        assert self.report_path is not None and self.monitor is not None
-        source = Path(path)
-        if not source.is_dir():
-            return
-        pins = self.report_path.parent / "checkpoints"
-        target = pins / source.name
-        try:
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(source, target, copy_function=_link_or_copy)
-        except OSError as exc:
-            logger.warning("could not keep %s from checkpoint rotation: %s", path, exc)
-            return
-        for old in pins.iterdir():
-            if old != target:
-                shutil.rmtree(old, ignore_errors=True)
-        self.monitor.report.pinned_checkpoints = {os.path.abspath(path): str(target)}
-
-    def _warn_if_final_model_breaches(self, args: TrainingArguments, state: TrainerState) -> None:
-        """Say so when the weights left in memory are over budget (e.g. ``load_best_model_at_end`` loaded a
-        checkpoint that breaches it)."""
-        assert self.monitor is not None
-        report = self.monitor.report
-        loaded = state.best_model_checkpoint if args.load_best_model_at_end else None
-        step = int(loaded.rstrip("/").rsplit("-", 1)[-1]) if loaded and loaded.rstrip("/")[-1].isdigit() else None
-        at = step if step is not None else state.global_step
-        within = self.monitor.within_budget_at(at)
-        report.final_model = {"step": at, "source": loaded or "last step", "within_budget": within}
-        # After our own stop the stop line has said it (with the checkpoint to use); say it when nothing did.
-        if within is False and (report.stopped is None or loaded):
-            recommended = self.monitor.recommended_checkpoint()
-            logger.warning(
-                "%sthe model in memory at the end of training (%s) breaches the budget%s",
-                f"[{self.name}] " if self.name else "",
-                f"{loaded}, loaded by load_best_model_at_end" if loaded else f"step {at}",
-                f"; the checkpoint within budget is {recommended}" if recommended else "",
-            )
-
     def _save_report(self) -> None:
         if self._report_sink is not None:
             self._report_sink.write()
@@ -914,128 +801,12 @@ def _report_path(output_dir: Any, name: str | None) -> Path:
     return path if not name else path.parent / name / path.name
 
 
-def _eval_key(key: str, name: str | None) -> str:
-    return f"eval_{key}" if not name else f"eval_{key}_{name}"
-
-
-#: Summary keys put into the evaluation metrics as ``eval_efficiency_<key>``.
-_EVAL_SUMMARY_KEYS = ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean", "quality")
-
-
-def _best_metric_key(args: TrainingArguments) -> str | None:
-    """``metric_for_best_model`` as the Trainer looks it up in the evaluation metrics."""
-    name = getattr(args, "metric_for_best_model", None)
-    if not name:
-        return None
-    return name if name.startswith("eval_") else f"eval_{name}"
-
-
-def _report_to(args: TrainingArguments) -> list[str]:
-    report_to = getattr(args, "report_to", None) or []
-    return [report_to] if isinstance(report_to, str) else list(report_to)
-
-
-def _find_calling_trainer(callback: EfficiencyCallback) -> Any:
-    """The Trainer whose callback handler is calling ``callback`` now, found on the call stack (callbacks are
-    not given the Trainer). None when there is none, e.g. a callback driven by hand."""
-    frame = inspect.currentframe()
-    try:
-        while frame is not None:
-            candidate = frame.f_locals.get("self")
-            handler = getattr(candidate, "callback_handler", None)
-            if handler is not None and callback in getattr(handler, "callbacks", ()):
-                return candidate
-            frame = frame.f_back
-    finally:
-        del frame
-    return None
-
-
-def _jit_managers(trainer: Any) -> list[Any]:
-    if trainer is None:
-        return []
-    managers = (getattr(cb, "jit_manager", None) for cb in trainer.callback_handler.callbacks)
-    return [m for m in managers if m is not None]
-
-
-def _watch_jit_checkpoint(trainer: Any) -> None:
-    """Remember that transformers' JIT checkpointing saved on SIGTERM.
-
-    ``JITCheckpointCallback`` runs before user callbacks and resets ``is_checkpoint_requested`` as soon as it
-    starts saving, so by the time this callback's ``on_epoch_end`` runs the flag is False again although the job
-    is stopping. The manager's ``execute_jit_checkpoint`` is wrapped (once per manager) to leave a mark.
-    """
-    for manager in _jit_managers(trainer):
-        manager._ftcallback_terminating = False  # a new train() call: no SIGTERM seen in it yet
-        if getattr(manager, "_ftcallback_watched", False):
-            continue
-        execute = manager.execute_jit_checkpoint
-
-        def marked(_execute: Any = execute, _manager: Any = manager) -> Any:
-            _manager._ftcallback_terminating = True
-            return _execute()
-
-        manager.execute_jit_checkpoint = marked
-        manager._ftcallback_watched = True
-
-
-def _termination_requested(trainer: Any) -> bool:
-    """True when transformers' JIT checkpointing caught a SIGTERM and the Trainer is saving and exiting."""
-    return any(
-        getattr(m, "is_checkpoint_requested", False) or getattr(m, "_ftcallback_terminating", False)
-        for m in _jit_managers(trainer)
-    )
-
-
-def _check_not_meta(model: Any) -> None:
-    param = next(iter(model.parameters()), None)
-    if param is not None and param.device.type == "meta":
-        raise ModelError(
-            "the model's parameters are on the meta device (created without weights, e.g. under "
-            "init_empty_weights or device_map='meta'): nothing can be generated; load real weights before "
-            "training"
-        )
-
-
-def _check_parallelism(args: TrainingArguments) -> None:
-    config = getattr(args, "parallelism_config", None)
-    if config is None:
-        return
-    sizes = {
-        name: int(getattr(config, attr, 1) or 1)
-        for name, attr in (("tensor", "tp_size"), ("sequence", "sp_size"), ("context", "cp_size"))
-    }
-    split = {name: size for name, size in sizes.items() if size > 1}
-    if split:
-        raise ConfigError(
-            "EfficiencyCallback does not support `parallelism_config` with "
-            + ", ".join(f"{name} parallelism of size {size}" for name, size in split.items())
-            + ": the model is split across ranks and a measurement would time a partial model. Measure the "
-            "model with data parallelism, FSDP or DeepSpeed ZeRO, or with `ftcallback measure` after training"
-        )
-
-
-def _last_loss(state: TrainerState) -> float | None:
-    for entry in reversed(state.log_history):
-        loss = entry.get("loss")
-        if isinstance(loss, (int, float)):
-            return float(loss)
-    return None
-
-
 @contextlib.contextmanager
 def _silenced() -> Iterator[None]:
     """Warnings of a rank that measures only to take part in sharded generation: the main rank says them once."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def _link_or_copy(src: str, dst: str) -> None:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
 
 
 def _impossible(m: Measurement) -> str | None:

@@ -24,7 +24,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from transformers import Trainer, TrainerCallback, default_data_collator
 
 from ftcallback import Budget, ConfigError, EfficiencyCallback, ModelError
-from ftcallback import _callback as callback_module
+from ftcallback import _trainer_facts as trainer_facts
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:timing is noisy")
@@ -252,7 +252,7 @@ def test_data_parallel_only_config_is_accepted() -> None:
     from accelerate.parallelism_config import ParallelismConfig
 
     args = type("Args", (), {"parallelism_config": ParallelismConfig()})()
-    callback_module._check_parallelism(args)  # dp sizes only: every rank holds the whole model
+    trainer_facts.check_parallelism(args)  # dp sizes only: every rank holds the whole model
 
 
 def test_a_model_on_the_meta_device_is_refused_with_the_fix(tmp_path: Path) -> None:
