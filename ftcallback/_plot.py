@@ -1,7 +1,8 @@
 """A picture of a run: latency, output length and loss over training steps, with baseline, budget and stop.
 
 :func:`plot_report` draws what :class:`~ftcallback._report.RunReport` recorded as stacked
-panels sharing the training-step axis: latency p50 / p95 (ms), mean output tokens, and
+panels sharing the training-step axis: latency p50 / p95 (ms), mean output tokens, quality with the recommended
+checkpoint (when the probe has references), and
 the training loss when ``trainer_state.json`` has one. The baseline is a dashed line,
 the budget limit a red dotted line, breaching checks red crosses, a failed measurement
 a grey dotted line and the stop a red vertical line.
@@ -164,7 +165,9 @@ def plot_report(
     limits = budget.limits(baseline) if budget is not None else {}
     loss_steps, losses = _loss_series(trainer_state, "loss")
     eval_steps, eval_losses = _loss_series(trainer_state, "eval_loss")
-    n_panels = 3 if losses or eval_losses else 2
+    has_quality = any(math.isfinite(_finite(c.summary.get("quality"))) for c in report.checks if c.status == "ok")
+    has_loss = bool(losses or eval_losses)
+    n_panels = 2 + int(has_quality) + int(has_loss)
     fig.set_size_inches(10, 2.6 * n_panels + 0.8)
     axes = fig.subplots(n_panels, 1, sharex=True, squeeze=False)[:, 0]
     ax_lat, ax_tok = axes[0], axes[1]
@@ -229,9 +232,27 @@ def plot_report(
                 markeredgecolor="black", zorder=5, label="breach",
             )  # fmt: skip
 
+    # ---- quality, and the checkpoint to ship: the best quality within budget (the Pareto view)
+    if has_quality:
+        ax_q = axes[2]
+        ax_q.plot(steps, [_finite(p.get("quality")) for p in points], marker="o", color="tab:purple", label="quality")
+        minimum = budget.min_quality if budget is not None else None
+        if minimum is not None:
+            ax_q.axhline(minimum, color=_LIMIT, linestyle=":", linewidth=2, label=f"budget ({minimum:g})")
+        recommended = report.recommended_checkpoint
+        if recommended is not None:
+            at = next((c for c in reversed(ok) if c.step <= recommended["step"]), None)
+            if at is not None:
+                ax_q.plot(
+                    [recommended["step"]], [_finite(at.summary.get("quality"))], linestyle="none", marker="*",
+                    markersize=16, color="gold", markeredgecolor="black", zorder=6,
+                    label=f"recommended (step {recommended['step']})",
+                )  # fmt: skip
+        ax_q.set_ylabel("quality")
+
     # ---- loss
-    if n_panels == 3:
-        ax_loss = axes[2]
+    if has_loss:
+        ax_loss = axes[-1]
         if losses:
             ax_loss.plot(loss_steps, losses, color="tab:gray", label="training loss")
         if eval_losses:

@@ -51,7 +51,7 @@ TAG_PREFIX = "efficiency/"
 #: from filling its first page before latency and output tokens.
 DETAIL_PREFIX = "efficiency_detail/"
 #: Keys written under :data:`TAG_PREFIX`.
-HEADLINE_KEYS = ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean")
+HEADLINE_KEYS = ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean", "quality")
 #: The budget limits are a run of their own, ``<log_dir>/budget``, under the very tag of the metric they bound:
 #: TensorBoard colours lines by run, so every chart of a metric (Time Series card, custom-scalars chart) shows
 #: the measured line and its limit together, in two colours.
@@ -75,6 +75,7 @@ SUMMARY_KEYS = (
     "truncated_fraction",
     "noise_cv",
     "peak_memory_mb",
+    "quality",
 )
 
 #: The comparisons with the baseline and the cost figures a check usually passes as ``extra``.

@@ -181,3 +181,22 @@ def test_an_older_best_quality_checkpoint_is_kept_from_rotation(tmp_path):
     table = format_checks_table(report, width=200)
     assert "quality" in table.splitlines()[0]
     assert f"recommended checkpoint: {recommended['path']} (step 4: best quality within budget (0.900" in table
+    # TensorBoard has the quality curve next to latency and tokens; the plot gets a quality panel.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for events in tmp_path.glob("runs/*/events.out.tfevents.*"):
+        accumulator = EventAccumulator(str(events.parent))
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert {"efficiency/quality", "efficiency/latency_ms_p95", "efficiency/output_tokens_mean"} <= tags
+    pytest.importorskip("matplotlib")
+    from ftcallback import plot_report
+
+    from matplotlib.image import imread
+
+    without = RunReport.from_dict(report.to_dict())
+    for check in without.checks:
+        check.summary.pop("quality", None)
+    with_panel = imread(plot_report(report, tmp_path / "quality.png")).shape[0]
+    assert with_panel > imread(plot_report(without, tmp_path / "plain.png")).shape[0]  # one panel more

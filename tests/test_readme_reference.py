@@ -34,6 +34,7 @@ NOT_WRITTEN_HERE = {
     "environment.rank": "distributed runs only",
     "efficiency_detail/peak_memory_mb": "CUDA only",
     "efficiency/deployed/<key>": "runs with deployed_form only (tests/test_deployed.py reads them)",
+    "efficiency/quality": "runs with references only (tests/test_best_checkpoint.py has them)",
 }
 
 
