@@ -191,9 +191,9 @@ def test_an_older_best_quality_checkpoint_is_kept_from_rotation(tmp_path):
         tags |= set(accumulator.Tags()["scalars"])
     assert {"efficiency/quality", "efficiency/latency_ms_p95", "efficiency/output_tokens_mean"} <= tags
     pytest.importorskip("matplotlib")
-    from ftcallback import plot_report
-
     from matplotlib.image import imread
+
+    from ftcallback import plot_report
 
     without = RunReport.from_dict(report.to_dict())
     for check in without.checks:
