@@ -9,8 +9,6 @@ main process. What it owns is what only a Trainer has: events, ranks, checkpoint
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import gc
 import itertools
 import logging
 import math
@@ -22,25 +20,23 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
 from . import _distributed as distributed
 from ._budget import Budget
 from ._checkpoints import pin, record_final_model
-from ._drift import ReferenceWorkload
 from ._errors import BaselineError, ConfigError, MeasurementError, ModelError
 from ._execution import describe_decoding
-from ._forms import form_cost, measure_in_form, parse_form
-from ._measure import measure, validate_probe
+from ._forms import form_cost, parse_form
+from ._measure import validate_probe
 from ._measurement import Measurement
 from ._monitor import CheckOutcome, Monitor, fmt_epoch
 from ._probe import ProbeSpec
+from ._prober import Prober, release_memory
 from ._prompts import load_probe, resolve_tokenizer
 from ._report import RunReport, report_path
 from ._resume import note_resumed_checkpoint, reconcile_arguments, reloaded_report, restored_report
-from ._sequential import needs_more
 from ._sinks import ReportSink, TrackerSink
 from ._tensorboard import TensorBoardSink, resolve_log_dir
 from ._trainer_facts import (
@@ -238,6 +234,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
 
         self._given_baseline, self._baseline_source = self._load_baseline(baseline)
 
+        # How every check of this run measures (probe, reference workload, adaptive rule, retry, deployed form).
+        self._prober = Prober(self.spec, self.budget, deployed_form=self.deployed_form)
         self.monitor: Monitor | None = None
         self.report_path: Path | None = None
         self.log_dir: str | None = None
@@ -246,11 +244,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self._trackers: TrackerSink | None = None
         self._pending_tracker_send: CheckOutcome | None = None
         self._trainer: Any = None  # the Trainer running this callback (given, or found at train begin)
-        self._reference: ReferenceWorkload | None = None
         self._last_check_step: int | None = None
-        self._progress: bool | str = False  # what measure() shows while the current check runs
         self._run = -1  # train() calls seen; 0 during the first
-        self._trained_compiled: bool | None = None
         # Set by transformers when restoring from a checkpoint (see `state()`).
         self._saved_report: dict[str, Any] | None = None
         self._restored_args: dict[str, Any] | None = None
@@ -353,6 +348,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         self.best_model_within_budget = user.best_model_within_budget
         self.logging_dir, self.trainer = user.logging_dir, user.trainer
         self.deployed_form = user.deployed_form
+        self._prober = Prober(self.spec, self.budget, deployed_form=self.deployed_form)
         self.tokenizer = self.tokenizer or user.tokenizer
 
     # ------------------------------------------------------------------ Trainer events
@@ -362,7 +358,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         model = kwargs.get("model")
         started_at = time.time()
         # The Trainer trains a compiled module but hands callbacks the original: say so in every record.
-        self._trained_compiled = bool(getattr(args, "torch_compile", False))
+        self._prober.trained_compiled = bool(getattr(args, "torch_compile", False))
         # User errors surface here, before any optimizer step, on every rank.
         if model is None:
             raise ModelError("EfficiencyCallback got no model from the Trainer")
@@ -371,6 +367,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         if self._restored_args is not None:
             self._adopt_user_arguments()
         self.tokenizer = self.tokenizer or resolve_tokenizer(kwargs.get("processing_class"))
+        self._prober.tokenizer = self.tokenizer
         validate_probe(
             model,
             self.tokenizer,
@@ -632,7 +629,7 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         mode = distributed.sharding_mode(model)
         # A bar where the Trainer shows its own, on the main process only.
         label = "baseline" if kind == "baseline" else f"{kind} check at step {state.global_step}"
-        self._progress = label if is_main and not args.disable_tqdm else False
+        self._prober.progress = label if is_main and not args.disable_tqdm else False
         if mode is None:
             decision = distributed.run_on_main(
                 lambda beat: self._measure_and_decide(kind, state, model, beat, None), is_main=is_main
@@ -647,56 +644,6 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
             raise MeasurementError(f"{kind} measurement at step {state.global_step} failed: {decision['error']}")
         if decision["stop"]:
             control.should_training_stop = True
-
-    def _measure_once(self, model: Any, batch_size: int, beat: Any, mode: str | None) -> Measurement:
-        kwargs: dict[str, Any] = {**self.spec.measure_kwargs(), "batch_size": batch_size}
-        device = next(iter(model.parameters())).device
-        if self._reference is None or self._reference.device != device:
-            # One fixed workload per run, timed beside every generate call: how fast is the machine right now?
-            self._reference = ReferenceWorkload(device)
-        kwargs["reference"] = self._reference
-        baseline = self.monitor.baseline if self.monitor is not None else None
-        if baseline is not None and mode is None and self.budget.max_latency_increase is not None:
-            # Adaptive: measure more while the latency verdict is inconclusive, up to 3x the repeats. Not when
-            # sharded: every rank must make the same number of generate calls, and their timings differ.
-            budget, seed = self.budget, self.spec.seed
-            kwargs["until"] = lambda m: not needs_more(budget, m, baseline, seed=seed)
-            kwargs["max_repeats"] = 3 * self.spec.repeats
-        with distributed.generation_context(model, mode):
-            m = measure(
-                model,
-                self.tokenizer,
-                list(self.spec.prompts),
-                **kwargs,
-                on_batch_end=beat,
-                synced_gpus=True if mode is not None else None,
-                progress=self._progress,
-                trained_compiled=self._trained_compiled,
-                warn_ignored=False,
-            )
-        # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
-        return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
-
-    def _measure(self, model: Any, beat: Any, mode: str | None, *, speak: bool = True) -> Measurement:
-        batch_size = self.spec.batch_size
-        try:
-            return self._measure_once(model, batch_size, beat, mode)
-        except (torch.OutOfMemoryError, MemoryError) as exc:
-            _release_memory()
-            smaller = max(1, batch_size // 2)
-            if smaller == batch_size:
-                raise
-            if speak:  # in sharded mode every rank retries; the main one says it
-                logger.warning(
-                    "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
-                    "its latency will not be compared with the baseline, its tokens will",
-                    batch_size,
-                    exc,
-                    smaller,
-                )
-            return self._measure_once(model, smaller, beat, mode).with_retry(
-                "out_of_memory", batch_size=(batch_size, smaller)
-            )
 
     def _measure_and_decide(
         self,
@@ -713,23 +660,13 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         epoch = state.epoch if kind != "baseline" else 0.0
         step = state.global_step
         quiet = contextlib.nullcontext() if decide else _silenced()
-        deployed: Measurement | None = None
         try:
             with quiet:
-                m = self._measure(model, beat, mode, speak=decide)
-                if self.deployed_form is not None:
-                    form = self.deployed_form
-                    deployed = measure_in_form(
-                        model, form, lambda served: self._measure(served, beat, mode, speak=decide)
-                    )
-            for measured in (m, deployed):
-                impossible = _impossible(measured) if measured is not None else None
-                if impossible:
-                    raise MeasurementError(f"impossible measurement: {impossible}")
+                m, deployed = self._prober.measure(model, baseline=monitor.baseline, mode=mode, beat=beat, speak=decide)
         except (ConfigError, ModelError):
             raise  # a user error: the probe itself is wrong, say so now
         except Exception as exc:  # a failed measurement must not kill a healthy run
-            _release_memory()
+            release_memory()
             if not decide:
                 return None
             error = f"{type(exc).__name__}: {exc}"
@@ -807,20 +744,3 @@ def _silenced() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def _impossible(m: Measurement) -> str | None:
-    """Why ``m`` cannot describe the model, or None. Such a check is recorded as failed, never compared:
-    "0 output tokens" would otherwise pass every token budget. (Non-finite times are not impossible in
-    this sense: the budget calls those lines not evaluable and still judges the token and cost lines.)"""
-    if not m.samples:
-        return "no request was measured"
-    if all(s.output_tokens == 0 for s in m.samples):
-        return "no response has any output token (generate returned nothing new)"
-    return None
-
-
-def _release_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()

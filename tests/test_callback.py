@@ -32,7 +32,7 @@ from helpers_training import (
 from tensorboard.backend.event_processing import event_accumulator
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-import ftcallback._callback as callback_module
+import ftcallback._prober as prober_module
 from ftcallback import BaselineError, Budget, BudgetCheck, EfficiencyCallback, Measurement, measure
 from ftcallback._prompts import encode_prompts, prompts_sha256
 from ftcallback._tensorboard import HEADLINE_KEYS
@@ -525,7 +525,7 @@ def count_measurements(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(1)
         return measure(*args, **kwargs)
 
-    monkeypatch.setattr(callback_module, "measure", counting)
+    monkeypatch.setattr(prober_module, "measure", counting)
     return calls
 
 

@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from ftcallback import Budget, EfficiencyCallback
 from ftcallback import _callback as callback_module
 from ftcallback import _json as json_module
+from ftcallback import _prober as prober_module
 from ftcallback._errors import MeasurementError
 from ftcallback._measurement import Measurement, RequestSample
 from ftcallback._report import CheckRecord, RunReport, report_path
@@ -81,13 +82,15 @@ def _patch_generate(model, fault):
 @pytest.fixture
 def releases(monkeypatch):
     calls = []
-    real = callback_module._release_memory
+    real = prober_module.release_memory
 
     def counting():
         calls.append(1)
         real()
 
-    monkeypatch.setattr(callback_module, "_release_memory", counting)
+    # Released where a measurement is retried (the prober) and where a failed one is recorded (the callback).
+    monkeypatch.setattr(prober_module, "release_memory", counting)
+    monkeypatch.setattr(callback_module, "release_memory", counting)
     return calls
 
 
@@ -255,14 +258,14 @@ BUDGET = Budget(latency_ms=1000.0, max_latency_increase=0.5, output_tokens=100.0
 def _run_with_fake_measurements(tmp_path, monkeypatch, fakes):
     """The baseline is real; the epoch checks return the given measurements."""
     cb = _callback(budget=BUDGET)
-    real = callback_module.measure
+    real = prober_module.measure
     queue = list(fakes)
 
     def fake_measure(*args, **kwargs):
         m = real(*args, **kwargs)
         return _fake_measurement(cb, **queue.pop(0)) if cb.report.baseline is not None else m
 
-    monkeypatch.setattr(callback_module, "measure", fake_measure)
+    monkeypatch.setattr(prober_module, "measure", fake_measure)
     trainer = _trainer(tmp_path, cb, epochs=len(fakes))
     trainer.train()
     return trainer, cb

@@ -18,7 +18,7 @@ from helpers_record import OutOfMemoryOnce, lora_gpt2
 from helpers_training import PROBE, ftcallback_logs, make_trainer, plain_dataset, read_report, training_args
 from transformers import GenerationConfig, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from ftcallback import Budget, EfficiencyCallback, compare, evaluate, measure
+from ftcallback import BaselineError, Budget, EfficiencyCallback, compare, evaluate, measure
 from ftcallback._execution import describe_decoding
 from ftcallback._measurement import Incompatibility, Measurement, RequestSample, comparable_facts
 from ftcallback._report import RunReport, format_checks_table
@@ -264,7 +264,9 @@ def test_relative_budgets_over_a_spoiled_figure_are_not_evaluable_absolute_ones_
     )
     assert verdict["max_token_increase"].passed is True
     assert verdict["latency_ms"].passed is False  # 500 ms > 100 ms: the SLA judges the measurement itself
-    comparison = compare(make(), retried, budget)
+    with pytest.raises(BaselineError, match="retry is none in the baseline"):
+        compare(make(), retried, budget)  # compare refuses what cannot be compared, unless told
+    comparison = compare(make(), retried, budget, allow_mismatch=True)
     assert comparison.incompatible == [make().incompatibilities(retried)[0].message]
     assert "max_latency_increase" not in [c.budget for c in comparison.verdict.breaches]
 

@@ -21,7 +21,7 @@ from helpers_training import ForcedLength, make_trainer, token_rows, training_ar
 from transformers import TrainerCallback
 
 from ftcallback import Budget, ConfigError, EfficiencyCallback
-from ftcallback import _callback as callback_module
+from ftcallback import _prober as prober_module
 from ftcallback._report import RunReport, report_path
 from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
@@ -80,13 +80,13 @@ def _efficiency(trainer) -> EfficiencyCallback:
 @pytest.fixture
 def count_measurements(monkeypatch):
     calls = []
-    real = callback_module.measure
+    real = prober_module.measure
 
     def counting(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(callback_module, "measure", counting)
+    monkeypatch.setattr(prober_module, "measure", counting)
     return calls
 
 

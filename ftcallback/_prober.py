@@ -1,0 +1,152 @@
+"""How a run measures its model at a check: the probe, the machine's reference workload, the adaptive rule, the
+out-of-memory retry and the deployed form, in one place. No Trainer, no decisions: measurements out.
+
+The callback owns *when* to measure and on which ranks; the :class:`Prober` owns *how*, the same way at every check
+of the run, so that a baseline and a later check differ only in the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from . import _distributed as distributed
+from ._budget import Budget
+from ._drift import ReferenceWorkload
+from ._errors import MeasurementError
+from ._forms import measure_in_form
+from ._measure import measure
+from ._measurement import Measurement
+from ._probe import ProbeSpec
+from ._sequential import needs_more
+
+__all__ = ["Prober"]
+
+logger = logging.getLogger("ftcallback")
+
+
+class Prober:
+    """Measure a model the way every check of one run does.
+
+    Args:
+        spec: the probe.
+        budget: the budget (its relative latency limit turns the adaptive rule on).
+        deployed_form: also measure the model as it will be served (see :mod:`ftcallback._forms`), or None.
+
+    Attributes:
+        tokenizer: the probe's tokenizer (set once the Trainer's is known).
+        trained_compiled: whether the trained module runs compiled (recorded, never measured compiled).
+        progress: what :func:`ftcallback.measure` shows while measuring (False, or a label).
+    """
+
+    def __init__(self, spec: ProbeSpec, budget: Budget, *, deployed_form: str | None = None) -> None:
+        self.spec = spec
+        self.budget = budget
+        self.deployed_form = deployed_form
+        self.tokenizer: Any = None
+        self.trained_compiled: bool | None = None
+        self.progress: bool | str = False
+        self._reference: ReferenceWorkload | None = None
+
+    def measure(
+        self,
+        model: Any,
+        *,
+        baseline: Measurement | None,
+        mode: str | None,
+        beat: Callable[[], Any],
+        speak: bool = True,
+    ) -> tuple[Measurement, Measurement | None]:
+        """The training form's measurement and, with a deployed form, that form's.
+
+        Raises:
+            MeasurementError: a measurement that cannot describe the model (nothing measured, no output token).
+            Anything the engine raises; an out-of-memory error is retried once at half the batch size.
+        """
+        m = self._with_retry(model, baseline, mode, beat, speak)
+        deployed = None
+        if self.deployed_form is not None:
+            deployed = measure_in_form(
+                model, self.deployed_form, lambda served: self._with_retry(served, baseline, mode, beat, speak)
+            )
+        for measured in (m, deployed):
+            impossible = _impossible(measured) if measured is not None else None
+            if impossible:
+                raise MeasurementError(f"impossible measurement: {impossible}")
+        return m, deployed
+
+    def _once(
+        self, model: Any, batch_size: int, baseline: Measurement | None, mode: str | None, beat: Callable[[], Any]
+    ) -> Measurement:
+        kwargs: dict[str, Any] = {**self.spec.measure_kwargs(), "batch_size": batch_size}
+        device = next(iter(model.parameters())).device
+        if self._reference is None or self._reference.device != device:
+            # One fixed workload per run, timed beside every generate call: how fast is the machine right now?
+            self._reference = ReferenceWorkload(device)
+        kwargs["reference"] = self._reference
+        if baseline is not None and mode is None and self.budget.max_latency_increase is not None:
+            # Adaptive: measure more while the latency verdict is inconclusive, up to 3x the repeats. Not when
+            # sharded: every rank must make the same number of generate calls, and their timings differ.
+            budget, seed = self.budget, self.spec.seed
+            kwargs["until"] = lambda m: not needs_more(budget, m, baseline, seed=seed)
+            kwargs["max_repeats"] = 3 * self.spec.repeats
+        with distributed.generation_context(model, mode):
+            m = measure(
+                model,
+                self.tokenizer,
+                list(self.spec.prompts),
+                **kwargs,
+                on_batch_end=beat,
+                synced_gpus=True if mode is not None else None,
+                progress=self.progress,
+                trained_compiled=self.trained_compiled,
+                warn_ignored=False,
+            )
+        # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
+        return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
+
+    def _with_retry(
+        self, model: Any, baseline: Measurement | None, mode: str | None, beat: Callable[[], Any], speak: bool
+    ) -> Measurement:
+        batch_size = self.spec.batch_size
+        try:
+            return self._once(model, batch_size, baseline, mode, beat)
+        except (torch.OutOfMemoryError, MemoryError) as exc:
+            release_memory()
+            smaller = max(1, batch_size // 2)
+            if smaller == batch_size:
+                raise
+            if speak:  # in sharded mode every rank retries; the main one says it
+                logger.warning(
+                    "measurement ran out of memory with batch_size=%d (%s); retrying once with batch_size=%d: "
+                    "its latency will not be compared with the baseline, its tokens will",
+                    batch_size,
+                    exc,
+                    smaller,
+                )
+            return self._once(model, smaller, baseline, mode, beat).with_retry(
+                "out_of_memory", batch_size=(batch_size, smaller)
+            )
+
+
+def _impossible(m: Measurement) -> str | None:
+    """Why ``m`` cannot describe the model, or None. Such a check is recorded as failed, never compared:
+    "0 output tokens" would otherwise pass every token budget. (Non-finite times are not impossible in
+    this sense: the budget calls those lines not evaluable and still judges the token and cost lines.)"""
+    if not m.samples:
+        return "no request was measured"
+    if all(s.output_tokens == 0 for s in m.samples):
+        return "no response has any output token (generate returned nothing new)"
+    return None
+
+
+def release_memory() -> None:
+    """Give back what a failed measurement left allocated."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
