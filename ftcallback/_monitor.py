@@ -464,8 +464,7 @@ class Monitor:
 
     def check_at(self, step: int) -> CheckRecord | None:
         """The latest measured check at or before ``step``: the one that speaks for the weights there."""
-        measured = [c for c in self.report.checks if c.status == "ok" and c.step <= step]
-        return max(measured, key=lambda c: (c.step, c.index)) if measured else None
+        return self.report.check_at(step)
 
     def within_budget_at(self, step: int) -> bool | None:
         """The verdict that speaks for the weights at ``step`` (None before any measured check)."""

@@ -278,15 +278,16 @@ class RunReport:
             return None
         return Measurement.from_dict(self.baseline)
 
-    def within_budget_at(self, step: int) -> bool | None:
-        """Whether the weights at ``step`` were within budget: the latest ok check at or before it decides."""
-        # The most recent check that measured something speaks for the weights at `step`; a failed
-        # check says nothing, so it is skipped rather than counted as a breach or a pass.
+    def check_at(self, step: int) -> CheckRecord | None:
+        """The latest measured check at or before ``step``: the one that speaks for the weights there (a failed
+        check says nothing, so it is skipped rather than counted as a breach or a pass)."""
         measured = [c for c in self.checks if c.status == "ok" and c.step <= step]
-        if not measured:
-            return None
-        latest = max(measured, key=lambda c: (c.step, c.index))
-        return not latest.breached
+        return max(measured, key=lambda c: (c.step, c.index)) if measured else None
+
+    def within_budget_at(self, step: int) -> bool | None:
+        """Whether the weights at ``step`` were within budget (None before any measured check)."""
+        check = self.check_at(step)
+        return None if check is None else not check.breached
 
     def record_checkpoint(self, step: int, path: str | os.PathLike[str]) -> dict[str, Any]:
         """Record a saved checkpoint and whether the model was within budget when it was saved.
@@ -338,10 +339,6 @@ class RunReport:
             return kept
         return path if Path(path).exists() else None
 
-    def _check_at(self, step: int) -> CheckRecord | None:
-        measured = [c for c in self.checks if c.status == "ok" and c.step <= step]
-        return max(measured, key=lambda c: (c.step, c.index)) if measured else None
-
     def pareto_points(self) -> list[ParetoPoint]:
         """Quality, latency and cost of every measured check after the baseline (see :mod:`ftcallback._pareto`)."""
         metric = f"latency_ms_{self.budget.get('latency_stat') or 'p95'}"
@@ -363,7 +360,7 @@ class RunReport:
         metric = f"latency_ms_{self.budget.get('latency_stat') or 'p95'}"
         for entry in self.checkpoints:
             path = self.existing_checkpoint(str(entry.get("path", "")))
-            check = self._check_at(int(entry.get("step", 0)))
+            check = self.check_at(int(entry.get("step", 0)))
             if entry.get("within_budget") is not True or path is None or check is None:
                 continue
             point = ParetoPoint.from_record(check, latency_metric=metric)
