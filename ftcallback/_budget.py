@@ -1026,6 +1026,8 @@ def evaluate(
             checks.append(_quality_check("max_quality_drop", limit, measurement, base_quality))
     if baseline is not None:
         checks = _not_comparable(checks, baseline, measurement)
+    if decomposition is not None and decomposition.machine is not None:
+        machine = decomposition.machine  # the factor as divided out (contention request by request)
     return Verdict(checks=tuple(checks), decomposition=decomposition, machine=machine)
 
 # Relative budgets and the figure each compares with the baseline (cost follows tokens).

@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from ._drift import MachineFactor
+from ._drift import MachineFactor, request_references, request_shares
 from ._format import percent_change
 from ._json import json_float
 from ._measurement import Measurement, RequestSample
@@ -164,8 +164,8 @@ def decompose(
     # A baseline prompt with a single output token has no TPOT of its own: the baseline's typical one.
     fallback_tpot = _median([s.tpot_s for s in baseline.samples])
     base_latency: dict[int, list[float]] = {}
-    predicted: dict[int, list[float]] = {}
-    new_latency: dict[int, list[float]] = {}
+    predicted: dict[int, list[tuple[float, RequestSample]]] = {}
+    new_latency: dict[int, list[tuple[float, RequestSample]]] = {}
     for k, base_samples in base.items():
         if k not in new:
             continue
@@ -182,23 +182,55 @@ def decompose(
         if all(
             math.isfinite(v) and v > 0 for v in (_median(lat_b), _median(preds), _median(lat_n))
         ):
-            base_latency[k], predicted[k], new_latency[k] = lat_b, preds, lat_n
+            base_latency[k] = lat_b
+            predicted[k] = list(zip(preds, base_samples, strict=True))
+            new_latency[k] = [(s.latency_s, s) for s in new[k]]
     if not base_latency:
         return None
-    raw_speed = paired_ratio(predicted, new_latency, confidence=confidence, resamples=resamples, seed=seed)
+
+    def ratio(
+        by_share: tuple[_Weights, _Weights] | None = None, by_reference: tuple[_Weights, _Weights] | None = None
+    ) -> RatioEstimate:
+        """The paired ratio check / counterfactual, each timing scaled by its call's machine state."""
+        sides = []
+        for i, timed in enumerate((predicted, new_latency)):
+            shares = None if by_share is None else by_share[i]
+            refs = None if by_reference is None else by_reference[i]
+            sides.append({k: _scaled(pairs, shares, refs) for k, pairs in timed.items()})
+        return paired_ratio(sides[0], sides[1], confidence=confidence, resamples=resamples, seed=seed)
+
+    raw_speed = ratio()
     if not math.isfinite(raw_speed.ratio):
         return None
     length = math.exp(
         statistics.fmean(
-            math.log(_median(predicted[k]) / _median(base_latency[k])) for k in base_latency
+            math.log(_median([v for v, _ in predicted[k]]) / _median(base_latency[k])) for k in base_latency
         )
     )
     speed = raw_speed
     if machine is not None:
-        # Divided out even when it did not move beyond its noise: a load that came and went during the
-        # measurement leaves a factor of 1.2 with an interval reaching 1, and ignoring it would judge
-        # the model by the machine. Its uncertainty is in the interval, so a steady machine costs little.
-        speed = combine_log_intervals(raw_speed, machine.estimate, divide=True)
+        # The machine divided out of each timing where both sides say, call by call, what it was: the call's
+        # share of the CPU (contention) and the reference workload's local speed (device). Paired this way the
+        # machine's own noise leaves the timings instead of being added beside them.
+        shares = _both(request_shares, baseline, measurement) if machine.contention is not None else None
+        refs = _both(request_references, baseline, measurement) if machine.device is not None else None
+        after_share = ratio(by_share=shares) if shares is not None else raw_speed
+        full = ratio(by_share=shares, by_reference=refs) if refs is not None else after_share
+        if (shares is None and refs is None) or not (math.isfinite(after_share.ratio) and math.isfinite(full.ratio)):
+            # Divided out even when it did not move beyond its noise: a load that came and went during the
+            # measurement leaves a factor of 1.2 with an interval reaching 1, and ignoring it would judge
+            # the model by the machine. Its uncertainty is in the interval, so a steady machine costs little.
+            speed = combine_log_intervals(raw_speed, machine.estimate, divide=True)
+        else:
+            machine = machine.with_effects(
+                raw_speed.ratio / after_share.ratio if shares is not None else None,
+                after_share.ratio / full.ratio if refs is not None else None,
+            )
+            speed = full
+            # A part that could not be matched to the requests is divided out as a whole, its uncertainty added.
+            for part, matched in ((machine.contention, shares), (machine.device, refs)):
+                if part is not None and matched is None:
+                    speed = combine_log_intervals(speed, part, divide=True)
     return LatencyDecomposition(
         total=length * raw_speed.ratio,
         length=length,
@@ -210,3 +242,24 @@ def decompose(
         pairs=raw_speed.pairs,
         machine=machine,
     )
+
+
+_Weights = dict[tuple[int, int], float]
+
+
+def _both(per_request: Any, baseline: Measurement, measurement: Measurement) -> tuple[_Weights, _Weights] | None:
+    """``per_request`` of both measurements, or None unless both give one for some request."""
+    a, b = per_request(baseline), per_request(measurement)
+    return (a, b) if a and b else None
+
+
+def _scaled(pairs: list[tuple[float, RequestSample]], shares: _Weights | None, refs: _Weights | None) -> list[float]:
+    """Timings with the machine divided out: times the call's CPU share, over the local reference time.
+    A timing whose call has no value is left out."""
+    out = []
+    for value, s in pairs:
+        key = (s.prompt_index, s.repeat)
+        if (shares is not None and key not in shares) or (refs is not None and key not in refs):
+            continue
+        out.append(value * (shares[key] if shares is not None else 1.0) / (refs[key] if refs is not None else 1.0))
+    return out

@@ -18,6 +18,7 @@ interleaved moments.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,11 +29,14 @@ import torch
 from ._errors import ConfigError
 from ._stats import RESAMPLES, RatioEstimate, combine_log_intervals, independent_ratio
 
-__all__ = ["MachineFactor", "ReferenceWorkload", "machine_factor"]
+__all__ = ["MachineFactor", "ReferenceWorkload", "machine_factor", "request_references", "request_shares"]
 
-# Width, depth and rows of the reference MLP by device type: a few milliseconds on one CPU thread,
-# and on an accelerator large enough that the kernels, not their launches, dominate.
-_DEFAULT_SHAPE = {"cpu": (256, 4, 64), "cuda": (4096, 8, 256)}
+# Width, depth and rows of the reference MLP by device type. On a CPU, decode-shaped: one row through
+# 16 layers, matrix-vector products as in a decoding step (about 0.6 ms on one thread); it tracked a
+# tiny model's and SmolLM2's decoding under load within 6% (sd of log ratio), where the earlier
+# 64-row matrix-matrix workload drifted 15% from the tiny model's. On an accelerator, large enough
+# that the kernels, not their launches, dominate.
+_DEFAULT_SHAPE = {"cpu": (256, 16, 1), "cuda": (4096, 8, 256)}
 
 
 class ReferenceWorkload:
@@ -132,6 +136,30 @@ class MachineFactor:
         """The factor a speed effect is divided by."""
         return self.estimate.ratio
 
+    def with_effects(self, contention: float | None, device: float | None) -> MachineFactor:
+        """This factor with its parts re-centred on the effects divided out request by request.
+
+        :func:`~ftcallback._decompose.decompose` divides the machine out of each timing (its call's share of
+        the CPU, the reference's local speed); ``contention`` and ``device`` are what that took off the
+        model's latency (None: the part was not divided out that way, kept as estimated). Each part keeps
+        its interval's relative width, and ``length x speed x machine`` stays exactly the observed change.
+        """
+
+        def recentre(part: RatioEstimate | None, effect: float | None) -> RatioEstimate | None:
+            if part is None or effect is None or not (math.isfinite(effect) and effect > 0 and part.ratio > 0):
+                return part
+            scale = effect / part.ratio
+            return RatioEstimate(effect, part.low * scale, part.high * scale, part.pairs, part.confidence)
+
+        parts = [recentre(self.contention, contention), recentre(self.device, device)]
+        present = [p for p in parts if p is not None]
+        if not present:
+            return self
+        estimate = present[0]
+        for part in present[1:]:
+            estimate = combine_log_intervals(estimate, part, divide=False)
+        return MachineFactor(estimate, estimate.low > 1.0 or estimate.high < 1.0, parts[0], parts[1])
+
     def describe(self) -> str:
         """e.g. ``machine x1.38 [1.31, 1.46] (CPU contention x1.37, device x1.01; moved, divided out)``."""
         e = self.estimate
@@ -198,3 +226,72 @@ def machine_factor(
     for part in parts[1:]:
         estimate = combine_log_intervals(estimate, part, divide=False)
     return MachineFactor(estimate, estimate.low > 1.0 or estimate.high < 1.0, contention, device)
+
+
+
+# Calls on each side of a request whose reference timings give its local device speed (a median of
+# 2 x 2 + 1 timings): one 0.6 ms timing alone is noisy, and the machine's speed drifts over seconds.
+_LOCAL_CALLS = 2
+
+
+def _call_of(measurement: Any) -> Callable[[Any], int] | None:
+    """Which ``generate`` call timed a request: warm-up calls first, then ``repeats`` passes over the batches
+    (consecutive groups of ``batch_size`` prompts). None when the settings do not say."""
+    numbers = [measurement.settings.get(k) for k in ("warmup", "repeats", "batch_size", "num_prompts")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in numbers):
+        return None
+    warmup, repeats, batch_size, num_prompts = numbers
+    if batch_size < 1 or num_prompts < 1:
+        return None
+    batches = -(-num_prompts // batch_size)
+    calls = warmup + repeats * batches
+
+    def call(sample: Any) -> int:
+        return warmup + sample.repeat * batches + sample.prompt_index // batch_size
+
+    call.calls = calls  # type: ignore[attr-defined]
+    return call
+
+
+def _per_request(measurement: Any, values: tuple[float, ...], local: int) -> dict[tuple[int, int], float] | None:
+    call = _call_of(measurement)
+    if call is None or not values or len(values) != call.calls:  # type: ignore[attr-defined]
+        return None
+    out: dict[tuple[int, int], float] = {}
+    for s in measurement.samples:
+        k = call(s)
+        window = [v for v in values[max(0, k - local) : k + local + 1] if math.isfinite(v) and v > 0]
+        if math.isfinite(values[k]) and values[k] > 0 and window:
+            out[(s.prompt_index, s.repeat)] = statistics.median(window)
+    return out
+
+
+def request_shares(measurement: Any) -> dict[tuple[int, int], float] | None:
+    """Each timed request's share of the CPU, from its own ``generate`` call: ``{(prompt, repeat): share}``.
+
+    ``Measurement.cpu_share`` has one entry per call, in call order. A request's latency times its
+    call's share is the time its thread ran: the contention it met is divided out call by call, which
+    removes the CPU's preemption from each timing instead of estimating an average factor beside it.
+
+    Returns:
+        None when the calls cannot be matched to the requests (no shares, settings missing, or a count
+        that does not add up, as in files written before the shares were kept per call).
+
+    Example:
+        >>> from ftcallback._measurement import Measurement, RequestSample
+        >>> m = Measurement(
+        ...     samples=(RequestSample(0, 0, 0.4, 0.1, 5, 9, True), RequestSample(1, 0, 0.4, 0.1, 5, 9, True)),
+        ...     settings={"warmup": 1, "repeats": 1, "batch_size": 1, "num_prompts": 2},
+        ...     cpu_share=(1.0, 0.5, 0.8),
+        ... )
+        >>> request_shares(m)
+        {(0, 0): 0.5, (1, 0): 0.8}
+    """
+    return _per_request(measurement, tuple(measurement.cpu_share), 0)
+
+
+def request_references(measurement: Any) -> dict[tuple[int, int], float] | None:
+    """The machine's local speed at each timed request: the median reference time of its call and of the
+    calls around it (``_LOCAL_CALLS`` on each side). ``{(prompt, repeat): seconds}``; None as for
+    :func:`request_shares`, or when the measurement ran no reference workload."""
+    return _per_request(measurement, tuple(measurement.reference_s), _LOCAL_CALLS)

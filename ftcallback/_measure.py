@@ -440,8 +440,8 @@ def measure(
         if cpu_start is not None and cpu_clock is not None:
             cpu_end = cpu_clock()
             ran, waited = cpu_end[0] - cpu_start[0], cpu_end[1] - cpu_start[1]
-            if ran > 0:
-                cpu_shares.append(ran / (ran + max(0.0, waited)))
+            # One entry per call, NaN when the clock saw no run time: entry k is call k's share.
+            cpu_shares.append(ran / (ran + max(0.0, waited)) if ran > 0 else math.nan)
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         return sequences[:, batch.input_ids.shape[1] :].tolist(), start, end
 

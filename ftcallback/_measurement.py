@@ -254,7 +254,8 @@ class Measurement:
             ``generate`` calls (see :class:`~ftcallback._drift.ReferenceWorkload`); empty when none ran.
         cpu_share: per ``generate`` call on a CPU device, the share of the time the calling thread was
             ready to run that it did run (1.0 on a quiet machine, less when other processes take the CPU;
-            sleeping or blocking counts in neither); empty where the OS does not tell (not Linux).
+            sleeping or blocking counts in neither), one entry per call in call order, warm-up calls first
+            (NaN for a call the clock saw no run time of); empty where the OS does not tell (not Linux).
         peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
         sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
         quality_scores: one score per prompt (index = prompt index) of the last repeat's response

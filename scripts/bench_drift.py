@@ -11,12 +11,17 @@ Conditions, interleaved within each run with their order rotating:
   baseline and stopped after the check;
 * a per-token slowdown of +25% and +50% (forward hooks add a multiple of each forward pass's own CPU
   time as extra compute, spinning on the thread's CPU clock so that the added work is the same under
-  load; the multiple is calibrated on the share of latency spent in forward passes, as in benchmark
-  4), with and without that load;
+  load), with and without that load;
 * +10% under the 0.2 budget (no stop expected).
 
-The same data are also judged the way 0.1 did (first 3 repeats, no reference: the machine's drift
-counted as the model's), to show what the drift control changes. Then answers that grow: a logits
+The hook multiple for each level is found by measuring, not assumed: it starts from the level over the
+share of latency spent in forward passes (as in benchmark 4) and is corrected twice from interleaved
+quiet baseline / slowed measurements; the slowdown it then really causes is measured once more and
+reported beside each condition ("injected, measured quiet").
+
+The same data are also judged at the first look alone (first 3 repeats with drift control: what the
+adaptive rule adds) and the way 0.1 did (first 3 repeats, no machine timings: the machine's drift
+counted as the model's), to show what each part changes. Then answers that grow: a logits
 processor makes every answer ``8 + 2 x epoch`` tokens long, and at each epoch
 ``evaluate(Budget(max_token_increase=0.2), ...)`` must first breach at the epoch where tokens counted by
 hand from a bare ``generate`` call first exceed 1.2 x the baseline's; the latency decomposition there
@@ -137,9 +142,9 @@ class GrowingAnswers(LogitsProcessor):
 
 def settings(args: argparse.Namespace) -> dict[str, int]:
     cfg = (
-        {"runs": 2, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 2}
+        {"runs": 2, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 2, "calibration_pairs": 2}
         if args.quick
-        else {"runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 3}
+        else {"runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 5, "calibration_pairs": 8}
     )
     if args.runs is not None:
         cfg["runs"] = args.runs
@@ -168,20 +173,54 @@ def controlled(
     )
 
 
-def first_look(m: Measurement) -> Measurement:
-    """``m`` as 0.1 would have judged it: its first 3 repeats, no machine timings, no sequential plan."""
+def first_look(m: Measurement, *, drift_control: bool = True) -> Measurement:
+    """``m`` cut to its first 3 repeats, as a fixed-size measurement: what the check would have said without
+    the adaptive rule; with ``drift_control=False`` also without machine timings, i.e. 0.1's rule."""
     settings = {k: v for k, v in m.settings.items() if k != "sequential"}
+    settings["repeats"] = min(3, int(m.settings["repeats"]))
+    batches = -(-int(m.settings["num_prompts"]) // int(m.settings["batch_size"]))
+    calls = int(m.settings["warmup"]) + settings["repeats"] * batches
     return dataclasses.replace(
         m,
         samples=tuple(s for s in m.samples if s.repeat < 3),
-        reference_s=(),
-        cpu_share=(),
+        reference_s=m.reference_s[:calls] if drift_control else (),
+        cpu_share=m.cpu_share[:calls] if drift_control else (),
         settings=settings,
     )
 
 
+def calibrate(lm: models.LoadedModel, prompts: list[str], T: int, share: float, target: float, pairs: int) -> float:
+    """The hook multiple that makes the model ``target`` slower here, found by measuring, not assumed.
+
+    Starts from ``target / share`` and corrects it twice from ``pairs`` interleaved baseline / slowed
+    measurements (the geometric mean of their judged ratios, machine divided out): the added work is
+    ``multiple x forward time``, so the slowdown it buys is linear in the multiple.
+    """
+    multiple = target / share
+    for _ in range(2):
+        achieved = injected(lm, prompts, T, multiple, pairs) - 1.0
+        if achieved > 0:
+            multiple *= target / achieved
+    return multiple
+
+
+def injected(lm: models.LoadedModel, prompts: list[str], T: int, multiple: float, pairs: int) -> float:
+    """The slowdown ``multiple`` really causes: geometric mean of ``pairs`` judged ratios, no background load."""
+    ref = ReferenceWorkload(lm.device)
+    logs = []
+    for run in range(pairs):
+        baseline = controlled(lm, prompts, T, ref, None, run)
+        hooks = SlowDown(lm.model, multiple)
+        try:
+            check = controlled(lm, prompts, T, ref, None, run)
+        finally:
+            hooks.remove()
+        logs.append(math.log(evaluate(BUDGET, check, baseline, seed=run).checks[0].ratio))
+    return math.exp(sum(logs) / len(logs))
+
+
 def drift_runs(
-    lm: models.LoadedModel, cfg: dict[str, int], share: float, ref: ReferenceWorkload
+    lm: models.LoadedModel, cfg: dict[str, int], multiples: dict[float, float], ref: ReferenceWorkload
 ) -> list[dict[str, Any]]:
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
@@ -190,7 +229,7 @@ def drift_runs(
         k = run % len(CONDITIONS)
         for label, slowdown, load in CONDITIONS[k:] + CONDITIONS[:k]:
             baseline = controlled(lm, prompts, T, ref, None, run)
-            hooks = SlowDown(lm.model, slowdown / share) if slowdown > 0 else None
+            hooks = SlowDown(lm.model, multiples[slowdown]) if slowdown > 0 else None
             try:
                 with background_load(load):
                     check = controlled(lm, prompts, T, ref, baseline, run)
@@ -199,7 +238,10 @@ def drift_runs(
                     hooks.remove()
             verdict = evaluate(BUDGET, check, baseline, seed=run)
             latency = verdict.checks[0]
-            old = evaluate(BUDGET, first_look(check), first_look(baseline), seed=run).checks[0]
+            first = evaluate(BUDGET, first_look(check), first_look(baseline), seed=run).checks[0]
+            old = evaluate(
+                BUDGET, first_look(check, drift_control=False), first_look(baseline, drift_control=False), seed=run
+            ).checks[0]
             d = verdict.decomposition
             out.append(
                 {
@@ -215,6 +257,7 @@ def drift_runs(
                     "machine": verdict.machine.estimate.ratio if verdict.machine else math.nan,
                     "machine_moved": bool(verdict.machine and verdict.machine.moved),
                     "repeats": check.settings["repeats"],
+                    "first_look_stopped": bool(first.breached),
                     "old_stopped": bool(old.breached),
                     "old_ratio": old.ratio,
                     "wall_s": check.wall_time_s,
@@ -331,7 +374,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         plain(lm, prompts, cfg["max_new_tokens"])  # warm-up, untimed
         share = forward_share(lm, prompts, cfg["max_new_tokens"])
         load_before = os.getloadavg()[0]
-        runs = drift_runs(lm, cfg, share, ref)
+        levels = sorted({slowdown for _, slowdown, _ in CONDITIONS if slowdown > 0})
+        multiples = {
+            level: calibrate(lm, prompts, cfg["max_new_tokens"], share, level, cfg["calibration_pairs"])
+            for level in levels
+        }
+        achieved = {
+            level: injected(lm, prompts, cfg["max_new_tokens"], multiples[level], cfg["calibration_pairs"])
+            for level in levels
+        }
+        print("injected slowdowns, measured: " + ", ".join(f"+{v:.0%} -> x{achieved[v]:.3f}" for v in levels))
+        runs = drift_runs(lm, cfg, multiples, ref)
         growth = growth_runs(lm, cfg, ref)
         cost = cost_rounds(lm, cfg, ref)
         summary = []
@@ -345,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "runs": len(sel),
                     "stops": sum(r["stopped"] for r in sel),
                     "old_stops": sum(r["old_stopped"] for r in sel),
+                    "first_look_stops": sum(r["first_look_stopped"] for r in sel),
+                    "injected": achieved.get(slowdown, 1.0),
                     "ratio_median": stats.median([r["ratio"] for r in sel]),
                     "raw_median": stats.median([r["raw_total"] for r in sel]),
                     "machine_median": stats.median([r["machine"] for r in sel]),
@@ -357,6 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "model": lm.name,
                 "settings": cfg,
                 "forward_share": share,
+                "hook_multiples": multiples,
+                "injected_measured": achieved,
                 "load_average_start": load_before,
                 "load_average_end": os.getloadavg()[0],
                 "runs": runs,
@@ -375,8 +432,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{r['load_average_start']:.1f} at start, {r['load_average_end']:.1f} at end",
             [
                 "condition",
+                "injected, measured quiet",
                 "runs",
                 "stops",
+                "stops at the first look (no adaptive rule)",
                 "stops without drift control (0.1 rule)",
                 "median judged ratio",
                 "median raw latency ratio",
@@ -387,8 +446,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             [
                 [
                     s["condition"],
+                    f"x{s['injected']:.3f}",
                     s["runs"],
                     s["stops"],
+                    s["first_look_stops"],
                     s["old_stops"],
                     s["ratio_median"],
                     s["raw_median"],

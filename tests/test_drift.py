@@ -6,6 +6,7 @@ engine on a tiny model with injected clocks: relations and exact values, never d
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -15,7 +16,7 @@ import torch
 
 from ftcallback._budget import Budget, BudgetCheck, Verdict, evaluate
 from ftcallback._decompose import LatencyDecomposition, decompose
-from ftcallback._drift import MachineFactor, ReferenceWorkload, machine_factor
+from ftcallback._drift import MachineFactor, ReferenceWorkload, machine_factor, request_shares
 from ftcallback._errors import ConfigError
 from ftcallback._measure import measure, thread_cpu_clock
 from ftcallback._measurement import Measurement, RequestSample
@@ -47,21 +48,26 @@ def synthetic(
     """
     rng = np.random.default_rng(seed)
     counts = tokens if isinstance(tokens, list) else [tokens] * PROMPTS
-    scale = slowdown * machine * contention
+    calls = 1 + repeats * len(counts)  # one warm-up call, then one call per prompt and repeat (batch_size=1)
+    # On a contended CPU each call gets its own share, around 1 / contention, and its wall time grows by the
+    # inverse; on a quiet one every call runs whenever it is ready (share 1).
+    share = tuple(
+        1.0 if contention == 1.0 else 1.0 / contention * float(np.exp(rng.normal(0.0, noise))) for _ in range(calls)
+    )
     samples = []
     for r in range(repeats):
         for p, n in enumerate(counts):
             jitter = float(np.exp(rng.normal(0.0, noise)))
+            scale = slowdown * machine / share[1 + r * len(counts) + p]
             first = ttft * (1 + p / 10) * scale * jitter
             latency = first + (n - 1) * tpot * scale * jitter
             samples.append(RequestSample(p, r, latency, first, 7, n, True))
-    calls = 1 + repeats * len(counts)
     ref = tuple(0.002 * machine * float(np.exp(rng.normal(0.0, noise))) for _ in range(calls))
-    share = tuple(1.0 / contention * float(np.exp(rng.normal(0.0, noise))) for _ in range(calls))
+    settings = {"warmup": 1, "repeats": repeats, "batch_size": 1, "num_prompts": len(counts)}
     env = {"reference": "mlp256x4x64/cpu/cpu"}
     if not reference:
-        return Measurement(samples=tuple(samples))
-    return Measurement(samples=tuple(samples), reference_s=ref, cpu_share=share, environment=env)
+        return Measurement(samples=tuple(samples), settings=settings)
+    return Measurement(samples=tuple(samples), settings=settings, reference_s=ref, cpu_share=share, environment=env)
 
 
 def latency_check(verdict: Verdict) -> BudgetCheck:
@@ -160,14 +166,40 @@ def test_a_slower_model_on_a_steady_machine_breaches():
     assert check.breached and check.ratio == pytest.approx(1.4, rel=0.03)
 
 
-def test_a_slower_model_on_a_slower_machine_still_breaches_with_a_wider_interval():
+def test_a_slower_model_on_a_contended_cpu_breaches_as_on_a_quiet_one():
     base = synthetic(seed=9)
-    both = evaluate(Budget(max_latency_increase=0.2), synthetic(slowdown=1.5, contention=1.4, seed=10), base)
+    contended = synthetic(slowdown=1.5, contention=1.4, seed=10)
+    both = evaluate(Budget(max_latency_increase=0.2), contended, base)
     model_only = evaluate(Budget(max_latency_increase=0.2), synthetic(slowdown=1.5, seed=10), base)
     a, b = latency_check(both), latency_check(model_only)
     assert a.breached and a.ratio == pytest.approx(1.5, rel=0.04)
     assert a.interval is not None and b.interval is not None
-    assert a.interval[1] - a.interval[0] > b.interval[1] - b.interval[0]  # the machine's uncertainty added
+    # Contention divided out request by request leaves no uncertainty of its own: the interval is about as
+    # narrow as on a quiet CPU, and narrower than dividing by a measurement-level factor beside it.
+    width = a.interval[1] - a.interval[0]
+    assert width < 1.5 * (b.interval[1] - b.interval[0])
+    unmatched = dataclasses.replace(contended, settings={})  # calls that cannot be matched to requests
+    c = latency_check(evaluate(Budget(max_latency_increase=0.2), unmatched, base))
+    assert c.ratio == pytest.approx(1.5, rel=0.06) and c.interval is not None
+    assert c.interval[1] - c.interval[0] > width
+    assert both.machine is not None and both.machine.contention is not None
+    assert both.machine.contention.ratio == pytest.approx(1.4, rel=0.04)
+
+
+def test_request_shares_match_calls_to_requests():
+    m = synthetic(repeats=2)
+    shares = request_shares(m)
+    assert shares is not None and len(shares) == 2 * PROMPTS
+    assert shares[(3, 1)] == m.cpu_share[1 + 1 * PROMPTS + 3]  # warm-up first, then repeat 1, prompt 3
+    batched = dataclasses.replace(m, settings={**m.settings, "batch_size": 4}, cpu_share=(0.5, 0.9, 0.8, 0.7, 0.6))
+    assert request_shares(batched) == {
+        (p, r): (0.9, 0.8, 0.7, 0.6)[2 * r + p // 4] for r in range(2) for p in range(PROMPTS)
+    }
+    assert request_shares(dataclasses.replace(m, cpu_share=m.cpu_share[:-1])) is None  # counts do not add up
+    assert request_shares(dataclasses.replace(m, settings={})) is None
+    gap = dataclasses.replace(m, cpu_share=(math.nan,) + m.cpu_share[1:-1] + (math.nan,))
+    gaps = request_shares(gap)
+    assert gaps is not None and (PROMPTS - 1, 1) not in gaps and len(gaps) == 2 * PROMPTS - 1
 
 
 def test_machine_factor_needs_timings_on_both_sides_and_the_same_workload():
