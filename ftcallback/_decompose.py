@@ -7,8 +7,13 @@ Per prompt, the latency the check's answer would have had at the baseline's own 
   output lengths are deterministic, so it is exact: it uses no timing of the check at all;
 * the **speed effect** is the check's latency over that counterfactual, i.e. prompt by prompt at equal
   length, with the hierarchical bootstrap interval of :func:`~ftcallback._stats.paired_ratio`;
-* the **machine factor** (:mod:`ftcallback._drift`) is divided out of the speed effect, its own
-  uncertainty added to the interval.
+* the **machine factor** (:mod:`ftcallback._drift`) is divided out of the speed effect *request by
+  request* where both measurements say, per ``generate`` call, what the machine was doing: each timing
+  loses the part its call spent waiting for the CPU (contention), the part spent computing is divided
+  by the reference workload's local speed (device), and time slept or blocked is kept as it is. The
+  machine's noise then leaves the timings instead of being added beside them, and the factor reported
+  is what that took off. Files without per-call values (written before they were kept) divide by the
+  measurement-level factor, its uncertainty added to the interval.
 
 All three are geometric means over prompts of per-prompt median ratios, so they multiply exactly:
 ``total = length x speed x machine``.
@@ -18,10 +23,11 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from ._drift import MachineFactor, request_references, request_shares
+from ._drift import MachineFactor, request_cpu, request_references
 from ._format import percent_change
 from ._json import json_float
 from ._measurement import Measurement, RequestSample
@@ -154,7 +160,9 @@ def decompose(
         confidence: two-sided confidence of the speed interval.
         seed: seed of the bootstrap (the callback's seed).
         machine: the machine factor (:func:`~ftcallback._drift.machine_factor`); divided out of the
-            speed effect (its uncertainty added to the interval).
+            speed effect, request by request where the calls can be matched to the requests (see the
+            module docstring), else as a whole with its uncertainty added to the interval. The returned
+            decomposition's ``machine`` is the factor as divided out.
         resamples: bootstrap resamples.
 
     Returns:
@@ -188,15 +196,14 @@ def decompose(
     if not base_latency:
         return None
 
-    def ratio(
-        by_share: tuple[_Weights, _Weights] | None = None, by_reference: tuple[_Weights, _Weights] | None = None
-    ) -> RatioEstimate:
-        """The paired ratio check / counterfactual, each timing scaled by its call's machine state."""
+    def ratio(cpu: tuple[_Cpu, _Cpu] | None = None, refs: tuple[_Weights, _Weights] | None = None) -> RatioEstimate:
+        """The paired ratio check / counterfactual, each timing taken out of its call's machine state."""
+        scale = _median(list(baseline.reference_s)) if refs is not None else 1.0
         sides = []
         for i, timed in enumerate((predicted, new_latency)):
-            shares = None if by_share is None else by_share[i]
-            refs = None if by_reference is None else by_reference[i]
-            sides.append({k: _scaled(pairs, shares, refs) for k, pairs in timed.items()})
+            side_cpu = None if cpu is None else cpu[i]
+            side_refs = None if refs is None else refs[i]
+            sides.append({k: _machine_free(pairs, side_cpu, side_refs, scale) for k, pairs in timed.items()})
         return paired_ratio(sides[0], sides[1], confidence=confidence, resamples=resamples, seed=seed)
 
     raw_speed = ratio()
@@ -210,25 +217,25 @@ def decompose(
     speed = raw_speed
     if machine is not None:
         # The machine divided out of each timing where both sides say, call by call, what it was: the call's
-        # share of the CPU (contention) and the reference workload's local speed (device). Paired this way the
+        # wait for the CPU (contention) and the reference workload's local speed (device). Paired this way the
         # machine's own noise leaves the timings instead of being added beside them.
-        shares = _both(request_shares, baseline, measurement) if machine.contention is not None else None
+        waits = _both(request_cpu, baseline, measurement) if machine.contention is not None else None
         refs = _both(request_references, baseline, measurement) if machine.device is not None else None
-        after_share = ratio(by_share=shares) if shares is not None else raw_speed
-        full = ratio(by_share=shares, by_reference=refs) if refs is not None else after_share
-        if (shares is None and refs is None) or not (math.isfinite(after_share.ratio) and math.isfinite(full.ratio)):
+        after_wait = ratio(cpu=waits) if waits is not None else raw_speed
+        full = ratio(cpu=waits, refs=refs) if refs is not None else after_wait
+        if (waits is None and refs is None) or not (math.isfinite(after_wait.ratio) and math.isfinite(full.ratio)):
             # Divided out even when it did not move beyond its noise: a load that came and went during the
             # measurement leaves a factor of 1.2 with an interval reaching 1, and ignoring it would judge
             # the model by the machine. Its uncertainty is in the interval, so a steady machine costs little.
             speed = combine_log_intervals(raw_speed, machine.estimate, divide=True)
         else:
             machine = machine.with_effects(
-                raw_speed.ratio / after_share.ratio if shares is not None else None,
-                after_share.ratio / full.ratio if refs is not None else None,
+                raw_speed.ratio / after_wait.ratio if waits is not None else None,
+                after_wait.ratio / full.ratio if refs is not None else None,
             )
             speed = full
             # A part that could not be matched to the requests is divided out as a whole, its uncertainty added.
-            for part, matched in ((machine.contention, shares), (machine.device, refs)):
+            for part, matched in ((machine.contention, waits), (machine.device, refs)):
                 if part is not None and matched is None:
                     speed = combine_log_intervals(speed, part, divide=True)
     return LatencyDecomposition(
@@ -245,21 +252,35 @@ def decompose(
 
 
 _Weights = dict[tuple[int, int], float]
+_Cpu = dict[tuple[int, int], tuple[float, float]]
 
 
-def _both(per_request: Any, baseline: Measurement, measurement: Measurement) -> tuple[_Weights, _Weights] | None:
+_T = TypeVar("_T")
+
+
+def _both(
+    per_request: Callable[[Measurement], dict[tuple[int, int], _T] | None],
+    baseline: Measurement,
+    measurement: Measurement,
+) -> tuple[dict[tuple[int, int], _T], dict[tuple[int, int], _T]] | None:
     """``per_request`` of both measurements, or None unless both give one for some request."""
     a, b = per_request(baseline), per_request(measurement)
     return (a, b) if a and b else None
 
 
-def _scaled(pairs: list[tuple[float, RequestSample]], shares: _Weights | None, refs: _Weights | None) -> list[float]:
-    """Timings with the machine divided out: times the call's CPU share, over the local reference time.
-    A timing whose call has no value is left out."""
+def _machine_free(
+    pairs: list[tuple[float, RequestSample]], cpu: _Cpu | None, refs: _Weights | None, scale: float
+) -> list[float]:
+    """Timings with the machine taken out, call by call: the share spent waiting for the CPU removed, the
+    share spent computing divided by the device's local speed (reference time over ``scale``), the rest
+    (sleeping, blocking) kept as it is. Without CPU accounting the whole timing counts as computing. A
+    timing whose call has no value is left out."""
     out = []
     for value, s in pairs:
         key = (s.prompt_index, s.repeat)
-        if (shares is not None and key not in shares) or (refs is not None and key not in refs):
+        if (cpu is not None and key not in cpu) or (refs is not None and key not in refs):
             continue
-        out.append(value * (shares[key] if shares is not None else 1.0) / (refs[key] if refs is not None else 1.0))
+        ran, waited = cpu[key] if cpu is not None else (1.0, 0.0)
+        device = refs[key] / scale if refs is not None else 1.0
+        out.append(value * (ran / device + max(0.0, 1.0 - ran - waited)))
     return out

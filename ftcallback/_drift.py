@@ -8,6 +8,9 @@ deterministic little network run on the model's device between the probe's ``gen
 accounting). :func:`machine_factor` compares both with
 the baseline's: the same work taking 1.4x as long means the machine (shared CPU, throttled GPU, other
 jobs) became 1.4x slower, and the model's speed effect is divided by that factor before it is judged.
+Where requests can be matched to their calls (:func:`request_cpu`, :func:`request_references`),
+:func:`~ftcallback._decompose.decompose` divides it out timing by timing, which pairs each request
+with the machine state it met.
 
 The assumption (DESIGN.md, "Machine drift"): what slows the machine down slows a small dense
 network and the model's decoding steps by the same factor, because both are the same kind of
@@ -29,7 +32,7 @@ import torch
 from ._errors import ConfigError
 from ._stats import RESAMPLES, RatioEstimate, combine_log_intervals, independent_ratio
 
-__all__ = ["MachineFactor", "ReferenceWorkload", "machine_factor", "request_references", "request_shares"]
+__all__ = ["MachineFactor", "ReferenceWorkload", "machine_factor", "request_cpu", "request_references"]
 
 # Width, depth and rows of the reference MLP by device type. On a CPU, decode-shaped: one row through
 # 16 layers, matrix-vector products as in a decoding step (about 0.6 ms on one thread); it tracked a
@@ -253,45 +256,68 @@ def _call_of(measurement: Any) -> Callable[[Any], int] | None:
     return call
 
 
-def _per_request(measurement: Any, values: tuple[float, ...], local: int) -> dict[tuple[int, int], float] | None:
+def _per_call(measurement: Any, values: tuple[float, ...]) -> tuple[Callable[[Any], int], tuple[float, ...]] | None:
     call = _call_of(measurement)
     if call is None or not values or len(values) != call.calls:  # type: ignore[attr-defined]
         return None
-    out: dict[tuple[int, int], float] = {}
-    for s in measurement.samples:
-        k = call(s)
-        window = [v for v in values[max(0, k - local) : k + local + 1] if math.isfinite(v) and v > 0]
-        if math.isfinite(values[k]) and values[k] > 0 and window:
-            out[(s.prompt_index, s.repeat)] = statistics.median(window)
-    return out
+    return call, values
 
 
-def request_shares(measurement: Any) -> dict[tuple[int, int], float] | None:
-    """Each timed request's share of the CPU, from its own ``generate`` call: ``{(prompt, repeat): share}``.
+def request_cpu(measurement: Any) -> dict[tuple[int, int], tuple[float, float]] | None:
+    """How each timed request's latency split on the CPU: ``{(prompt, repeat): (ran, waited)}``, as fractions.
 
-    ``Measurement.cpu_share`` has one entry per call, in call order. A request's latency times its
-    call's share is the time its thread ran: the contention it met is divided out call by call, which
-    removes the CPU's preemption from each timing instead of estimating an average factor beside it.
+    ``Measurement.cpu_run_s`` / ``cpu_wait_s`` have one entry per ``generate`` call, in call order: the
+    CPU seconds the thread ran, and the seconds it was ready to run while other work had the CPU. Over
+    the call's wall time (its last request's latency) they are the shares of computing and of
+    contention; the rest of the wall time the thread slept or blocked (on I/O, a device, a lock). A
+    request's latency less its waiting share is its latency without contention, and a slower model
+    that sleeps stays slower (dividing by the CPU share instead would shrink such waits too).
 
     Returns:
-        None when the calls cannot be matched to the requests (no shares, settings missing, or a count
-        that does not add up, as in files written before the shares were kept per call).
+        None when the calls cannot be matched to the requests (nothing recorded, settings missing, or a
+        count that does not add up, as in files written before these were kept).
 
     Example:
         >>> from ftcallback._measurement import Measurement, RequestSample
         >>> m = Measurement(
-        ...     samples=(RequestSample(0, 0, 0.4, 0.1, 5, 9, True), RequestSample(1, 0, 0.4, 0.1, 5, 9, True)),
+        ...     samples=(RequestSample(0, 0, 0.4, 0.1, 5, 9, True), RequestSample(1, 0, 0.5, 0.1, 5, 9, True)),
         ...     settings={"warmup": 1, "repeats": 1, "batch_size": 1, "num_prompts": 2},
-        ...     cpu_share=(1.0, 0.5, 0.8),
+        ...     cpu_run_s=(0.4, 0.2, 0.5), cpu_wait_s=(0.0, 0.2, 0.0),
         ... )
-        >>> request_shares(m)
-        {(0, 0): 0.5, (1, 0): 0.8}
+        >>> request_cpu(m)
+        {(0, 0): (0.5, 0.5), (1, 0): (1.0, 0.0)}
     """
-    return _per_request(measurement, tuple(measurement.cpu_share), 0)
+    runs = _per_call(measurement, tuple(measurement.cpu_run_s))
+    waits = _per_call(measurement, tuple(measurement.cpu_wait_s))
+    if runs is None or waits is None:
+        return None
+    call = runs[0]
+    walls: dict[int, float] = {}
+    for s in measurement.samples:  # a call lasts until its last request's last token
+        if math.isfinite(s.latency_s) and s.latency_s > 0:
+            walls[call(s)] = max(walls.get(call(s), 0.0), s.latency_s)
+    out: dict[tuple[int, int], tuple[float, float]] = {}
+    for s in measurement.samples:
+        k = call(s)
+        ran, waited = runs[1][k], waits[1][k]
+        if k in walls and math.isfinite(ran) and math.isfinite(waited) and ran > 0:
+            wait_f = min(max(waited / walls[k], 0.0), 0.99)
+            out[(s.prompt_index, s.repeat)] = (min(ran / walls[k], 1.0 - wait_f), wait_f)
+    return out
 
 
 def request_references(measurement: Any) -> dict[tuple[int, int], float] | None:
     """The machine's local speed at each timed request: the median reference time of its call and of the
     calls around it (``_LOCAL_CALLS`` on each side). ``{(prompt, repeat): seconds}``; None as for
-    :func:`request_shares`, or when the measurement ran no reference workload."""
-    return _per_request(measurement, tuple(measurement.reference_s), _LOCAL_CALLS)
+    :func:`request_cpu`, or when the measurement ran no reference workload."""
+    matched = _per_call(measurement, tuple(measurement.reference_s))
+    if matched is None:
+        return None
+    call, times = matched
+    out: dict[tuple[int, int], float] = {}
+    for s in measurement.samples:
+        k = call(s)
+        window = [v for v in times[max(0, k - _LOCAL_CALLS) : k + _LOCAL_CALLS + 1] if math.isfinite(v) and v > 0]
+        if window:
+            out[(s.prompt_index, s.repeat)] = statistics.median(window)
+    return out

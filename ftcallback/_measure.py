@@ -442,12 +442,16 @@ def measure(
             ran, waited = cpu_end[0] - cpu_start[0], cpu_end[1] - cpu_start[1]
             # One entry per call, NaN when the clock saw no run time: entry k is call k's share.
             cpu_shares.append(ran / (ran + max(0.0, waited)) if ran > 0 else math.nan)
+            cpu_runs.append(max(0.0, ran))
+            cpu_waits.append(max(0.0, waited))
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         return sequences[:, batch.input_ids.shape[1] :].tolist(), start, end
 
     cuda = device.type == "cuda"
     reference_times: list[float] = []
     cpu_shares: list[float] = []
+    cpu_runs: list[float] = []
+    cpu_waits: list[float] = []
     samples: list[RequestSample] = []
     last_outputs: dict[int, list[int]] = {}
     warmup_latencies: list[float] = []
@@ -489,6 +493,8 @@ def measure(
             warmup_latencies_s=tuple(warmup_latencies),
             reference_s=tuple(reference_times),
             cpu_share=tuple(cpu_shares),
+            cpu_run_s=tuple(cpu_runs),
+            cpu_wait_s=tuple(cpu_waits),
             peak_memory_bytes=peak,
             sample_outputs=tuple(
                 {"prompt_index": i, "prompt": prompt_list[i], "output": text}

@@ -256,6 +256,10 @@ class Measurement:
             ready to run that it did run (1.0 on a quiet machine, less when other processes take the CPU;
             sleeping or blocking counts in neither), one entry per call in call order, warm-up calls first
             (NaN for a call the clock saw no run time of); empty where the OS does not tell (not Linux).
+        cpu_run_s, cpu_wait_s: per ``generate`` call, in the same order, the CPU seconds the calling thread
+            ran, and the seconds it waited ready to run while other work had the CPU (the part of the
+            call's wall time contention added). What is left of the wall time is sleeping, blocking and
+            device waits. Empty where the OS does not tell.
         peak_memory_bytes: peak device memory allocated during generation (CUDA only, else None).
         sample_outputs: a few decoded responses, ``{"prompt_index", "prompt", "output"}``.
         quality_scores: one score per prompt (index = prompt index) of the last repeat's response
@@ -280,6 +284,8 @@ class Measurement:
     warmup_latencies_s: tuple[float, ...] = ()
     reference_s: tuple[float, ...] = ()
     cpu_share: tuple[float, ...] = ()
+    cpu_run_s: tuple[float, ...] = ()
+    cpu_wait_s: tuple[float, ...] = ()
     peak_memory_bytes: int | None = None
     sample_outputs: tuple[Mapping[str, Any], ...] = ()
     quality_scores: tuple[float, ...] = ()
@@ -552,6 +558,8 @@ class Measurement:
             "warmup_latencies_s": [json_float(v) for v in self.warmup_latencies_s],
             "reference_s": [json_float(v) for v in self.reference_s],
             "cpu_share": [json_float(v) for v in self.cpu_share],
+            "cpu_run_s": [json_float(v) for v in self.cpu_run_s],
+            "cpu_wait_s": [json_float(v) for v in self.cpu_wait_s],
             "peak_memory_bytes": self.peak_memory_bytes,
             "summary": {k: json_float(v) for k, v in self.summary().items()},
             "sample_outputs": [dict(o) for o in self.sample_outputs],
@@ -606,6 +614,8 @@ class Measurement:
                 warmup_latencies_s=tuple(float_from_json(v) for v in data.get("warmup_latencies_s", [])),
                 reference_s=tuple(float_from_json(v) for v in data.get("reference_s", [])),
                 cpu_share=tuple(float_from_json(v) for v in data.get("cpu_share", [])),
+                cpu_run_s=tuple(float_from_json(v) for v in data.get("cpu_run_s", [])),
+                cpu_wait_s=tuple(float_from_json(v) for v in data.get("cpu_wait_s", [])),
                 peak_memory_bytes=data.get("peak_memory_bytes"),
                 sample_outputs=tuple(dict(o) for o in data.get("sample_outputs", [])),
                 quality_scores=tuple(float_from_json(v) for v in data.get("quality_scores", [])),

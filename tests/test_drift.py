@@ -16,7 +16,13 @@ import torch
 
 from ftcallback._budget import Budget, BudgetCheck, Verdict, evaluate
 from ftcallback._decompose import LatencyDecomposition, decompose
-from ftcallback._drift import MachineFactor, ReferenceWorkload, machine_factor, request_shares
+from ftcallback._drift import (
+    MachineFactor,
+    ReferenceWorkload,
+    machine_factor,
+    request_cpu,
+    request_references,
+)
 from ftcallback._errors import ConfigError
 from ftcallback._measure import measure, thread_cpu_clock
 from ftcallback._measurement import Measurement, RequestSample
@@ -35,39 +41,57 @@ def synthetic(
     slowdown: float = 1.0,
     machine: float = 1.0,
     contention: float = 1.0,
+    sleep: float = 0.0,
     noise: float = 0.02,
     seed: int = 0,
     repeats: int = REPEATS,
     reference: bool = True,
 ) -> Measurement:
-    """A measurement of 8 prompts whose timings are exactly ``ttft + (n - 1) x tpot``, scaled.
+    """A measurement of 8 prompts whose computing takes exactly ``ttft + (n - 1) x tpot``, scaled.
 
-    ``slowdown`` is the model's own per-token slowdown, ``machine`` a slower device (the reference
-    workload and the model alike), ``contention`` a smaller share of the CPU (wall time of everything
-    grows, CPU time does not); every timing gets a small multiplicative log-normal noise.
+    ``slowdown`` is the model's own per-token slowdown in computing, ``sleep`` a model that also sleeps
+    that many times its computing time (a slowdown in waiting, not in CPU work), ``machine`` a slower
+    device (the reference workload and the computing alike), ``contention`` a smaller share of the CPU
+    (each call waits ready to run, around ``contention - 1`` times its computing, drawn per call);
+    every timing gets a small multiplicative log-normal noise. The per-call CPU accounting says it all,
+    as the engine records it: run time, run-queue wait, and the rest of the wall time slept.
     """
     rng = np.random.default_rng(seed)
     counts = tokens if isinstance(tokens, list) else [tokens] * PROMPTS
     calls = 1 + repeats * len(counts)  # one warm-up call, then one call per prompt and repeat (batch_size=1)
-    # On a contended CPU each call gets its own share, around 1 / contention, and its wall time grows by the
-    # inverse; on a quiet one every call runs whenever it is ready (share 1).
+    # On a contended CPU each call gets its own share, around 1 / contention; on a quiet one every call runs
+    # whenever it is ready (share 1).
     share = tuple(
         1.0 if contention == 1.0 else 1.0 / contention * float(np.exp(rng.normal(0.0, noise))) for _ in range(calls)
     )
     samples = []
+    runs, waits = [0.05] * calls, [0.0] * calls
     for r in range(repeats):
         for p, n in enumerate(counts):
+            call = 1 + r * len(counts) + p
             jitter = float(np.exp(rng.normal(0.0, noise)))
-            scale = slowdown * machine / share[1 + r * len(counts) + p]
-            first = ttft * (1 + p / 10) * scale * jitter
-            latency = first + (n - 1) * tpot * scale * jitter
-            samples.append(RequestSample(p, r, latency, first, 7, n, True))
+            work = slowdown * machine * jitter
+            first = ttft * (1 + p / 10) * work
+            ran = first + (n - 1) * tpot * work
+            waited = ran * (1.0 / share[call] - 1.0)
+            slept = ran / machine * sleep
+            scale = (ran + waited + slept) / ran
+            samples.append(RequestSample(p, r, ran + waited + slept, first * scale, 7, n, True))
+            runs[call], waits[call] = ran, waited
     ref = tuple(0.002 * machine * float(np.exp(rng.normal(0.0, noise))) for _ in range(calls))
     settings = {"warmup": 1, "repeats": repeats, "batch_size": 1, "num_prompts": len(counts)}
-    env = {"reference": "mlp256x4x64/cpu/cpu"}
+    env = {"reference": "mlp256x16x1/cpu/cpu"}
     if not reference:
         return Measurement(samples=tuple(samples), settings=settings)
-    return Measurement(samples=tuple(samples), settings=settings, reference_s=ref, cpu_share=share, environment=env)
+    return Measurement(
+        samples=tuple(samples),
+        settings=settings,
+        reference_s=ref,
+        cpu_share=share,
+        cpu_run_s=tuple(runs),
+        cpu_wait_s=tuple(waits),
+        environment=env,
+    )
 
 
 def latency_check(verdict: Verdict) -> BudgetCheck:
@@ -186,20 +210,32 @@ def test_a_slower_model_on_a_contended_cpu_breaches_as_on_a_quiet_one():
     assert both.machine.contention.ratio == pytest.approx(1.4, rel=0.04)
 
 
-def test_request_shares_match_calls_to_requests():
-    m = synthetic(repeats=2)
-    shares = request_shares(m)
-    assert shares is not None and len(shares) == 2 * PROMPTS
-    assert shares[(3, 1)] == m.cpu_share[1 + 1 * PROMPTS + 3]  # warm-up first, then repeat 1, prompt 3
-    batched = dataclasses.replace(m, settings={**m.settings, "batch_size": 4}, cpu_share=(0.5, 0.9, 0.8, 0.7, 0.6))
-    assert request_shares(batched) == {
-        (p, r): (0.9, 0.8, 0.7, 0.6)[2 * r + p // 4] for r in range(2) for p in range(PROMPTS)
-    }
-    assert request_shares(dataclasses.replace(m, cpu_share=m.cpu_share[:-1])) is None  # counts do not add up
-    assert request_shares(dataclasses.replace(m, settings={})) is None
-    gap = dataclasses.replace(m, cpu_share=(math.nan,) + m.cpu_share[1:-1] + (math.nan,))
-    gaps = request_shares(gap)
-    assert gaps is not None and (PROMPTS - 1, 1) not in gaps and len(gaps) == 2 * PROMPTS - 1
+def test_a_model_that_sleeps_is_judged_slower_by_the_full_amount_on_a_busy_machine():
+    # +40% from sleeping inside forward (I/O, a device wait), on a CPU with contention and a slower device:
+    # only the run-queue wait is contention, and only the computing is divided by the device.
+    base = synthetic(seed=19)
+    sleepy = synthetic(sleep=0.4, contention=1.8, machine=1.3, seed=20)
+    check = latency_check(evaluate(Budget(max_latency_increase=0.2), sleepy, base))
+    assert check.breached and check.ratio == pytest.approx(1.4, rel=0.04)
+
+
+def test_requests_are_matched_to_the_calls_that_timed_them():
+    m = synthetic(repeats=2, contention=2.0)
+    cpu = request_cpu(m)
+    assert cpu is not None and len(cpu) == 2 * PROMPTS
+    s = next(x for x in m.samples if (x.prompt_index, x.repeat) == (3, 1))
+    call = 1 + 1 * PROMPTS + 3  # warm-up first, then repeat 1, prompt 3
+    assert cpu[(3, 1)] == pytest.approx((m.cpu_run_s[call] / s.latency_s, m.cpu_wait_s[call] / s.latency_s))
+    batched = dataclasses.replace(
+        m, settings={**m.settings, "batch_size": 4}, cpu_run_s=(0.1, 0.2, 0.2, 0.2, 0.2), cpu_wait_s=(0, 0, 0.1, 0, 0)
+    )
+    by_call = request_cpu(batched)
+    assert by_call is not None and {k for k, v in by_call.items() if v[1] > 0} == {(p, 0) for p in range(4, 8)}
+    assert request_cpu(dataclasses.replace(m, cpu_wait_s=m.cpu_wait_s[:-1])) is None  # counts do not add up
+    assert request_cpu(dataclasses.replace(m, settings={})) is None
+    refs = request_references(m)
+    # Its local device speed: the median reference time of its call (1) and two calls on each side (0 to 3).
+    assert refs is not None and refs[(0, 0)] == pytest.approx(float(np.median(m.reference_s[0:4])))
 
 
 def test_machine_factor_needs_timings_on_both_sides_and_the_same_workload():
@@ -319,6 +355,25 @@ def test_measure_stops_early_when_clear_and_extends_when_not(gpt2, tokenizer, pr
     again = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
     assert again.reference_s == m.reference_s and again.cpu_share == m.cpu_share
     assert again.samples == m.samples
+    # Every request is matched to the call that timed it, for the call-by-call division.
+    keys = {(s.prompt_index, s.repeat) for s in m.samples}
+    cpu, refs = request_cpu(again), request_references(again)
+    assert again.cpu_run_s == (0.5,) * calls and again.cpu_wait_s == (1.5,) * calls
+    assert cpu is not None and set(cpu) == keys
+    assert refs is not None and set(refs) == keys and set(refs.values()) == {0.5}
+
+
+def test_a_call_the_cpu_clock_saw_no_run_time_of_keeps_its_place(gpt2, tokenizer, prompts):
+    frozen = Ticks(0.0)  # run time never advances: no share can be computed for any call
+
+    def cpu() -> tuple[float, float]:
+        return 0.0, frozen()
+
+    m = measure(gpt2, tokenizer, prompts, max_new_tokens=2, warmup=1, repeats=1, batch_size=2, cpu_clock=cpu)
+    assert len(m.cpu_share) == 1 + 2 and all(math.isnan(v) for v in m.cpu_share)  # one entry per call
+    assert request_cpu(m) == {}  # matched, but no call ran: nothing is divided out call by call
+    back = Measurement.from_dict(json.loads(json.dumps(m.to_dict())))
+    assert len(back.cpu_share) == 3 and all(math.isnan(v) for v in back.cpu_share)
 
 
 def test_measure_rejects_bad_adaptive_arguments(gpt2, tokenizer, prompts):
