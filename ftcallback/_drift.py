@@ -3,19 +3,18 @@
 A check must tell a slower model from a slower machine. :class:`ReferenceWorkload` is a frozen,
 deterministic little network run on the model's device between the probe's ``generate`` calls
 (:func:`~ftcallback._measure.measure` times it once before every call); its timings are kept in
-``Measurement.reference_s``. On a CPU, ``measure`` also records each call's share of the CPU
-(``Measurement.cpu_share``: time run over time ready to run, from the OS's run-queue
-accounting). :func:`machine_factor` compares both with
-the baseline's: the same work taking 1.4x as long means the machine (shared CPU, throttled GPU, other
-jobs) became 1.4x slower, and the model's speed effect is divided by that factor before it is judged.
-Where requests can be matched to their calls (:func:`request_cpu`, :func:`request_references`),
-:func:`~ftcallback._decompose.decompose` divides it out timing by timing, which pairs each request
-with the machine state it met.
+``Measurement.reference_s``. On a CPU, ``measure`` also records, per call, the thread's CPU run time
+and run-queue wait (``cpu_run_s``, ``cpu_wait_s``, and their ``cpu_share``), from the OS's
+accounting. :func:`machine_factor` compares both with the baseline's: the same work taking 1.4x as
+long means the machine (shared CPU, throttled GPU, other jobs) became 1.4x slower. Where requests can
+be matched to their calls (:func:`request_cpu`, :func:`request_references`),
+:func:`~ftcallback._decompose.decompose` takes the machine out timing by timing, which pairs each
+request with the machine state it met; otherwise the speed effect is divided by the whole factor.
 
-The assumption (DESIGN.md, "Machine drift"): what slows the machine down slows a small dense
+The assumption (DESIGN.md, "Why latency moved"): what slows the machine down slows a small dense
 network and the model's decoding steps by the same factor, because both are the same kind of
-work (dense matmuls in the same process, on the same device, at the same thread count) timed at
-interleaved moments.
+work (small dense products in the same process, on the same device, at the same thread count) timed
+at interleaved moments; and run-queue wait is exactly the time contention added.
 """
 
 from __future__ import annotations

@@ -395,12 +395,22 @@ def test_thread_cpu_clock_reads_run_and_wait_time():
 
 def test_files_written_before_these_fields_still_load():
     data = synthetic().to_dict()
-    for key in ("reference_s", "cpu_share"):
+    for key in ("reference_s", "cpu_share", "cpu_run_s", "cpu_wait_s"):
         data.pop(key)
     data["samples"].pop("token_times_s", None)
     old = Measurement.from_dict(data)
     assert old.reference_s == () and old.cpu_share == () and all(s.token_times_s == () for s in old.samples)
+    assert old.cpu_run_s == () and old.cpu_wait_s == ()
     assert "itl_ms_p50" not in old.summary()
+    # A file with per-call shares but no run/wait seconds (written by 0.2's first cut) is judged with the
+    # measurement-level machine factor: the same verdict, a wider interval.
+    base, contended = synthetic(seed=21), synthetic(slowdown=1.5, contention=1.6, seed=22)
+    halfway = [dataclasses.replace(m, cpu_run_s=(), cpu_wait_s=()) for m in (base, contended)]
+    paired = latency_check(evaluate(Budget(max_latency_increase=0.2), contended, base))
+    whole = latency_check(evaluate(Budget(max_latency_increase=0.2), halfway[1], halfway[0]))
+    assert paired.breached and whole.breached and whole.ratio == pytest.approx(paired.ratio, rel=0.08)
+    assert paired.interval is not None and whole.interval is not None
+    assert whole.interval[1] - whole.interval[0] > paired.interval[1] - paired.interval[0]
 
 
 # --------------------------------------------------------------------- serving budgets

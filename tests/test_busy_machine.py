@@ -1,0 +1,112 @@
+"""The stop decision on a busy machine, through a real Trainer.
+
+Two busy processes start right after the baseline (at the end of the first optimizer step) and run to the
+end of training: the CPU the probe gets halves. An unchanged model must not be stopped; a model that got
+slower must still be, at the epoch it slowed down. Relations only: no test here reads a duration.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers_training import (
+    PROBE,
+    SlowDown,
+    ftcallback_logs,
+    make_trainer,
+    plain_dataset,
+    read_report,
+    training_args,
+)
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from ftcallback import Budget, EfficiencyCallback
+from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
+
+pytestmark = pytest.mark.slow
+
+# Fixed-length answers (only speed can change), the callback's default repeats and adaptive rule.
+LATENCY = {"max_new_tokens": 8, "generation_kwargs": {"min_new_tokens": 8}, "repeats": 3}
+
+
+class BusyAfterBaseline(TrainerCallback):
+    """Starts ``processes`` CPU-bound processes after the first optimizer step; stops them at train end."""
+
+    def __init__(self, processes: int = 2) -> None:
+        self.processes = processes
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if state.global_step == 1 and not self.procs:
+            self.procs = [
+                subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.processes)
+            ]
+            time.sleep(0.2)  # let the scheduler spread them
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait()
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.stop()
+
+
+def run(tmp_path: Path, *callbacks: TrainerCallback, model: torch.nn.Module, epochs: int) -> tuple[Any, dict, list]:
+    tok = tiny_tokenizer()
+    busy = BusyAfterBaseline()
+    cb = EfficiencyCallback(PROBE, budget=Budget(max_latency_increase=0.2), **LATENCY)
+    trainer = make_trainer(
+        model,
+        training_args(tmp_path, num_train_epochs=epochs, learning_rate=0.0),
+        plain_dataset(tok),
+        tok,
+        [cb, busy, *callbacks],
+    )
+    try:
+        with ftcallback_logs() as records:
+            trainer.train()
+    finally:
+        busy.stop()
+    return trainer, read_report(tmp_path), records
+
+
+def stop_lines(records: list[logging.LogRecord]) -> list[str]:
+    return [r.getMessage() for r in records if r.getMessage().startswith("stopping training")]
+
+
+def test_an_unchanged_model_on_a_machine_that_gets_busy_is_not_stopped(tmp_path: Path) -> None:
+    trainer, report, records = run(tmp_path, model=tiny_causal_lm("gpt2"), epochs=3)
+    assert report["stopped"] is None and stop_lines(records) == []
+    assert trainer.state.global_step == trainer.state.max_steps
+    checks = [c for c in report["checks"] if c["kind"] == "epoch"]
+    assert len(checks) == 3 and not any(c["breached"] for c in checks)
+    # The load was there and was taken out: the machine ran slower than at the baseline, and what is
+    # judged is nearer 1 than what was observed.
+    ratios = [c["ratios"] for c in checks]
+    assert max(r["machine_factor"] for r in ratios) > 1.0
+    assert all(abs(r["latency_judged_ratio"] - 1) < abs(r["latency_ratio"] - 1) for r in ratios if r["machine_factor"] > 1.2)
+
+
+def test_a_slower_model_on_a_machine_that_gets_busy_is_stopped_when_it_slows(tmp_path: Path) -> None:
+    model = tiny_causal_lm("gpt2")
+    slow = SlowDown(model, seconds=0.010, from_epoch=2)  # sleeps in every eval-mode forward pass from epoch 2
+    trainer, report, records = run(tmp_path, slow, model=model, epochs=3)
+    assert [c["breached"] for c in report["checks"]] == [False, False, True]
+    stopped = report["stopped"]
+    assert (stopped["epoch"], stopped["step"]) == (2, 4) and trainer.state.global_step == 4
+    assert stopped["metric"] == "latency_ratio" and stopped["value"] > 1.2
+    assert stop_lines(records) == [stopped["message"]]
+    assert "from per-token speed" in stopped["message"] and "+0% from longer answers (exact)" in stopped["message"]
