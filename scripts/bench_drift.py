@@ -144,7 +144,9 @@ def settings(args: argparse.Namespace) -> dict[str, int]:
     cfg = (
         {"runs": 2, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 2, "calibration_pairs": 2}
         if args.quick
-        else {"runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 5, "calibration_pairs": 8}
+        else {
+            "runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 5, "calibration_pairs": 8
+        }
     )
     if args.runs is not None:
         cfg["runs"] = args.runs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -475,3 +476,30 @@ def test_ttft_tpot_slo_and_truncation_budgets():
 def test_serving_budget_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         Budget(**kwargs)
+
+
+# --------------------------------------------------------------------- the noise warning on a busy CPU
+def test_noise_from_waiting_for_the_cpu_is_not_called_noisy(caplog: pytest.LogCaptureFixture):
+    from ftcallback._errors import NoisyMeasurementWarning
+    from ftcallback._measure import _log_result, steady_noise_cv
+
+    # The same computing every repeat (2% noise), but repeat r's calls waited for the CPU 0.2x, 1x, 2x as long
+    # as they computed: the same request's latency varies by ~40%, what the comparison sees by ~2%.
+    quiet = synthetic(noise=0.02, seed=23)
+    waits, samples = list(quiet.cpu_wait_s), []
+    for s in quiet.samples:
+        waited = s.latency_s * (0.2, 1.0, 2.0)[s.repeat]
+        waits[1 + s.repeat * PROMPTS + s.prompt_index] = waited
+        samples.append(dataclasses.replace(s, latency_s=s.latency_s + waited))
+    contended = dataclasses.replace(quiet, samples=tuple(samples), cpu_wait_s=tuple(waits))
+    assert contended.noise_cv > 0.4 and steady_noise_cv(contended) == pytest.approx(quiet.noise_cv, rel=1e-9)
+    caplog.set_level("INFO", logger="ftcallback")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NoisyMeasurementWarning)
+        _log_result(contended)  # no warning: nothing for the user to fix
+    assert any("without the time it waited for the CPU" in r.getMessage() for r in caplog.records)
+    # Noise in the computing itself, on a quiet CPU: warned, and waiting is not mentioned.
+    noisy = synthetic(noise=0.35, seed=24)
+    assert steady_noise_cv(noisy) == pytest.approx(noisy.noise_cv)
+    with pytest.warns(NoisyMeasurementWarning, match=r"varied by \d+% \(median CV of latency across repeats, "):
+        _log_result(noisy)
