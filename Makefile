@@ -14,7 +14,7 @@ demo: setup
 
 ## make test: the whole test suite, slow tests (real SmolLM2, two-process runs, benchmarks' quick mode) included
 test: setup
-	$(PY) -m pytest -ra $(ARGS)
+	$(PY) -m pytest -ra --durations=15 $(ARGS)
 
 ## make bench: the full benchmark suite on a quiet machine; writes BENCHMARKS.md (about 10 minutes on 2 cores)
 bench: setup

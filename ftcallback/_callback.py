@@ -103,7 +103,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         max_new_tokens: generation cap per response.
         generation_kwargs: extra ``generate`` arguments (greedy decoding by default).
         warmup: untimed warm-up calls before each measurement.
-        repeats: timed passes over the probe per measurement.
+        repeats: timed passes over the probe per measurement. With ``max_latency_increase`` in the budget, a
+            check whose latency verdict is too close to call measures more, up to 3x ``repeats``, and the
+            baseline (the yardstick every check shares) is measured with 3x ``repeats`` from the start.
         batch_size: prompts per ``generate`` call.
         every_n_steps: also measure every N optimizer steps, besides each epoch end.
         patience: consecutive breaching checks before stopping.

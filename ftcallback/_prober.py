@@ -25,7 +25,11 @@ from ._measurement import Measurement
 from ._probe import ProbeSpec
 from ._sequential import needs_more
 
-__all__ = ["Prober"]
+__all__ = ["ADAPTIVE_CAP", "Prober"]
+
+#: A check under a relative latency budget may extend to this many times ``repeats``; the baseline is measured
+#: with that many from the start.
+ADAPTIVE_CAP = 3
 
 logger = logging.getLogger("ftcallback")
 
@@ -89,12 +93,18 @@ class Prober:
             # One fixed workload per run, timed beside every generate call: how fast is the machine right now?
             self._reference = ReferenceWorkload(device)
         kwargs["reference"] = self._reference
-        if baseline is not None and mode is None and self.budget.max_latency_increase is not None:
+        cap = ADAPTIVE_CAP * self.spec.repeats
+        if baseline is None and self.budget.max_latency_increase is not None:
+            # The baseline is the yardstick of every check: its noise is shared by all of them and never
+            # averages out (a lucky-fast baseline makes every check look slow), so it is measured once to the
+            # cap the checks may extend to. A fixed count, so sharded ranks agree.
+            kwargs["repeats"] = cap
+        elif baseline is not None and mode is None and self.budget.max_latency_increase is not None:
             # Adaptive: measure more while the latency verdict is inconclusive, up to 3x the repeats. Not when
             # sharded: every rank must make the same number of generate calls, and their timings differ.
             budget, seed = self.budget, self.spec.seed
             kwargs["until"] = lambda m: not needs_more(budget, m, baseline, seed=seed)
-            kwargs["max_repeats"] = 3 * self.spec.repeats
+            kwargs["max_repeats"] = cap
         with distributed.generation_context(model, mode):
             m = measure(
                 model,

@@ -1,11 +1,11 @@
 """Benchmark 8 - decisions on a busy machine: a slower machine is not a slower model.
 
 Every run measures a baseline on the quiet machine and then a check, both with the real engine on a tiny
-model, the reference workload timed before every ``generate`` call and the adaptive rule
-(``until=not needs_more(...)``, ``repeats=3``, ``max_repeats=9``), judged by
-``evaluate(Budget(max_latency_increase=0.2), check, baseline, seed=run)`` at patience 1 (a breach is a
-stop). Answers have a fixed length (``min_new_tokens = max_new_tokens``), so only speed can change.
-Conditions, interleaved within each run with their order rotating:
+model, taken the way the callback takes them (its ``Prober``: the reference workload timed before every
+``generate`` call; the baseline with 3 x ``repeats`` = 9 passes; the check with the adaptive rule from
+``repeats=3`` up to 9), judged by ``evaluate(Budget(max_latency_increase=0.2), check, baseline, seed=run)``
+at patience 1 (a breach is a stop). Answers have a fixed length (``min_new_tokens = max_new_tokens``), so
+only speed can change. Conditions, interleaved within each run with their order rotating:
 
 * unchanged model, with two busy processes (``python -c "while True: pass"``) started after the
   baseline and stopped after the check;
@@ -19,14 +19,15 @@ share of latency spent in forward passes (as in benchmark 4) and is corrected tw
 quiet baseline / slowed measurements; the slowdown it then really causes is measured once more and
 reported beside each condition ("injected, measured quiet").
 
-The same data are also judged at the first look alone (first 3 repeats with drift control: what the
-adaptive rule adds) and the way 0.1 did (first 3 repeats, no machine timings: the machine's drift
-counted as the model's), to show what each part changes. Then answers that grow: a logits
+The same data are also judged at the check's first look alone (its first 3 repeats against the same
+baseline: what the adaptive rule adds) and the way 0.1 did (3 repeats on both sides, no machine timings:
+the machine's drift counted as the model's), to show what each part changes. Then answers that grow: a logits
 processor makes every answer ``8 + 2 x epoch`` tokens long, and at each epoch
 ``evaluate(Budget(max_token_increase=0.2), ...)`` must first breach at the epoch where tokens counted by
 hand from a bare ``generate`` call first exceed 1.2 x the baseline's; the latency decomposition there
-must attribute the change to length. Last, the cost: wall time of ``measure`` at the callback's
-defaults with reference + adaptive rule over plain ``measure``, interleaved, on the unchanged model.
+must attribute the change to length. Last, the cost, interleaved on the unchanged model: the wall time
+of a check and of a baseline at the callback's defaults over 0.1's (plain ``measure``, ``repeats=3``), and
+of a run's baseline plus 3 checks.
 
 Target: 0 false stops with load; +25% and +50% detected every time with and without load; 0 stops at
 +10%; stop epoch = predicted epoch in every growing-answers run; cost ratio reported.
@@ -46,6 +47,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -57,8 +59,10 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ftcallback import Budget, evaluate, measure
 from ftcallback._drift import ReferenceWorkload
+from ftcallback._errors import NoisyMeasurementWarning
 from ftcallback._measurement import Measurement
-from ftcallback._sequential import needs_more
+from ftcallback._probe import ProbeSpec
+from ftcallback._prober import Prober
 
 BUDGET = Budget(max_latency_increase=0.2)
 TOKEN_BUDGET = Budget(max_token_increase=0.2)
@@ -159,20 +163,18 @@ def plain(lm: models.LoadedModel, prompts: list[str], T: int) -> Measurement:
 
 
 def controlled(
-    lm: models.LoadedModel, prompts: list[str], T: int, ref: ReferenceWorkload, baseline: Measurement | None, seed: int
+    lm: models.LoadedModel, prompts: list[str], T: int, baseline: Measurement | None, seed: int
 ) -> Measurement:
-    """The new defaults: reference workload, and the adaptive rule when there is a baseline to judge against."""
-    until = None if baseline is None else (lambda m: not needs_more(BUDGET, m, baseline, seed=seed))
-    return measure(
-        lm.model,
-        lm.tokenizer,
-        prompts,
-        max_new_tokens=T,
-        generation_kwargs={"min_new_tokens": T},
-        reference=ref,
-        until=until,
-        max_repeats=MAX_REPEATS if until is not None else None,
-    )
+    """A measurement taken the way the callback takes it, by its :class:`~ftcallback._prober.Prober`: the reference
+    workload before every call; without a baseline (this *is* the baseline) 3 x ``repeats``; against one, the
+    adaptive rule from ``repeats`` up to 3 x ``repeats``."""
+    spec = ProbeSpec(prompts=tuple(prompts), max_new_tokens=T, generation_kwargs={"min_new_tokens": T}, seed=seed)
+    prober = Prober(spec, BUDGET)
+    prober.tokenizer = lm.tokenizer
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoisyMeasurementWarning)  # the table says how noisy it was
+        m, _ = prober.measure(lm.model, baseline=baseline, mode=None, beat=lambda: None)
+    return m
 
 
 def first_look(m: Measurement, *, drift_control: bool = True) -> Measurement:
@@ -187,6 +189,8 @@ def first_look(m: Measurement, *, drift_control: bool = True) -> Measurement:
         samples=tuple(s for s in m.samples if s.repeat < 3),
         reference_s=m.reference_s[:calls] if drift_control else (),
         cpu_share=m.cpu_share[:calls] if drift_control else (),
+        cpu_run_s=m.cpu_run_s[:calls] if drift_control else (),
+        cpu_wait_s=m.cpu_wait_s[:calls] if drift_control else (),
         settings=settings,
     )
 
@@ -208,13 +212,12 @@ def calibrate(lm: models.LoadedModel, prompts: list[str], T: int, share: float, 
 
 def injected(lm: models.LoadedModel, prompts: list[str], T: int, multiple: float, pairs: int) -> float:
     """The slowdown ``multiple`` really causes: geometric mean of ``pairs`` judged ratios, no background load."""
-    ref = ReferenceWorkload(lm.device)
     logs = []
     for run in range(pairs):
-        baseline = controlled(lm, prompts, T, ref, None, run)
+        baseline = controlled(lm, prompts, T, None, run)
         hooks = SlowDown(lm.model, multiple)
         try:
-            check = controlled(lm, prompts, T, ref, None, run)
+            check = controlled(lm, prompts, T, None, run)
         finally:
             hooks.remove()
         logs.append(math.log(evaluate(BUDGET, check, baseline, seed=run).checks[0].ratio))
@@ -222,7 +225,7 @@ def injected(lm: models.LoadedModel, prompts: list[str], T: int, multiple: float
 
 
 def drift_runs(
-    lm: models.LoadedModel, cfg: dict[str, int], multiples: dict[float, float], ref: ReferenceWorkload
+    lm: models.LoadedModel, cfg: dict[str, int], multiples: dict[float, float]
 ) -> list[dict[str, Any]]:
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
@@ -230,17 +233,17 @@ def drift_runs(
     for run in range(cfg["runs"]):
         k = run % len(CONDITIONS)
         for label, slowdown, load in CONDITIONS[k:] + CONDITIONS[:k]:
-            baseline = controlled(lm, prompts, T, ref, None, run)
+            baseline = controlled(lm, prompts, T, None, run)
             hooks = SlowDown(lm.model, multiples[slowdown]) if slowdown > 0 else None
             try:
                 with background_load(load):
-                    check = controlled(lm, prompts, T, ref, baseline, run)
+                    check = controlled(lm, prompts, T, baseline, run)
             finally:
                 if hooks is not None:
                     hooks.remove()
             verdict = evaluate(BUDGET, check, baseline, seed=run)
             latency = verdict.checks[0]
-            first = evaluate(BUDGET, first_look(check), first_look(baseline), seed=run).checks[0]
+            first = evaluate(BUDGET, first_look(check), baseline, seed=run).checks[0]
             old = evaluate(
                 BUDGET, first_look(check, drift_control=False), first_look(baseline, drift_control=False), seed=run
             ).checks[0]
@@ -293,11 +296,11 @@ def growth_runs(lm: models.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkl
                     )
                     hand.append(models.count_output_tokens(ids[0, b["input_ids"].shape[1] :].tolist(), lm.eos_ids))
             counts.append(sum(hand) / len(hand))
-            # One timed pass: the token count decides here, and it is exact.
+            # Measured at the callback's defaults (warm-up 1, repeats 3, the reference workload): the token
+            # count decides here, and it is exact; the decomposition's speed part gets its usual data.
             measured.append(
                 measure(
                     lm.model, lm.tokenizer, prompts, max_new_tokens=T, generation_kwargs=kwargs, reference=ref,
-                    warmup=0, repeats=1,
                 )
             )
         predicted = next((e for e in range(1, len(counts)) if counts[e] > 1.2 * counts[0]), None)
@@ -319,33 +322,44 @@ def growth_runs(lm: models.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkl
     return out
 
 
-def cost_rounds(lm: models.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkload) -> dict[str, Any]:
+def cost_rounds(lm: models.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
-    baseline = controlled(lm, prompts, T, ref, None, 0)
+    baseline = controlled(lm, prompts, T, None, 0)
+    ref = ReferenceWorkload(lm.device)
 
-    def old() -> float:
+    def old() -> float:  # 0.1's check and baseline alike: repeats=3, no machine timings
         return plain(lm, prompts, T).wall_time_s
 
     def with_reference() -> float:
-        return controlled(lm, prompts, T, ref, None, 0).wall_time_s
+        return measure(
+            lm.model, lm.tokenizer, prompts, max_new_tokens=T, generation_kwargs={"min_new_tokens": T}, reference=ref
+        ).wall_time_s
 
-    def new() -> float:
-        return controlled(lm, prompts, T, ref, baseline, 0).wall_time_s
+    def check() -> float:
+        return controlled(lm, prompts, T, baseline, 0).wall_time_s
+
+    def new_baseline() -> float:
+        return controlled(lm, prompts, T, None, 0).wall_time_s
 
     times = timing.interleaved(
-        cfg["cost_rounds"], {"0.1 defaults": old, "reference": with_reference, "reference + adaptive": new}
+        cfg["cost_rounds"],
+        {"0.1 defaults": old, "reference": with_reference, "check": check, "baseline": new_baseline},
     )
-    ratios = stats.ratios(times["reference + adaptive"], times["0.1 defaults"])
-    ref_ratios = stats.ratios(times["reference"], times["0.1 defaults"])
-    ref_s = stats.median([ref.seconds() for _ in range(20)])
+    old_s = stats.median(times["0.1 defaults"])
+    check_s, base_s = stats.median(times["check"]), stats.median(times["baseline"])
+    epochs = 3
     return {
-        "old_s": stats.median(times["0.1 defaults"]),
+        "old_s": old_s,
         "reference_s": stats.median(times["reference"]),
-        "new_s": stats.median(times["reference + adaptive"]),
-        "reference_cost_ratio": stats.median(ref_ratios),
-        "cost_ratio": stats.median(ratios),
-        "reference_ms": ref_s * 1e3,
+        "check_s": check_s,
+        "baseline_s": base_s,
+        "reference_cost_ratio": stats.median(stats.ratios(times["reference"], times["0.1 defaults"])),
+        "cost_ratio": stats.median(stats.ratios(times["check"], times["0.1 defaults"])),
+        "baseline_cost_ratio": stats.median(stats.ratios(times["baseline"], times["0.1 defaults"])),
+        "run_epochs": epochs,
+        "run_cost_ratio": (base_s + epochs * check_s) / ((1 + epochs) * old_s),
+        "reference_ms": stats.median([ref.seconds() for _ in range(20)]) * 1e3,
     }
 
 
@@ -371,7 +385,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in cli.models_for(args, ("tiny-gpt2",)):
         lm = models.load(name, device)
         cfg = settings(args)
-        ref = ReferenceWorkload(device)
         prompts = lm.probe(cfg["prompts"])
         plain(lm, prompts, cfg["max_new_tokens"])  # warm-up, untimed
         share = forward_share(lm, prompts, cfg["max_new_tokens"])
@@ -386,9 +399,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for level in levels
         }
         print("injected slowdowns, measured: " + ", ".join(f"+{v:.0%} -> x{achieved[v]:.3f}" for v in levels))
-        runs = drift_runs(lm, cfg, multiples, ref)
-        growth = growth_runs(lm, cfg, ref)
-        cost = cost_rounds(lm, cfg, ref)
+        runs = drift_runs(lm, cfg, multiples)
+        growth = growth_runs(lm, cfg, ReferenceWorkload(device))
+        cost = cost_rounds(lm, cfg)
         summary = []
         for label, slowdown, load in CONDITIONS:
             sel = [r for r in runs if r["condition"] == label]
@@ -471,22 +484,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         c = r["cost"]
         report.table(
-            f"{r['model']}: measurement cost at defaults (unchanged model, {cfg['cost_rounds']} interleaved rounds)",
+            f"{r['model']}: measurement cost at defaults (unchanged model, {cfg['cost_rounds']} interleaved rounds; "
+            "0.1: every measurement repeats=3, no machine timings)",
             [
-                "0.1 defaults (s)",
-                "with reference (s)",
-                "reference + adaptive (s)",
+                "0.1 measurement (s)",
+                "with reference only (s)",
+                "check at defaults (s)",
+                "baseline at defaults (s)",
                 "ratio, reference only",
-                "ratio, reference + adaptive",
+                "ratio, check",
+                "ratio, baseline (once per run)",
+                f"ratio, baseline + {c['run_epochs']} checks",
                 "one reference run (ms)",
             ],
             [
                 [
                     c["old_s"],
                     c["reference_s"],
-                    c["new_s"],
+                    c["check_s"],
+                    c["baseline_s"],
                     c["reference_cost_ratio"],
                     c["cost_ratio"],
+                    c["baseline_cost_ratio"],
+                    c["run_cost_ratio"],
                     c["reference_ms"],
                 ]
             ],
