@@ -664,7 +664,9 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         quiet = contextlib.nullcontext() if decide else _silenced()
         try:
             with quiet:
-                m, deployed = self._prober.measure(model, baseline=monitor.baseline, mode=mode, beat=beat, speak=decide)
+                m, deployed = self._prober.measure(
+                    model, baseline=monitor.baseline, mode=mode, beat=beat, speak=decide, is_baseline=kind == "baseline"
+                )
         except (ConfigError, ModelError):
             raise  # a user error: the probe itself is wrong, say so now
         except Exception as exc:  # a failed measurement must not kill a healthy run

@@ -15,7 +15,8 @@ Per prompt, the latency the check's answer would have had at the baseline's own 
   is what that took off. Files without per-call values (written before they were kept) divide by the
   measurement-level factor, its uncertainty added to the interval.
 
-All three are geometric means over prompts of per-prompt median ratios, so they multiply exactly:
+The total, the length and the speed are geometric means over prompts of per-prompt median ratios; the
+machine is what is left, total over length and speed, so they multiply exactly:
 ``total = length x speed x machine``.
 """
 
@@ -246,7 +247,7 @@ def decompose(
         speed_high=speed.high,
         speed_significant=speed.low > 1.0 or speed.high < 1.0,
         confidence=confidence,
-        pairs=raw_speed.pairs,
+        pairs=speed.pairs,
         machine=machine,
     )
 

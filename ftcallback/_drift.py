@@ -121,11 +121,14 @@ class MachineFactor:
             with an interval combining both parts' uncertainty.
         moved: True when that interval excludes 1: the machine changed speed beyond its own noise (an
             environment change). The speed effect is divided by ``estimate.ratio`` either way.
-        contention: on a CPU, ``1 / cpu_share`` of the probe's own ``generate`` calls (time ready to run
-            per second run), check over baseline: how much less of the CPU the thread got when it wanted
-            it (other processes, dataloader workers); a model that sleeps or blocks is not in it.
+        contention: on a CPU, how much less of the CPU the probe's thread got when it wanted it (other
+            processes, dataloader workers), check over baseline; a model that sleeps or blocks is not in
+            it. As :func:`machine_factor` estimates it: ``1 / cpu_share`` of the ``generate`` calls; as the
+            decomposition reports it (:meth:`with_effects`): what taking each call's run-queue wait out of
+            its timings took off the latency, the interval keeping the estimate's relative width.
         device: the reference workload's time, check over baseline: the same work on the same device
-            at another speed (clock throttling, a shared accelerator, memory-bandwidth neighbours).
+            at another speed (clock throttling, a shared accelerator, memory-bandwidth neighbours); in the
+            decomposition, what dividing each timing's computing by the local reference took off.
     """
 
     estimate: RatioEstimate
@@ -221,7 +224,10 @@ def machine_factor(
     same = baseline.environment.get("reference") == measurement.environment.get("reference")
     if len(base_ref) >= 3 and len(new_ref) >= 3 and same:
         device = independent_ratio(base_ref, new_ref, confidence=confidence, resamples=resamples, seed=seed + 1)
-    parts = [p for p in (contention, device) if p is not None and math.isfinite(p.ratio)]
+    # A part that cannot be estimated (no finite timing on a side) is no part: it is neither divided out
+    # nor reported.
+    contention, device = (p if p is not None and math.isfinite(p.ratio) else None for p in (contention, device))
+    parts = [p for p in (contention, device) if p is not None]
     if not parts:
         return None
     estimate = parts[0]
@@ -298,6 +304,8 @@ def request_cpu(measurement: Any) -> dict[tuple[int, int], tuple[float, float]] 
     out: dict[tuple[int, int], tuple[float, float]] = {}
     for s in measurement.samples:
         k = call(s)
+        if k >= len(runs[1]):  # a file whose settings do not describe its samples
+            return None
         ran, waited = runs[1][k], waits[1][k]
         if k in walls and math.isfinite(ran) and math.isfinite(waited) and ran > 0:
             wait_f = min(max(waited / walls[k], 0.0), 0.99)
@@ -316,6 +324,8 @@ def request_references(measurement: Any) -> dict[tuple[int, int], float] | None:
     out: dict[tuple[int, int], float] = {}
     for s in measurement.samples:
         k = call(s)
+        if k >= len(times):  # a file whose settings do not describe its samples
+            return None
         window = [v for v in times[max(0, k - _LOCAL_CALLS) : k + _LOCAL_CALLS + 1] if math.isfinite(v) and v > 0]
         if window:
             out[(s.prompt_index, s.repeat)] = statistics.median(window)

@@ -65,18 +65,25 @@ class Prober:
         mode: str | None,
         beat: Callable[[], Any],
         speak: bool = True,
+        is_baseline: bool = False,
     ) -> tuple[Measurement, Measurement | None]:
         """The training form's measurement and, with a deployed form, that form's.
+
+        ``is_baseline`` says this measurement is the run's baseline (measured to the adaptive cap). It is
+        said, not inferred from ``baseline is None``: in sharded mode only the main rank holds the
+        baseline, and every rank must make the same ``generate`` calls.
 
         Raises:
             MeasurementError: a measurement that cannot describe the model (nothing measured, no output token).
             Anything the engine raises; an out-of-memory error is retried once at half the batch size.
         """
-        m = self._with_retry(model, baseline, mode, beat, speak)
+        m = self._with_retry(model, baseline, mode, beat, speak, is_baseline)
         deployed = None
         if self.deployed_form is not None:
             deployed = measure_in_form(
-                model, self.deployed_form, lambda served: self._with_retry(served, baseline, mode, beat, speak)
+                model,
+                self.deployed_form,
+                lambda served: self._with_retry(served, baseline, mode, beat, speak, is_baseline),
             )
         for measured in (m, deployed):
             impossible = _impossible(measured) if measured is not None else None
@@ -85,7 +92,13 @@ class Prober:
         return m, deployed
 
     def _once(
-        self, model: Any, batch_size: int, baseline: Measurement | None, mode: str | None, beat: Callable[[], Any]
+        self,
+        model: Any,
+        batch_size: int,
+        baseline: Measurement | None,
+        mode: str | None,
+        beat: Callable[[], Any],
+        is_baseline: bool,
     ) -> Measurement:
         kwargs: dict[str, Any] = {**self.spec.measure_kwargs(), "batch_size": batch_size}
         device = next(iter(model.parameters())).device
@@ -94,12 +107,12 @@ class Prober:
             self._reference = ReferenceWorkload(device)
         kwargs["reference"] = self._reference
         cap = ADAPTIVE_CAP * self.spec.repeats
-        if baseline is None and self.budget.max_latency_increase is not None:
+        if is_baseline and self.budget.max_latency_increase is not None:
             # The baseline is the yardstick of every check: its noise is shared by all of them and never
             # averages out (a lucky-fast baseline makes every check look slow), so it is measured once to the
-            # cap the checks may extend to. A fixed count, so sharded ranks agree.
+            # cap the checks may extend to. A fixed count: every sharded rank makes the same calls.
             kwargs["repeats"] = cap
-        elif baseline is not None and mode is None and self.budget.max_latency_increase is not None:
+        elif not is_baseline and baseline is not None and mode is None and self.budget.max_latency_increase is not None:
             # Adaptive: measure more while the latency verdict is inconclusive, up to 3x the repeats. Not when
             # sharded: every rank must make the same number of generate calls, and their timings differ.
             budget, seed = self.budget, self.spec.seed
@@ -121,11 +134,17 @@ class Prober:
         return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
 
     def _with_retry(
-        self, model: Any, baseline: Measurement | None, mode: str | None, beat: Callable[[], Any], speak: bool
+        self,
+        model: Any,
+        baseline: Measurement | None,
+        mode: str | None,
+        beat: Callable[[], Any],
+        speak: bool,
+        is_baseline: bool,
     ) -> Measurement:
         batch_size = self.spec.batch_size
         try:
-            return self._once(model, batch_size, baseline, mode, beat)
+            return self._once(model, batch_size, baseline, mode, beat, is_baseline)
         except (torch.OutOfMemoryError, MemoryError) as exc:
             release_memory()
             smaller = max(1, batch_size // 2)
@@ -139,7 +158,7 @@ class Prober:
                     exc,
                     smaller,
                 )
-            return self._once(model, smaller, baseline, mode, beat).with_retry(
+            return self._once(model, smaller, baseline, mode, beat, is_baseline).with_retry(
                 "out_of_memory", batch_size=(batch_size, smaller)
             )
 

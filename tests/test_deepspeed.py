@@ -130,6 +130,10 @@ def test_zero_report_is_written_once_and_names_the_sharding_mode(job, config):
         assert [c["kind"] for c in report["checks"]] == kinds
         assert [c["status"] for c in report["checks"]] == ["ok"] * len(kinds)
         assert [c["breached"] for c in report["checks"]] == breached
+        # The loose latency budget is on: the baseline took 3 x repeats, every check `repeats` (1), on every
+        # rank alike (the other rank made the same synced calls, or ZeRO-3 would have hung).
+        assert report["baseline"]["settings"]["repeats"] == 3
+        assert {c["measurement"]["settings"]["repeats"] for c in report["checks"][1:]} == {1}
         env = report["baseline"]["environment"]
         # ZeRO-3 shards the parameters: every rank generates, synced. ZeRO-2 keeps full replicas: the
         # main process measures alone while the other rank waits.
