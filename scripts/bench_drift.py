@@ -35,7 +35,8 @@ Target: 0 false stops with load; +25% and +50% detected every time with and with
 
 Run:
     python scripts/bench_drift.py --quick           # seconds, 2 runs per condition (CI)
-    python scripts/bench_drift.py                   # 20 runs per condition (~10 min on 2 cores)
+    python scripts/bench_drift.py                   # 20 runs per condition, 8-token answers (~10 min on 2 cores)
+    python scripts/bench_drift.py --max-new-tokens 32   # the same with 4x longer calls (~25 min)
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ def settings(args: argparse.Namespace) -> dict[str, int]:
     )
     if args.runs is not None:
         cfg["runs"] = args.runs
+    if args.max_new_tokens is not None:
+        cfg["max_new_tokens"] = args.max_new_tokens
     return cfg
 
 
@@ -371,6 +374,12 @@ def cost_rounds(lm: models.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=None, help=f"runs per condition (>= {MIN_RUNS} in full mode)")
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="tokens per answer in the drift runs (default 8: short calls, the hardest case for timing)",
+    )
     args = parser.parse_args(argv)
     device = cli.setup(args)
     if args.threads is None:
