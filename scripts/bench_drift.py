@@ -15,7 +15,7 @@ only speed can change. Conditions, interleaved within each run with their order 
 * +10% under the 0.2 budget, with and without that load (no stop expected).
 
 The hook multiple for each level is found by measuring, not assumed: it starts from the level over the
-share of latency spent in forward passes (as in benchmark 4) and is corrected twice from interleaved
+share of latency spent in forward passes (as in benchmark 4) and is corrected twice (once in --quick) from interleaved
 quiet baseline / slowed measurements, on their observed latency ratio (nothing divided out, so not the
 estimator under test); the slowdown it then really causes is measured once more the same way and
 reported beside each condition ("injected, measured quiet").
@@ -34,7 +34,7 @@ Target: 0 false stops with load; +25% and +50% detected every time with and with
 +10%; stop epoch = predicted epoch in every growing-answers run; cost ratio reported.
 
 Run:
-    python scripts/bench_drift.py --quick           # seconds, 2 runs per condition (CI)
+    python scripts/bench_drift.py --quick           # about a minute, 1 run per condition (CI)
     python scripts/bench_drift.py                   # 20 runs per condition, 8-token answers (~10 min on 2 cores)
     python scripts/bench_drift.py --max-new-tokens 32   # the same with 4x longer calls (~25 min)
 """
@@ -149,10 +149,12 @@ class GrowingAnswers(LogitsProcessor):
 
 def settings(args: argparse.Namespace) -> dict[str, int]:
     cfg = (
-        {"runs": 2, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 2, "calibration_pairs": 2}
+        {"runs": 1, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 1, "calibration_pairs": 1,
+         "calibration_rounds": 1}
         if args.quick
         else {
-            "runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 5, "calibration_pairs": 8
+            "runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 5, "calibration_pairs": 8,
+            "calibration_rounds": 2,
         }
     )
     if args.runs is not None:
@@ -200,7 +202,9 @@ def first_look(m: Measurement, *, drift_control: bool = True) -> Measurement:
     )
 
 
-def calibrate(lm: models.LoadedModel, prompts: list[str], T: int, share: float, target: float, pairs: int) -> float:
+def calibrate(
+    lm: models.LoadedModel, prompts: list[str], T: int, share: float, target: float, pairs: int, rounds: int = 2
+) -> float:
     """The hook multiple that makes the model ``target`` slower here, found by measuring, not assumed.
 
     Starts from ``target / share`` and corrects it twice from ``pairs`` interleaved baseline / slowed
@@ -208,7 +212,7 @@ def calibrate(lm: models.LoadedModel, prompts: list[str], T: int, share: float, 
     ``multiple x forward time``, so the slowdown it buys is linear in the multiple.
     """
     multiple = target / share
-    for _ in range(2):
+    for _ in range(rounds):
         achieved = injected(lm, prompts, T, multiple, pairs) - 1.0
         if achieved > 0:
             multiple *= target / achieved
@@ -405,7 +409,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_before = os.getloadavg()[0]
         levels = sorted({slowdown for _, slowdown, _ in CONDITIONS if slowdown > 0})
         multiples = {
-            level: calibrate(lm, prompts, cfg["max_new_tokens"], share, level, cfg["calibration_pairs"])
+            level: calibrate(
+                lm, prompts, cfg["max_new_tokens"], share, level, cfg["calibration_pairs"], cfg["calibration_rounds"]
+            )
             for level in levels
         }
         achieved = {

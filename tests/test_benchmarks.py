@@ -130,6 +130,7 @@ def test_drift_counts_every_condition(results_dir: Path) -> None:
     assert [s["condition"] for s in model["summary"]] == [
         "unchanged, load",
         "+10%",
+        "+10%, load",
         "+25%",
         "+25%, load",
         "+50%",
