@@ -7,7 +7,7 @@ model, taken the way the callback takes them (its ``Prober``: the reference work
 at patience 1 (a breach is a stop). Answers have a fixed length (``min_new_tokens = max_new_tokens``), so
 only speed can change. Conditions, interleaved within each run with their order rotating:
 
-* unchanged model, with two busy processes (``python -c "while True: pass"``) started after the
+* unchanged model, with two busy processes (a Python ``while`` loop each) started after the
   baseline and stopped after the check;
 * a per-token slowdown of +25% and +50% (forward hooks add a multiple of each forward pass's own CPU
   time as extra compute, spinning on the thread's CPU clock so that the added work is the same under
@@ -67,6 +67,9 @@ from ftcallback._probe import ProbeSpec
 from ftcallback._prober import Prober
 
 BUDGET = Budget(max_latency_increase=0.2)
+# A CPU-bound loop that ends by itself once its parent is gone (a killed benchmark or test leaves no load behind).
+BUSY = "import os\nwhile os.getppid() == {}: pass"
+
 TOKEN_BUDGET = Budget(max_token_increase=0.2)
 MIN_RUNS = 20
 MAX_REPEATS = 9
@@ -116,7 +119,7 @@ class SlowDown:
 def background_load(on: bool, processes: int = 2) -> Iterator[None]:
     """``processes`` busy Python processes for the duration of the block (none when ``on`` is False)."""
     procs = [
-        subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes if on else 0)
+        subprocess.Popen([sys.executable, "-c", BUSY.format(os.getpid())]) for _ in range(processes if on else 0)
     ]
     try:
         if procs:

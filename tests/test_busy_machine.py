@@ -8,6 +8,7 @@ slower must still be, at the epoch it slowed down. Relations only: no test here 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -32,6 +33,9 @@ from ftcallback.testing import tiny_causal_lm, tiny_tokenizer
 
 pytestmark = pytest.mark.slow
 
+# A CPU-bound loop that ends by itself once its parent is gone (a killed benchmark or test leaves no load behind).
+BUSY = "import os\nwhile os.getppid() == {}: pass"
+
 # Fixed-length answers (only speed can change), the callback's default repeats and adaptive rule.
 LATENCY = {"max_new_tokens": 8, "generation_kwargs": {"min_new_tokens": 8}, "repeats": 3}
 
@@ -48,7 +52,7 @@ class BusyAfterBaseline(TrainerCallback):
     ) -> None:
         if state.global_step == 1 and not self.procs:
             self.procs = [
-                subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.processes)
+                subprocess.Popen([sys.executable, "-c", BUSY.format(os.getpid())]) for _ in range(self.processes)
             ]
             time.sleep(0.2)  # let the scheduler spread them
 
