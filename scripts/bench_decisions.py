@@ -19,7 +19,7 @@ Target: false-stop rate 0 over >= 20 unchanged runs; detection 100% at +25% and 
 the 20% budget: a stop there would be a false alarm too, reported for information).
 
 Run:
-    python scripts/bench_decisions.py --quick                # seconds, tiny-gpt2, 2 runs (CI)
+    python scripts/bench_decisions.py --quick                # seconds, tiny-gpt2, 1 run (CI)
     python scripts/bench_decisions.py                        # tiny-gpt2, 20 runs per condition
     python scripts/bench_decisions.py --models smollm2 --runs 5 --max-new-tokens 8 --json out.json
 """
@@ -104,7 +104,7 @@ def slowed(lm: models.LoadedModel, factor: float) -> Iterator[SlowDown | None]:
 
 def settings(name: str, args: argparse.Namespace) -> dict[str, int]:
     if args.quick:
-        cfg = {"runs": 2, "prompts": 8, "max_new_tokens": 8, "trainer_runs": 1}
+        cfg = {"runs": 1, "prompts": 8, "max_new_tokens": 8, "trainer_runs": 1}
     elif name == "smollm2":
         cfg = {"runs": MIN_RUNS, "prompts": 8, "max_new_tokens": 8, "trainer_runs": 1}
     else:

@@ -422,9 +422,10 @@ def _check_within_budget(proc, output_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("repeat", range(3))
+@pytest.mark.parametrize("repeat", range(2))
 def test_torchrun_two_ranks_stop_together_on_a_breach(tmp_path, repeat):
-    """Repeated: an exit-time race once failed ~8% of such runs; three in a row catch a regression often."""
+    """Repeated: an exit-time race once failed ~8% of such runs; with the accelerate launch below, three
+    breaching two-rank runs per CI run catch a regression often."""
     out = tmp_path / "run"
     _check_breach(_launch("torchrun", out, "--slowdown-from-epoch", "2"), out)
 
