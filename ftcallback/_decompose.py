@@ -197,17 +197,22 @@ def decompose(
     if not base_latency:
         return None
 
-    def ratio(cpu: tuple[_Cpu, _Cpu] | None = None, refs: tuple[_Weights, _Weights] | None = None) -> RatioEstimate:
-        """The paired ratio check / counterfactual, each timing taken out of its call's machine state."""
+    def ratio(
+        cpu: tuple[_Cpu, _Cpu] | None = None, refs: tuple[_Weights, _Weights] | None = None, *, interval: bool = True
+    ) -> RatioEstimate:
+        """The paired ratio check / counterfactual, each timing taken out of its call's machine state; without
+        ``interval`` the point alone (no bootstrap: ``evaluate`` runs at every adaptive look)."""
         scale = _median(list(baseline.reference_s)) if refs is not None else 1.0
         sides = []
         for i, timed in enumerate((predicted, new_latency)):
             side_cpu = None if cpu is None else cpu[i]
             side_refs = None if refs is None else refs[i]
             sides.append({k: _machine_free(pairs, side_cpu, side_refs, scale) for k, pairs in timed.items()})
-        return paired_ratio(sides[0], sides[1], confidence=confidence, resamples=resamples, seed=seed)
+        return paired_ratio(
+            sides[0], sides[1], confidence=confidence, resamples=resamples if interval else 0, seed=seed
+        )
 
-    raw_speed = ratio()
+    raw_speed = ratio(interval=False)
     if not math.isfinite(raw_speed.ratio):
         return None
     length = math.exp(
@@ -215,20 +220,20 @@ def decompose(
             math.log(_median([v for v, _ in predicted[k]]) / _median(base_latency[k])) for k in base_latency
         )
     )
-    speed = raw_speed
+    speed: RatioEstimate | None = None
     if machine is not None:
         # The machine divided out of each timing where both sides say, call by call, what it was: the call's
         # wait for the CPU (contention) and the reference workload's local speed (device). Paired this way the
         # machine's own noise leaves the timings instead of being added beside them.
         waits = _both(request_cpu, baseline, measurement) if machine.contention is not None else None
         refs = _both(request_references, baseline, measurement) if machine.device is not None else None
-        after_wait = ratio(cpu=waits) if waits is not None else raw_speed
+        after_wait = ratio(cpu=waits, interval=refs is None) if waits is not None else raw_speed
         full = ratio(cpu=waits, refs=refs) if refs is not None else after_wait
         if (waits is None and refs is None) or not (math.isfinite(after_wait.ratio) and math.isfinite(full.ratio)):
             # Divided out even when it did not move beyond its noise: a load that came and went during the
             # measurement leaves a factor of 1.2 with an interval reaching 1, and ignoring it would judge
             # the model by the machine. Its uncertainty is in the interval, so a steady machine costs little.
-            speed = combine_log_intervals(raw_speed, machine.estimate, divide=True)
+            speed = combine_log_intervals(ratio(), machine.estimate, divide=True)
         else:
             machine = machine.with_effects(
                 raw_speed.ratio / after_wait.ratio if waits is not None else None,
@@ -239,6 +244,8 @@ def decompose(
             for part, matched in ((machine.contention, waits), (machine.device, refs)):
                 if part is not None and matched is None:
                     speed = combine_log_intervals(speed, part, divide=True)
+    if speed is None:
+        speed = ratio()
     return LatencyDecomposition(
         total=length * raw_speed.ratio,
         length=length,

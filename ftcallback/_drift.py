@@ -242,9 +242,10 @@ def machine_factor(
 _LOCAL_CALLS = 2
 
 
-def _call_of(measurement: Any) -> Callable[[Any], int] | None:
-    """Which ``generate`` call timed a request: warm-up calls first, then ``repeats`` passes over the batches
-    (consecutive groups of ``batch_size`` prompts). None when the settings do not say."""
+def _call_of(measurement: Any) -> tuple[Callable[[Any], int], int] | None:
+    """Which ``generate`` call timed a request, and how many calls there were: warm-up calls first, then
+    ``repeats`` passes over the batches (consecutive groups of ``batch_size`` prompts). None when the
+    settings do not say."""
     numbers = [measurement.settings.get(k) for k in ("warmup", "repeats", "batch_size", "num_prompts")]
     if not all(isinstance(v, int) and not isinstance(v, bool) for v in numbers):
         return None
@@ -252,20 +253,18 @@ def _call_of(measurement: Any) -> Callable[[Any], int] | None:
     if batch_size < 1 or num_prompts < 1:
         return None
     batches = -(-num_prompts // batch_size)
-    calls = warmup + repeats * batches
 
     def call(sample: Any) -> int:
         return warmup + sample.repeat * batches + sample.prompt_index // batch_size
 
-    call.calls = calls  # type: ignore[attr-defined]
-    return call
+    return call, warmup + repeats * batches
 
 
 def _per_call(measurement: Any, values: tuple[float, ...]) -> tuple[Callable[[Any], int], tuple[float, ...]] | None:
-    call = _call_of(measurement)
-    if call is None or not values or len(values) != call.calls:  # type: ignore[attr-defined]
+    matched = _call_of(measurement)
+    if matched is None or not values or len(values) != matched[1]:
         return None
-    return call, values
+    return matched[0], values
 
 
 def request_cpu(measurement: Any) -> dict[tuple[int, int], tuple[float, float]] | None:

@@ -48,7 +48,7 @@ from ._progress import Progress
 from ._prompts import encode_prompts, load_probe, resolve_tokenizer, validate_references
 from ._quality import Scorer, resolve_scorer, score_outputs
 from ._sequential import sequential_settings
-from ._stats import summarize
+from ._stats import median_cv
 
 __all__ = ["check_generation_kwargs", "measure", "unwrap_model", "validate_probe"]
 
@@ -968,8 +968,8 @@ def steady_noise_cv(m: Measurement) -> float:
         split = cpu.get((s.prompt_index, s.repeat))
         if split is not None and math.isfinite(s.latency_s):
             per_prompt.setdefault(s.prompt_index, []).append(s.latency_s * (1.0 - split[1]))
-    cvs = [c for c in (summarize(v).cv for v in per_prompt.values() if len(v) > 1) if math.isfinite(c)]
-    return summarize(cvs).p50 if cvs else m.noise_cv
+    steady = median_cv(per_prompt.values())
+    return steady if math.isfinite(steady) else m.noise_cv
 
 
 def _log_result(m: Measurement) -> None:

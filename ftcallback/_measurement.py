@@ -19,7 +19,7 @@ from typing import Any
 
 from ._errors import BaselineError
 from ._json import float_from_json, json_float, jsonable, read_json, write_json_atomic
-from ._stats import Stats, summarize
+from ._stats import Stats, median_cv, summarize
 
 __all__ = ["RECORD_FACTS", "SCHEMA_VERSION", "comparable_facts", "Incompatibility", "Measurement", "RequestSample"]
 
@@ -408,9 +408,7 @@ class Measurement:
         Variation between prompts (different lengths) is real, so it is left out; what is
         left is how much the same request varies. NaN with a single repeat.
         """
-        cvs = [summarize(v).cv for v in self.per_prompt("latency_s").values() if len(v) > 1]
-        finite = [c for c in cvs if math.isfinite(c)]
-        return summarize(finite).p50 if finite else math.nan
+        return median_cv(self.per_prompt("latency_s").values())
 
     def slo_attainment(
         self, *, latency_ms: float | None = None, ttft_ms: float | None = None, tpot_ms: float | None = None

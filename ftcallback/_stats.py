@@ -9,7 +9,7 @@ than an exception.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -29,6 +29,17 @@ __all__ = [
 #: Bootstrap resamples behind every interval a decision uses: one count, so a logged interval is the
 #: interval that decided.
 RESAMPLES = 2000
+
+
+def median_cv(groups: Iterable[Sequence[float]]) -> float:
+    """Median over groups of each group's coefficient of variation (groups of one value left out); NaN if none.
+
+    Example:
+        >>> round(median_cv([[1.0, 1.0], [1.0, 3.0], [5.0]]), 3)
+        0.354
+    """
+    cvs = [c for c in (summarize(v).cv for v in groups if len(v) > 1) if math.isfinite(c)]
+    return summarize(cvs).p50 if cvs else math.nan
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -245,7 +256,7 @@ def paired_ratio(
         base: samples of the reference, by key.
         new: samples of the candidate, by key.
         confidence: two-sided confidence level of the interval, in (0, 1).
-        resamples: number of bootstrap resamples.
+        resamples: number of bootstrap resamples; 0 gives the point with a NaN interval.
         seed: seed of the bootstrap's private generator, for reproducible decisions.
 
     Returns:
@@ -265,6 +276,8 @@ def paired_ratio(
         return RatioEstimate(math.nan, math.nan, math.nan, 0, confidence)
     log_ratios = [np.log(np.median(n) / np.median(b)) for b, n in zip(base_arrays, new_arrays, strict=True)]
     point = float(np.exp(np.mean(log_ratios)))
+    if resamples <= 0:  # the point alone: no interval asked for
+        return RatioEstimate(point, math.nan, math.nan, pairs, confidence)
     rng = np.random.default_rng(seed)
     # One row of bootstrap ratios per key: repeats resampled within the key, on both sides.
     per_key = np.empty((pairs, resamples))

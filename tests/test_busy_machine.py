@@ -1,8 +1,8 @@
 """The stop decision on a busy machine, through a real Trainer.
 
-Two busy processes start right after the baseline (at the end of the first optimizer step) and run to the
-end of training: the CPU the probe gets halves. An unchanged model must not be stopped; a model that got
-slower must still be, at the epoch it slowed down. Relations only: no test here reads a duration.
+One busy process per core starts right after the baseline (at the end of the first optimizer step) and runs
+to the end of training: the probe's thread has to share its core. An unchanged model must not be stopped;
+a model that got slower must still be, at the epoch it slowed down. Relations only: no test here reads a duration.
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ LATENCY = {"max_new_tokens": 8, "generation_kwargs": {"min_new_tokens": 8}, "rep
 class BusyAfterBaseline(TrainerCallback):
     """Starts ``processes`` CPU-bound processes after the first optimizer step; stops them at train end."""
 
-    def __init__(self, processes: int = 2) -> None:
-        self.processes = processes
+    def __init__(self, processes: int | None = None) -> None:
+        # One per core: the probe's thread then has to share a core, whatever the machine.
+        self.processes = processes or os.cpu_count() or 2
         self.procs: list[subprocess.Popen[bytes]] = []
 
     def on_step_end(
@@ -102,6 +103,7 @@ def test_an_unchanged_model_on_a_machine_that_gets_busy_is_not_stopped(tmp_path:
     ratios = [c["ratios"] for c in checks]
     assert max(r["machine_factor"] for r in ratios) > 1.0
     loaded = [r for r in ratios if r["machine_factor"] > 1.2]
+    assert loaded  # one busy process per core: the machine did get slower
     assert all(abs(r["latency_judged_ratio"] - 1) < abs(r["latency_ratio"] - 1) for r in loaded)
 
 
