@@ -28,13 +28,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from ._drift import MachineFactor, request_cpu, request_references
 from ._format import percent_change
 from ._json import json_float
 from ._measurement import Measurement, RequestSample
 from ._stats import RESAMPLES, RatioEstimate, combine_log_intervals, paired_ratio
 
-__all__ = ["LatencyDecomposition", "decompose"]
+__all__ = ["LatencyDecomposition", "decompose", "level_uncertainty"]
 
 
 def _pct(ratio: float) -> str:
@@ -292,3 +294,39 @@ def _machine_free(
         device = refs[key] / scale if refs is not None else 1.0
         out.append(value * (ran / device + max(0.0, 1.0 - ran - waited)))
     return out
+
+
+def level_uncertainty(measurement: Measurement, *, resamples: int = 500, seed: int = 0) -> float:
+    """How well ``measurement`` knows its own latency level, as a check is compared with it: the standard
+    error, in log units, of the geometric mean over prompts of each prompt's median machine-free latency
+    (``0.0075`` is about +-0.75%). Requests are resampled within each prompt (the prompts are the same at
+    every check, so they are not); the machine is taken out call by call as :func:`decompose` takes it
+    out, so a load that comes and goes is not counted as the model's noise.
+
+    The baseline is every check's yardstick: its error is in every ratio and never averages out, so it is
+    measured until this is small (:func:`~ftcallback._sequential.baseline_needs_more`).
+
+    Returns:
+        The standard error; ``inf`` when some prompt has fewer than two usable timings.
+
+    Example:
+        >>> from ftcallback._measurement import RequestSample
+        >>> m = Measurement(samples=tuple(RequestSample(p, r, 0.5 + 0.01 * r, 0.1, 5, 9, True)
+        ...                               for p in range(2) for r in range(4)))
+        >>> 0 < level_uncertainty(m) < 0.02
+        True
+    """
+    cpu, refs = request_cpu(measurement), request_references(measurement)
+    scale = _median(list(measurement.reference_s)) if refs is not None else 1.0
+    logs = []
+    for pairs in _by_prompt(measurement).values():
+        timings = _machine_free([(s.latency_s, s) for s in pairs], cpu, refs, scale)
+        values = [v for v in timings if math.isfinite(v) and v > 0]
+        if len(values) < 2:
+            return math.inf
+        logs.append(np.log(np.asarray(values)))
+    if not logs:
+        return math.inf
+    rng = np.random.default_rng(seed)
+    level = np.mean([np.median(a[rng.integers(0, a.size, (resamples, a.size))], axis=1) for a in logs], axis=0)
+    return float(np.std(level))

@@ -23,13 +23,16 @@ from ._forms import measure_in_form
 from ._measure import measure
 from ._measurement import Measurement
 from ._probe import ProbeSpec
-from ._sequential import needs_more
+from ._sequential import baseline_needs_more, needs_more
 
-__all__ = ["ADAPTIVE_CAP", "Prober"]
+__all__ = ["ADAPTIVE_CAP", "BASELINE_CAP", "Prober"]
 
-#: A check under a relative latency budget may extend to this many times ``repeats``; the baseline is measured
-#: with that many from the start.
+#: A check under a relative latency budget may extend to this many times ``repeats``; so is a sharded
+#: baseline measured (a fixed count: every rank must make the same calls).
 ADAPTIVE_CAP = 3
+#: An unsharded baseline under a relative latency budget is measured to a precision
+#: (:func:`~ftcallback._sequential.baseline_needs_more`), from 2 up to this many times ``repeats``.
+BASELINE_CAP = 9
 
 logger = logging.getLogger("ftcallback")
 
@@ -109,9 +112,14 @@ class Prober:
         cap = ADAPTIVE_CAP * self.spec.repeats
         if is_baseline and self.budget.max_latency_increase is not None:
             # The baseline is the yardstick of every check: its noise is shared by all of them and never
-            # averages out (a lucky-fast baseline makes every check look slow), so it is measured once to the
-            # cap the checks may extend to. A fixed count: every sharded rank makes the same calls.
-            kwargs["repeats"] = cap
+            # averages out (a lucky-fast baseline makes every check look slow), so it is measured to a stated
+            # precision. Sharded, every rank must make the same calls: a fixed 3 x repeats instead.
+            if mode is None:
+                step, seed = self.spec.repeats, self.spec.seed
+                kwargs["until"] = lambda m: not baseline_needs_more(m, step=step, seed=seed)
+                kwargs["max_repeats"] = BASELINE_CAP * step
+            else:
+                kwargs["repeats"] = cap
         elif not is_baseline and baseline is not None and mode is None and self.budget.max_latency_increase is not None:
             # Adaptive: measure more while the latency verdict is inconclusive, up to 3x the repeats. Not when
             # sharded: every rank must make the same number of generate calls, and their timings differ.

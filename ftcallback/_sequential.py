@@ -16,6 +16,14 @@ stopping rule, the probability of a false stop in one check is at most the sum o
 
     measure(model, tok, prompts, repeats=3, max_repeats=9,
             until=lambda m: not needs_more(budget, m, baseline, seed=seed))
+
+The baseline is measured by a different rule, to a precision rather than to a verdict: it is the yardstick
+every check shares, so its error is in every ratio and never averages out. It takes ``repeats`` passes at a
+time, from ``BASELINE_MIN x repeats``, until the standard error of its latency level is at most
+``BASELINE_PRECISION`` (:func:`baseline_needs_more`). A model whose calls are long and steady is there at
+the minimum; short, jittery calls (a tiny model on a shared CPU) take more, up to the caller's cap. This
+rule decides nothing, so it needs no error rate of its own: it only narrows the intervals the checks are
+judged by.
 """
 
 from __future__ import annotations
@@ -26,7 +34,20 @@ from typing import Any
 
 from ._measurement import Measurement
 
-__all__ = ["looks_of", "needs_more", "sequential_settings"]
+__all__ = [
+    "BASELINE_MIN",
+    "BASELINE_PRECISION",
+    "baseline_needs_more",
+    "looks_of",
+    "needs_more",
+    "sequential_settings",
+]
+
+#: The baseline is measured until its latency level is known to this standard error (log units, about
+#: +-0.75%; :func:`~ftcallback._decompose.level_uncertainty`) ...
+BASELINE_PRECISION = 0.0075
+#: ... and for at least this many times ``repeats``: a median of three timings can look precise by luck.
+BASELINE_MIN = 2
 
 
 def sequential_settings(repeats: int, max_repeats: int) -> dict[str, int]:
@@ -77,3 +98,22 @@ def needs_more(budget: Any, measurement: Measurement, baseline: Measurement | No
         return False
     low, high = check.interval
     return bool(low <= check.limit <= high)
+
+
+def baseline_needs_more(measurement: Measurement, *, step: int, seed: int = 0) -> bool:
+    """True while the baseline so far is too short or too imprecise to be every check's yardstick: fewer
+    than ``BASELINE_MIN x step`` passes, or a latency level whose standard error
+    (:func:`~ftcallback._decompose.level_uncertainty`) exceeds ``BASELINE_PRECISION``.
+
+    Example:
+        >>> from ftcallback._measurement import RequestSample
+        >>> steady = Measurement(samples=tuple(RequestSample(p, r, 0.5, 0.1, 5, 9, True)
+        ...                                    for p in range(2) for r in range(6)), settings={"repeats": 6})
+        >>> baseline_needs_more(steady, step=3), baseline_needs_more(steady, step=4)
+        (False, True)
+    """
+    from ._decompose import level_uncertainty
+
+    if int(measurement.settings.get("repeats", 0)) < BASELINE_MIN * step:
+        return True
+    return level_uncertainty(measurement, seed=seed) > BASELINE_PRECISION

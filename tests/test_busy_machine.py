@@ -94,24 +94,26 @@ def stop_lines(records: list[logging.LogRecord]) -> list[str]:
 
 def test_an_unchanged_model_on_a_machine_that_gets_busy_is_not_stopped(tmp_path: Path) -> None:
     trainer, report, records = run(tmp_path, model=tiny_causal_lm("gpt2"), epochs=3)
-    assert report["stopped"] is None and stop_lines(records) == []
-    assert trainer.state.global_step == trainer.state.max_steps
     checks = [c for c in report["checks"] if c["kind"] == "epoch"]
-    assert len(checks) == 3 and not any(c["breached"] for c in checks)
+    # Every check's ratios in every failure message: on a shared machine, the figures are the diagnosis.
+    ratios = [c["ratios"] for c in checks]
+    assert report["stopped"] is None and stop_lines(records) == [], (report["stopped"], ratios)
+    assert trainer.state.global_step == trainer.state.max_steps
+    assert len(checks) == 3 and not any(c["breached"] for c in checks), ratios
     # The load was there and was taken out: the machine ran slower than at the baseline, and what is
     # judged is nearer 1 than what was observed.
-    ratios = [c["ratios"] for c in checks]
-    assert max(r["machine_factor"] for r in ratios) > 1.0
+    assert max(r["machine_factor"] for r in ratios) > 1.0, ratios
     loaded = [r for r in ratios if r["machine_factor"] > 1.2]
-    assert loaded  # one busy process per core: the machine did get slower
-    assert all(abs(r["latency_judged_ratio"] - 1) < abs(r["latency_ratio"] - 1) for r in loaded)
+    assert loaded, ratios  # one busy process per core: the machine did get slower
+    assert all(abs(r["latency_judged_ratio"] - 1) < abs(r["latency_ratio"] - 1) for r in loaded), ratios
 
 
 def test_a_slower_model_on_a_machine_that_gets_busy_is_stopped_when_it_slows(tmp_path: Path) -> None:
     model = tiny_causal_lm("gpt2")
     slow = SlowDown(model, seconds=0.010, from_epoch=2)  # sleeps in every eval-mode forward pass from epoch 2
     trainer, report, records = run(tmp_path, slow, model=model, epochs=3)
-    assert [c["breached"] for c in report["checks"]] == [False, False, True]
+    ratios = [c["ratios"] for c in report["checks"] if c["kind"] == "epoch"]
+    assert [c["breached"] for c in report["checks"]] == [False, False, True], ratios
     stopped = report["stopped"]
     assert (stopped["epoch"], stopped["step"]) == (2, 4) and trainer.state.global_step == 4
     assert stopped["metric"] == "latency_ratio" and stopped["value"] > 1.2

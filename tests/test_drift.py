@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ftcallback._budget import Budget, BudgetCheck, Verdict, evaluate
-from ftcallback._decompose import LatencyDecomposition, decompose
+from ftcallback._decompose import LatencyDecomposition, decompose, level_uncertainty
 from ftcallback._drift import (
     MachineFactor,
     ReferenceWorkload,
@@ -26,7 +26,16 @@ from ftcallback._drift import (
 from ftcallback._errors import ConfigError
 from ftcallback._measure import measure, thread_cpu_clock
 from ftcallback._measurement import Measurement, RequestSample
-from ftcallback._sequential import looks_of, needs_more, sequential_settings
+from ftcallback._probe import ProbeSpec
+from ftcallback._prober import ADAPTIVE_CAP, BASELINE_CAP, Prober
+from ftcallback._sequential import (
+    BASELINE_MIN,
+    BASELINE_PRECISION,
+    baseline_needs_more,
+    looks_of,
+    needs_more,
+    sequential_settings,
+)
 from ftcallback._stats import RatioEstimate, bonferroni_confidence, combine_log_intervals, independent_ratio
 
 PROMPTS = 8
@@ -330,6 +339,43 @@ def test_the_sequential_plan_sets_a_bonferroni_confidence():
     check = latency_check(evaluate(Budget(max_latency_increase=0.2), adaptive, strip(synthetic(seed=18))))
     assert check.estimate is not None and check.estimate.confidence == pytest.approx(bonferroni_confidence(0.95, 3))
     assert "98.3% interval" in check.detail
+
+
+def test_the_baseline_level_is_known_better_with_more_repeats_and_less_jitter():
+    def se(**kwargs: float) -> float:
+        return float(np.mean([level_uncertainty(synthetic(seed=seed, **kwargs)) for seed in range(4)]))
+
+    assert se(repeats=12) < se(repeats=3) / 1.5  # about 1 / sqrt(4)
+    assert se(noise=0.005) < se(noise=0.02) < se(noise=0.05)
+    # A prompt with a single timing has no spread to read: never "precise".
+    assert level_uncertainty(synthetic(repeats=1)) == math.inf
+
+
+def test_the_baseline_needs_more_until_it_is_long_enough_and_precise_enough():
+    steady = synthetic(repeats=2 * REPEATS, noise=0.002)
+    assert not baseline_needs_more(steady, step=REPEATS)
+    # Too short, however steady: a median of three timings can look precise by luck.
+    assert baseline_needs_more(synthetic(repeats=BASELINE_MIN * REPEATS - 1, noise=0.002), step=REPEATS)
+    jittery = synthetic(repeats=2 * REPEATS, noise=0.08)
+    assert level_uncertainty(jittery) > BASELINE_PRECISION and baseline_needs_more(jittery, step=REPEATS)
+
+
+def test_the_prober_measures_an_unsharded_baseline_to_a_precision_within_its_bounds(gpt2, tokenizer, prompts):
+    spec = ProbeSpec(prompts=tuple(prompts), max_new_tokens=3, repeats=2)
+    relative = Prober(spec, Budget(max_latency_increase=0.2))
+    relative.tokenizer = tokenizer
+    m, _ = relative.measure(gpt2, baseline=None, mode=None, beat=lambda: None, is_baseline=True)
+    done = m.settings["repeats"]
+    assert m.settings["sequential"] == sequential_settings(2, BASELINE_CAP * 2)
+    assert BASELINE_MIN * 2 <= done <= BASELINE_CAP * 2 and done % 2 == 0
+    # Stopped at the first look where it was precise enough, or at the cap.
+    assert done == BASELINE_CAP * 2 or not baseline_needs_more(m, step=2)
+    # Without a relative latency budget nothing is judged against the baseline's timing: `repeats` it is.
+    plain = Prober(spec, Budget(max_token_increase=0.2))
+    plain.tokenizer = tokenizer
+    m, _ = plain.measure(gpt2, baseline=None, mode=None, beat=lambda: None, is_baseline=True)
+    assert m.settings["repeats"] == 2 and "sequential" not in m.settings
+    assert ADAPTIVE_CAP < BASELINE_CAP
 
 
 class Ticks:
