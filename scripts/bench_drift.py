@@ -2,10 +2,11 @@
 
 Every run measures a baseline on the quiet machine and then a check, both with the real engine on a tiny
 model, taken the way the callback takes them (its ``Prober``: the reference workload timed before every
-``generate`` call; the baseline with 3 x ``repeats`` = 9 passes; the check with the adaptive rule from
-``repeats=3`` up to 9), judged by ``evaluate(Budget(max_latency_increase=0.2), check, baseline, seed=run)``
-at patience 1 (a breach is a stop). Answers have a fixed length (``min_new_tokens = max_new_tokens``), so
-only speed can change. Conditions, interleaved within each run with their order rotating:
+``generate`` call; the baseline measured to a precision, from 6 passes up to 27, until the standard error of
+its latency level is at most 0.75%; the check with the adaptive rule from ``repeats=3`` up to 9), judged by
+``evaluate(Budget(max_latency_increase=0.2), check, baseline, seed=run)`` at patience 1 (a breach is a
+stop). Answers have a fixed length (``min_new_tokens = max_new_tokens``), so only speed can change.
+Conditions, interleaved within each run with their order rotating:
 
 * unchanged model, with two busy processes (a Python ``while`` loop each) started after the
   baseline and stopped after the check;
@@ -28,14 +29,17 @@ processor makes every answer ``8 + 2 x epoch`` tokens long, and at each epoch
 hand from a bare ``generate`` call first exceed 1.2 x the baseline's; the latency decomposition there
 must attribute the change to length. Last, the cost, interleaved on the unchanged model: the wall time
 of a check and of a baseline at the callback's defaults over 0.1's (plain ``measure``, ``repeats=3``), and
-of a run's baseline plus 3 checks.
+of a run's baseline plus 3 checks. And where the judged ratio's spread comes from: pairs of a baseline and a
++25%-slowed check, 27 passes each (quiet, and with the load during the check), judged again with either side
+cut to its first 3, 9 or 27 passes, beside the baseline's own standard error at each length (what the
+callback's precision rule reads).
 
 Target: 0 false stops with load; +25% and +50% detected every time with and without load; 0 stops at
 +10%; stop epoch = predicted epoch in every growing-answers run; cost ratio reported.
 
 Run:
     python scripts/bench_drift.py --quick           # about a minute, 1 run per condition (CI)
-    python scripts/bench_drift.py                   # 20 runs per condition, 8-token answers (~10 min on 2 cores)
+    python scripts/bench_drift.py                   # 20 runs per condition, 8-token answers (~20 min on 2 cores)
     python scripts/bench_drift.py --max-new-tokens 32   # the same with 4x longer calls (~25 min)
 """
 
@@ -46,6 +50,7 @@ import contextlib
 import dataclasses
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -60,6 +65,7 @@ from bench_decisions import forward_share
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from ftcallback import Budget, evaluate, measure
+from ftcallback._decompose import level_uncertainty
 from ftcallback._drift import ReferenceWorkload
 from ftcallback._errors import NoisyMeasurementWarning
 from ftcallback._measurement import Measurement
@@ -73,6 +79,9 @@ BUSY = "import os\nwhile os.getppid() == {}: pass"
 TOKEN_BUDGET = Budget(max_token_increase=0.2)
 MIN_RUNS = 20
 MAX_REPEATS = 9
+# The spread study: each side measured once at SPREAD_PASSES passes, then judged cut to each of SPREAD_CUTS.
+SPREAD_PASSES = 27
+SPREAD_CUTS = (3, 9, 27)
 # (label, slowdown, background load)
 CONDITIONS = (
     ("unchanged, load", 0.0, True),
@@ -153,11 +162,11 @@ class GrowingAnswers(LogitsProcessor):
 def settings(args: argparse.Namespace) -> dict[str, int]:
     cfg = (
         {"runs": 1, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 1, "calibration_pairs": 1,
-         "calibration_rounds": 1}
+         "calibration_rounds": 1, "spread_pairs": 2}
         if args.quick
         else {
             "runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 5, "calibration_pairs": 8,
-            "calibration_rounds": 2,
+            "calibration_rounds": 2, "spread_pairs": 20,
         }
     )
     if args.runs is not None:
@@ -187,22 +196,28 @@ def controlled(
     return m
 
 
-def first_look(m: Measurement, *, drift_control: bool = True) -> Measurement:
-    """``m`` cut to its first 3 repeats, as a fixed-size measurement: what the check would have said without
-    the adaptive rule; with ``drift_control=False`` also without machine timings, i.e. 0.1's rule."""
+def first_passes(m: Measurement, passes: int, *, drift_control: bool = True) -> Measurement:
+    """``m`` cut to its first ``passes`` timed passes, as a fixed-size measurement of that many; with
+    ``drift_control=False`` also without machine timings."""
     settings = {k: v for k, v in m.settings.items() if k != "sequential"}
-    settings["repeats"] = min(3, int(m.settings["repeats"]))
+    settings["repeats"] = min(passes, int(m.settings["repeats"]))
     batches = -(-int(m.settings["num_prompts"]) // int(m.settings["batch_size"]))
     calls = int(m.settings["warmup"]) + settings["repeats"] * batches
     return dataclasses.replace(
         m,
-        samples=tuple(s for s in m.samples if s.repeat < 3),
+        samples=tuple(s for s in m.samples if s.repeat < settings["repeats"]),
         reference_s=m.reference_s[:calls] if drift_control else (),
         cpu_share=m.cpu_share[:calls] if drift_control else (),
         cpu_run_s=m.cpu_run_s[:calls] if drift_control else (),
         cpu_wait_s=m.cpu_wait_s[:calls] if drift_control else (),
         settings=settings,
     )
+
+
+def first_look(m: Measurement, *, drift_control: bool = True) -> Measurement:
+    """``m`` cut to its first 3 repeats: what the check would have said without the adaptive rule; with
+    ``drift_control=False`` also without machine timings, i.e. 0.1's rule."""
+    return first_passes(m, 3, drift_control=drift_control)
 
 
 def calibrate(
@@ -277,6 +292,7 @@ def drift_runs(
                     "machine": verdict.machine.estimate.ratio if verdict.machine else math.nan,
                     "machine_moved": bool(verdict.machine and verdict.machine.moved),
                     "repeats": check.settings["repeats"],
+                    "baseline_repeats": baseline.settings["repeats"],
                     "first_look_stopped": bool(first.breached),
                     "old_stopped": bool(old.breached),
                     "old_ratio": old.ratio,
@@ -335,6 +351,53 @@ def growth_runs(lm: models.LoadedModel, cfg: dict[str, int], ref: ReferenceWorkl
         )
         print(f"growth run {run}: predicted {predicted}, stopped {stopped}; {d.describe() if d else ''}", flush=True)
     return out
+
+
+def spread_runs(lm: models.LoadedModel, cfg: dict[str, int], multiple: float) -> dict[str, Any]:
+    """Where the judged ratio's spread comes from: the baseline's passes or the check's.
+
+    ``spread_pairs`` pairs per condition (quiet, and the two busy processes during the check): a baseline
+    and a +25%-slowed check of ``SPREAD_PASSES`` passes each, both with the reference workload, then judged
+    with each side cut to its first 3 / 9 / 27 passes. Beside it, the baseline's own standard error
+    (:func:`~ftcallback._decompose.level_uncertainty`) at each length: what the callback's precision rule reads.
+    """
+    prompts = lm.probe(cfg["prompts"])
+    T = cfg["max_new_tokens"]
+    ref = ReferenceWorkload(lm.device)
+
+    def fixed(passes: int) -> Measurement:
+        return measure(
+            lm.model, lm.tokenizer, prompts, max_new_tokens=T, generation_kwargs={"min_new_tokens": T},
+            repeats=passes, reference=ref,
+        )
+
+    rows, levels = [], []
+    for load in (False, True):
+        logs: dict[tuple[int, int], list[float]] = {}
+        se: dict[int, list[float]] = {}
+        for pair in range(cfg["spread_pairs"]):
+            baseline = fixed(SPREAD_PASSES)
+            hooks = SlowDown(lm.model, multiple)
+            try:
+                with background_load(load):
+                    check = fixed(SPREAD_PASSES)
+            finally:
+                hooks.remove()
+            for b in SPREAD_CUTS:
+                base = first_passes(baseline, b)
+                se.setdefault(b, []).append(level_uncertainty(base, seed=pair))
+                for c in SPREAD_CUTS:
+                    judged = evaluate(BUDGET, first_passes(check, c), base, seed=pair).checks[0].ratio
+                    logs.setdefault((b, c), []).append(math.log(judged))
+            tag = ", load" if load else ""
+            print(f"spread pair {pair}{tag}: judged at 9/9 passes x{math.exp(logs[9, 9][-1]):.3f}", flush=True)
+        label = "+25%, load during the check" if load else "+25%, quiet"
+        for (b, c), values in logs.items():
+            rows.append({"condition": label, "baseline_passes": b, "check_passes": c, "pairs": len(values),
+                         "sd_log": statistics.stdev(values), "geomean": math.exp(sum(values) / len(values)),
+                         "lowest": math.exp(min(values))})
+        levels.extend({"condition": label, "baseline_passes": b, "median_se": stats.median(v)} for b, v in se.items())
+    return {"rows": rows, "levels": levels}
 
 
 def cost_rounds(lm: models.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
@@ -425,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs = drift_runs(lm, cfg, multiples)
         growth = growth_runs(lm, cfg, ReferenceWorkload(device))
         cost = cost_rounds(lm, cfg)
+        spread = spread_runs(lm, cfg, multiples[0.25])
         summary = []
         for label, slowdown, load in CONDITIONS:
             sel = [r for r in runs if r["condition"] == label]
@@ -443,6 +507,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "machine_median": stats.median([r["machine"] for r in sel]),
                     "machine_moved": sum(r["machine_moved"] for r in sel),
                     "repeats_mean": sum(r["repeats"] for r in sel) / len(sel),
+                    "baseline_repeats_mean": sum(r["baseline_repeats"] for r in sel) / len(sel),
                 }
             )
         results.append(
@@ -460,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "growth_matches": sum(g["match"] for g in growth),
                 "cost_ratio": cost["cost_ratio"],
                 "cost": cost,
+                "spread": spread,
             }
         )
     for r in results:
@@ -480,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "median machine factor",
                 "machine moved",
                 "mean repeats",
+                "mean baseline repeats",
             ],
             [
                 [
@@ -494,6 +561,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     s["machine_median"],
                     f"{s['machine_moved']}/{s['runs']}",
                     f"{s['repeats_mean']:.1f}",
+                    f"{s['baseline_repeats_mean']:.1f}",
                 ]
                 for s in r["summary"]
             ],
@@ -532,6 +600,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                     c["run_cost_ratio"],
                     c["reference_ms"],
                 ]
+            ],
+        )
+        sp = r["spread"]
+        se = {(x["condition"], x["baseline_passes"]): x["median_se"] for x in sp["levels"]}
+        report.table(
+            f"{r['model']}: where the judged ratio's spread comes from ({cfg['spread_pairs']} pairs per condition, "
+            f"+25% injected, each side measured at {SPREAD_PASSES} passes and judged cut to fewer)",
+            [
+                "condition",
+                "baseline passes",
+                "check passes",
+                "spread (sd of log judged ratio)",
+                "geometric mean",
+                "lowest",
+                "baseline's own standard error (median)",
+            ],
+            [
+                [x["condition"], x["baseline_passes"], x["check_passes"], f"{100 * x['sd_log']:.1f}%",
+                 x["geomean"], x["lowest"], f"{100 * se[x['condition'], x['baseline_passes']]:.2f}%"]
+                for x in sp["rows"]
             ],
         )
     report.results = {"models": results, "budget": BUDGET.to_dict(), "patience": 1}
