@@ -299,7 +299,7 @@ def _machine_free(
 def level_uncertainty(measurement: Measurement, *, resamples: int = 500, seed: int = 0) -> float:
     """How well ``measurement`` knows its own latency level, as a check is compared with it: the standard
     error, in log units, of the geometric mean over prompts of each prompt's median machine-free latency
-    (``0.0075`` is about +-0.75%). Requests are resampled within each prompt (the prompts are the same at
+    (``0.0075`` is 0.75%). Requests are resampled within each prompt (the prompts are the same at
     every check, so they are not); the machine is taken out call by call as :func:`decompose` takes it
     out, so a load that comes and goes is not counted as the model's noise.
 
@@ -307,7 +307,7 @@ def level_uncertainty(measurement: Measurement, *, resamples: int = 500, seed: i
     measured until this is small (:func:`~ftcallback._sequential.baseline_needs_more`).
 
     Returns:
-        The standard error; ``inf`` when some prompt has fewer than two usable timings.
+        The standard error; ``inf`` when no prompt has two usable timings.
 
     Example:
         >>> from ftcallback._measurement import RequestSample
@@ -316,15 +316,14 @@ def level_uncertainty(measurement: Measurement, *, resamples: int = 500, seed: i
         >>> 0 < level_uncertainty(m) < 0.02
         True
     """
-    cpu, refs = request_cpu(measurement), request_references(measurement)
+    cpu, refs = request_cpu(measurement) or None, request_references(measurement) or None
     scale = _median(list(measurement.reference_s)) if refs is not None else 1.0
     logs = []
     for pairs in _by_prompt(measurement).values():
         timings = _machine_free([(s.latency_s, s) for s in pairs], cpu, refs, scale)
         values = [v for v in timings if math.isfinite(v) and v > 0]
-        if len(values) < 2:
-            return math.inf
-        logs.append(np.log(np.asarray(values)))
+        if len(values) >= 2:  # a prompt without two timings has no spread to read; decompose drops it too
+            logs.append(np.log(np.asarray(values)))
     if not logs:
         return math.inf
     rng = np.random.default_rng(seed)

@@ -23,7 +23,7 @@ from ._forms import measure_in_form
 from ._measure import measure
 from ._measurement import Measurement
 from ._probe import ProbeSpec
-from ._sequential import baseline_needs_more, needs_more
+from ._sequential import BASELINE_PRECISION, baseline_needs_more, needs_more
 
 __all__ = ["ADAPTIVE_CAP", "BASELINE_CAP", "Prober"]
 
@@ -72,7 +72,7 @@ class Prober:
     ) -> tuple[Measurement, Measurement | None]:
         """The training form's measurement and, with a deployed form, that form's.
 
-        ``is_baseline`` says this measurement is the run's baseline (measured to the adaptive cap). It is
+        ``is_baseline`` says this measurement is the run's baseline (measured to a precision, or 3x when sharded). It is
         said, not inferred from ``baseline is None``: in sharded mode only the main rank holds the
         baseline, and every rank must make the same ``generate`` calls.
 
@@ -138,8 +138,14 @@ class Prober:
                 trained_compiled=self.trained_compiled,
                 warn_ignored=False,
             )
+        settings = m.settings
+        if is_baseline and "sequential" in settings:
+            # Measured to a precision, not to a verdict: recorded apart, so that no later comparison that takes
+            # this file as its judged side reads it as looks and widens its confidence.
+            settings = {k: v for k, v in settings.items() if k != "sequential"}
+            settings["precision"] = {**m.settings["sequential"], "standard_error": BASELINE_PRECISION}
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
-        return dataclasses.replace(m, environment={**m.environment, "sharding_mode": mode})
+        return dataclasses.replace(m, settings=settings, environment={**m.environment, "sharding_mode": mode})
 
     def _with_retry(
         self,

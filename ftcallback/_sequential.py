@@ -22,8 +22,8 @@ every check shares, so its error is in every ratio and never averages out. It ta
 time, from ``BASELINE_MIN x repeats``, until the standard error of its latency level is at most
 ``BASELINE_PRECISION`` (:func:`baseline_needs_more`). A model whose calls are long and steady is there at
 the minimum; short, jittery calls (a tiny model on a shared CPU) take more, up to the caller's cap. This
-rule decides nothing, so it needs no error rate of its own: it only narrows the intervals the checks are
-judged by.
+rule decides no verdict, so it has no error rate of its own; stopping when the spread looks small can leave
+the baseline's spread slightly underestimated, which the floor of passes keeps small.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ._measurement import Measurement
 
 __all__ = [
     "BASELINE_MIN",
+    "BASELINE_MIN_PASSES",
     "BASELINE_PRECISION",
     "baseline_needs_more",
     "looks_of",
@@ -43,11 +44,13 @@ __all__ = [
     "sequential_settings",
 ]
 
-#: The baseline is measured until its latency level is known to this standard error (log units, about
-#: +-0.75%; :func:`~ftcallback._decompose.level_uncertainty`) ...
+#: The baseline is measured until the standard error of its latency level is at most this (log units, 0.75%;
+#: :func:`~ftcallback._decompose.level_uncertainty`) ...
 BASELINE_PRECISION = 0.0075
-#: ... and for at least this many times ``repeats``: a median of three timings can look precise by luck.
+#: ... and for at least this many times ``repeats``, and never fewer than ``BASELINE_MIN_PASSES`` passes: a
+#: median of two or three timings can look precise by luck.
 BASELINE_MIN = 2
+BASELINE_MIN_PASSES = 6
 
 
 def sequential_settings(repeats: int, max_repeats: int) -> dict[str, int]:
@@ -102,7 +105,7 @@ def needs_more(budget: Any, measurement: Measurement, baseline: Measurement | No
 
 def baseline_needs_more(measurement: Measurement, *, step: int, seed: int = 0) -> bool:
     """True while the baseline so far is too short or too imprecise to be every check's yardstick: fewer
-    than ``BASELINE_MIN x step`` passes, or a latency level whose standard error
+    than ``BASELINE_MIN x step`` (and ``BASELINE_MIN_PASSES``) passes, or a latency level whose standard error
     (:func:`~ftcallback._decompose.level_uncertainty`) exceeds ``BASELINE_PRECISION``.
 
     Example:
@@ -114,6 +117,6 @@ def baseline_needs_more(measurement: Measurement, *, step: int, seed: int = 0) -
     """
     from ._decompose import level_uncertainty
 
-    if int(measurement.settings.get("repeats", 0)) < BASELINE_MIN * step:
+    if int(measurement.settings.get("repeats", 0)) < max(BASELINE_MIN * step, BASELINE_MIN_PASSES):
         return True
     return level_uncertainty(measurement, seed=seed) > BASELINE_PRECISION

@@ -16,7 +16,7 @@ Conditions, interleaved within each run with their order rotating:
 * +10% under the 0.2 budget, with and without that load (no stop expected).
 
 The hook multiple for each level is found by measuring, not assumed: it starts from the level over the
-share of latency spent in forward passes (as in benchmark 4) and is corrected twice (once in --quick) from interleaved
+share of latency spent in forward passes (as in benchmark 4) and is corrected twice (not in --quick) from interleaved
 quiet baseline / slowed measurements, on their observed latency ratio (nothing divided out, so not the
 estimator under test); the slowdown it then really causes is measured once more the same way and
 reported beside each condition ("injected, measured quiet").
@@ -79,7 +79,8 @@ BUSY = "import os\nwhile os.getppid() == {}: pass"
 TOKEN_BUDGET = Budget(max_token_increase=0.2)
 MIN_RUNS = 20
 MAX_REPEATS = 9
-# The spread study: each side measured once at SPREAD_PASSES passes, then judged cut to each of SPREAD_CUTS.
+# The spread study: each side measured once at SPREAD_PASSES passes (3 in --quick), then judged cut to each of
+# SPREAD_CUTS up to that.
 SPREAD_PASSES = 27
 SPREAD_CUTS = (3, 9, 27)
 # (label, slowdown, background load)
@@ -162,11 +163,11 @@ class GrowingAnswers(LogitsProcessor):
 def settings(args: argparse.Namespace) -> dict[str, int]:
     cfg = (
         {"runs": 1, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 1, "calibration_pairs": 1,
-         "calibration_rounds": 1, "spread_pairs": 2}
+         "calibration_rounds": 0, "spread_pairs": 2, "spread_passes": 3}
         if args.quick
         else {
             "runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 5, "calibration_pairs": 8,
-            "calibration_rounds": 2, "spread_pairs": 20,
+            "calibration_rounds": 2, "spread_pairs": 20, "spread_passes": SPREAD_PASSES,
         }
     )
     if args.runs is not None:
@@ -371,26 +372,30 @@ def spread_runs(lm: models.LoadedModel, cfg: dict[str, int], multiple: float) ->
             repeats=passes, reference=ref,
         )
 
+    passes = cfg["spread_passes"]
+    cuts = tuple(c for c in SPREAD_CUTS if c <= passes)
     rows, levels = [], []
     for load in (False, True):
         logs: dict[tuple[int, int], list[float]] = {}
         se: dict[int, list[float]] = {}
         for pair in range(cfg["spread_pairs"]):
-            baseline = fixed(SPREAD_PASSES)
+            baseline = fixed(passes)
             hooks = SlowDown(lm.model, multiple)
             try:
                 with background_load(load):
-                    check = fixed(SPREAD_PASSES)
+                    check = fixed(passes)
             finally:
                 hooks.remove()
-            for b in SPREAD_CUTS:
+            for b in cuts:
                 base = first_passes(baseline, b)
                 se.setdefault(b, []).append(level_uncertainty(base, seed=pair))
-                for c in SPREAD_CUTS:
+                for c in cuts:
                     judged = evaluate(BUDGET, first_passes(check, c), base, seed=pair).checks[0].ratio
                     logs.setdefault((b, c), []).append(math.log(judged))
             tag = ", load" if load else ""
-            print(f"spread pair {pair}{tag}: judged at 9/9 passes x{math.exp(logs[9, 9][-1]):.3f}", flush=True)
+            top = cuts[-1]
+            print(f"spread pair {pair}{tag}: judged at {top}/{top} passes x{math.exp(logs[top, top][-1]):.3f}",
+                  flush=True)
         label = "+25%, load during the check" if load else "+25%, quiet"
         for (b, c), values in logs.items():
             rows.append({"condition": label, "baseline_passes": b, "check_passes": c, "pairs": len(values),
@@ -606,7 +611,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         se = {(x["condition"], x["baseline_passes"]): x["median_se"] for x in sp["levels"]}
         report.table(
             f"{r['model']}: where the judged ratio's spread comes from ({cfg['spread_pairs']} pairs per condition, "
-            f"+25% injected, each side measured at {SPREAD_PASSES} passes and judged cut to fewer)",
+            f"+25% injected, each side measured at {cfg['spread_passes']} passes and judged cut to fewer)",
             [
                 "condition",
                 "baseline passes",

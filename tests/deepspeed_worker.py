@@ -90,8 +90,9 @@ def train(config: str, run: str, out: Path) -> None:
         callbacks.append(
             EfficiencyCallback(
                 PROBE[:2],
-                # The latency budget is loose (never breached here) but on: it makes the baseline measure
-                # 3 x repeats and every later check `repeats`, on every rank alike, or ZeRO-3's collectives hang.
+                # The latency budget is loose (never breached here) but on: sharded, it makes the baseline measure
+                # a fixed 3 x repeats and every later check `repeats`, on every rank alike, or ZeRO-3's collectives
+                # hang; measured by the main process alone (ZeRO-2), the baseline goes on to a precision.
                 budget=Budget(max_token_increase=0.5, max_latency_increase=10.0),
                 max_new_tokens=4,
                 repeats=1,

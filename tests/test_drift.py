@@ -30,6 +30,7 @@ from ftcallback._probe import ProbeSpec
 from ftcallback._prober import ADAPTIVE_CAP, BASELINE_CAP, Prober
 from ftcallback._sequential import (
     BASELINE_MIN,
+    BASELINE_MIN_PASSES,
     BASELINE_PRECISION,
     baseline_needs_more,
     looks_of,
@@ -349,6 +350,8 @@ def test_the_baseline_level_is_known_better_with_more_repeats_and_less_jitter():
     assert se(noise=0.005) < se(noise=0.02) < se(noise=0.05)
     # A prompt with a single timing has no spread to read: never "precise".
     assert level_uncertainty(synthetic(repeats=1)) == math.inf
+    # Without per-call machine timings (off Linux, no reference) the raw timings are read.
+    assert 0 < level_uncertainty(synthetic(reference=False)) < math.inf
 
 
 def test_the_baseline_needs_more_until_it_is_long_enough_and_precise_enough():
@@ -356,6 +359,9 @@ def test_the_baseline_needs_more_until_it_is_long_enough_and_precise_enough():
     assert not baseline_needs_more(steady, step=REPEATS)
     # Too short, however steady: a median of three timings can look precise by luck.
     assert baseline_needs_more(synthetic(repeats=BASELINE_MIN * REPEATS - 1, noise=0.002), step=REPEATS)
+    # A small step still needs the absolute floor of passes.
+    assert baseline_needs_more(synthetic(repeats=BASELINE_MIN_PASSES - 1, noise=0.002), step=1)
+    assert not baseline_needs_more(synthetic(repeats=BASELINE_MIN_PASSES, noise=0.002), step=1)
     jittery = synthetic(repeats=2 * REPEATS, noise=0.08)
     assert level_uncertainty(jittery) > BASELINE_PRECISION and baseline_needs_more(jittery, step=REPEATS)
 
@@ -366,8 +372,10 @@ def test_the_prober_measures_an_unsharded_baseline_to_a_precision_within_its_bou
     relative.tokenizer = tokenizer
     m, _ = relative.measure(gpt2, baseline=None, mode=None, beat=lambda: None, is_baseline=True)
     done = m.settings["repeats"]
-    assert m.settings["sequential"] == sequential_settings(2, BASELINE_CAP * 2)
-    assert BASELINE_MIN * 2 <= done <= BASELINE_CAP * 2 and done % 2 == 0
+    # Its plan is recorded as a precision, not as looks: judged later as a measurement, it gets no Bonferroni.
+    assert m.settings["precision"] == {**sequential_settings(2, BASELINE_CAP * 2), "standard_error": BASELINE_PRECISION}
+    assert "sequential" not in m.settings and looks_of(m) == 1
+    assert max(BASELINE_MIN * 2, BASELINE_MIN_PASSES) <= done <= BASELINE_CAP * 2 and done % 2 == 0
     # Stopped at the first look where it was precise enough, or at the cap.
     assert done == BASELINE_CAP * 2 or not baseline_needs_more(m, step=2)
     # Without a relative latency budget nothing is judged against the baseline's timing: `repeats` it is.
