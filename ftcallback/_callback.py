@@ -105,8 +105,8 @@ class EfficiencyCallback(TrainerCallback, ExportableState):
         warmup: untimed warm-up calls before each measurement.
         repeats: timed passes over the probe per measurement. With ``max_latency_increase`` in the budget, a
             check whose latency verdict is too close to call measures more, up to 3x ``repeats``, and the
-            baseline (the yardstick every check shares) is measured until its latency level is known to
-            0.75%: from 2x up to 9x ``repeats`` (a fixed 3x when sharded).
+            baseline (the yardstick every check shares) is measured until the standard error of its latency
+            level is at most 0.75%: from 2x ``repeats`` (at least 6 passes) up to 9x (a fixed 3x when sharded).
         batch_size: prompts per ``generate`` call.
         every_n_steps: also measure every N optimizer steps, besides each epoch end.
         patience: consecutive breaching checks before stopping.

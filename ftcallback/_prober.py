@@ -31,7 +31,8 @@ __all__ = ["ADAPTIVE_CAP", "BASELINE_CAP", "Prober"]
 #: baseline measured (a fixed count: every rank must make the same calls).
 ADAPTIVE_CAP = 3
 #: An unsharded baseline under a relative latency budget is measured to a precision
-#: (:func:`~ftcallback._sequential.baseline_needs_more`), from 2 up to this many times ``repeats``.
+#: (:func:`~ftcallback._sequential.baseline_needs_more`), from 2x ``repeats`` (at least 6 passes) up to this
+#: many times ``repeats``.
 BASELINE_CAP = 9
 
 logger = logging.getLogger("ftcallback")
