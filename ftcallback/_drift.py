@@ -1,9 +1,11 @@
 """Machine-drift control: a fixed reference workload, and the machine's speed factor it estimates.
 
-A check must tell a slower model from a slower machine. :class:`ReferenceWorkload` is a frozen,
-deterministic little network run on the model's device between the probe's ``generate`` calls
-(:func:`~ftcallback._measure.measure` times it once before every call); its timings are kept in
-``Measurement.reference_s``. On a CPU, ``measure`` also records, per call, the thread's CPU run time
+A check must tell a slower model from a slower machine. A reference workload is fixed, deterministic work
+run on the model's device between the probe's ``generate`` calls (:func:`~ftcallback._measure.measure` times
+it before the calls, as often as a quarter of their time allows); its timings are kept in
+``Measurement.reference_s``. On a CPU it is :class:`ModelShapedReference`, a one-layer copy of the model's
+own architecture generating a few tokens; elsewhere, or where no copy can be built, the MLP of
+:class:`ReferenceWorkload`. On a CPU, ``measure`` also records, per call, the thread's CPU run time
 and run-queue wait (``cpu_run_s``, ``cpu_wait_s``, and their ``cpu_share``), from the OS's
 accounting. :func:`machine_factor` compares both with the baseline's: the same work taking 1.4x as
 long means the machine (shared CPU, throttled GPU, other jobs) became 1.4x slower. Where requests can
@@ -11,14 +13,16 @@ be matched to their calls (:func:`request_cpu`, :func:`request_references`),
 :func:`~ftcallback._decompose.decompose` takes the machine out timing by timing, which pairs each
 request with the machine state it met; otherwise the speed effect is divided by the whole factor.
 
-The assumption (DESIGN.md, "Why latency moved"): what slows the machine down slows a small dense
-network and the model's decoding steps by the same factor, because both are the same kind of
-work (small dense products in the same process, on the same device, at the same thread count) timed
-at interleaved moments; and run-queue wait is exactly the time contention added.
+The assumption (DESIGN.md, "Why latency moved"): what slows the machine down slows the reference and the
+model's decoding steps by the same factor, because both are the same kind of work (on a CPU, the model's own
+layer and ``generate`` loop; in the same process, on the same device, at the same thread count) timed at
+interleaved moments; and run-queue wait is exactly the time contention added.
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 import statistics
 import time
@@ -31,13 +35,22 @@ import torch
 from ._errors import ConfigError
 from ._stats import RESAMPLES, RatioEstimate, combine_log_intervals, independent_ratio
 
-__all__ = ["MachineFactor", "ReferenceWorkload", "machine_factor", "request_cpu", "request_references"]
+__all__ = [
+    "MachineFactor",
+    "ModelShapedReference",
+    "ReferenceWorkload",
+    "machine_factor",
+    "request_cpu",
+    "request_references",
+]
 
-# Width, depth and rows of the reference MLP by device type. On a CPU, decode-shaped: one row through
-# 16 layers, matrix-vector products as in a decoding step (about 0.6 ms on one thread); it tracked a
-# tiny model's and SmolLM2's decoding under load within 6% (sd of log ratio), where the earlier
-# 64-row matrix-matrix workload drifted 15% from the tiny model's. On an accelerator, large enough
-# that the kernels, not their launches, dominate.
+logger = logging.getLogger("ftcallback")
+
+# Width, depth and rows of the reference MLP by device type. On a CPU (where the one-layer copy of the model
+# is preferred, and this is the fallback), decode-shaped: one row through 16 layers, matrix-vector products as
+# in a decoding step (about 0.6 ms on one thread); it tracked a tiny model's and SmolLM2's decoding under load
+# within 6% (sd of log ratio), where the earlier 64-row matrix-matrix workload drifted 15% from the tiny
+# model's. On an accelerator, large enough that the kernels, not their launches, dominate.
 _DEFAULT_SHAPE = {"cpu": (256, 16, 1), "cuda": (4096, 8, 256)}
 
 
@@ -110,6 +123,115 @@ class ReferenceWorkload:
 
     def __repr__(self) -> str:
         return f"ReferenceWorkload({self.spec})"
+
+
+class ModelShapedReference(ReferenceWorkload):
+    """The model's own architecture cut to one layer, with random weights: the reference workload on a CPU.
+
+    On a CPU, a small model's decoding time is mostly the work around its arithmetic (``generate``'s loop,
+    the operator dispatch, the attention cache, caches and memory) rather than the products a small dense
+    network does. A one-layer copy of the model's own architecture, generating ``tokens`` tokens with
+    ``generate`` from a fixed prompt, does that same kind of work, so a machine that slows one slows the other
+    by the same factor. Measured on the tiny GPT-2 of benchmark 8 (40 windows of 24 calls, every other pair of
+    windows under two busy processes), the model's latency over its local reference varied 0.65% from window to
+    window quiet and 0.74% loaded, and loading the machine moved it by -0.15%; with the 16-layer MLP the same
+    figures were 2.5%, 2.3% and +1.8% (BENCHMARKS.md, benchmark 8).
+
+    The copy is built from ``model.config`` with one hidden layer and at most ``MAX_VOCAB`` tokens (so that
+    its memory is a layer's, not an embedding table's), its weights from a private seed (every run of every
+    process does the same arithmetic; the global RNG is untouched), in the model's dtype, on its device. It
+    never sees the model's weights and never changes them. Use :meth:`for_model`, which falls back to the
+    MLP where a copy cannot be built.
+
+    Args:
+        model: the model whose architecture to copy (PEFT, compile and DDP wrappers are looked through).
+        device: where the model generates.
+        tokens: new tokens each timing generates (one prefill and ``tokens - 1`` decoding steps).
+
+    Raises:
+        ValueError, TypeError, RuntimeError: the model has no architecture that can be copied this way
+            (:meth:`for_model` catches these).
+    """
+
+    MAX_VOCAB = 1024
+
+    def __init__(self, model: Any, device: str | torch.device, *, tokens: int = 4) -> None:
+        from transformers import GenerationConfig, PretrainedConfig
+
+        base = _architecture_owner(model)
+        config = getattr(base, "config", None)
+        if not isinstance(config, PretrainedConfig) or getattr(config, "is_encoder_decoder", False):
+            raise TypeError(f"{type(base).__name__} has no decoder-only transformers config to copy")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 2:
+            raise ConfigError(f"`tokens` must be an int >= 2, got {tokens!r}")
+        config = copy.deepcopy(config)
+        config.num_hidden_layers = 1
+        if isinstance(getattr(config, "layer_types", None), list):
+            config.layer_types = config.layer_types[:1]
+        config.vocab_size = vocab = min(int(config.vocab_size), self.MAX_VOCAB)
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(config, name, None)
+            if value is not None and any(int(v) >= vocab for v in (value if isinstance(value, list) else [value])):
+                setattr(config, name, None)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        self.device = torch.device(device)
+        parameter = next(iter(base.parameters()))
+        dtype = parameter.dtype if parameter.is_floating_point() else torch.float32
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            clone = type(base)(config)
+        self._model = clone.to(device=self.device, dtype=dtype).eval().requires_grad_(False)
+        self._generation = GenerationConfig(
+            max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False, pad_token_id=0, eos_token_id=None
+        )
+        self._input = torch.arange(3, 11, device=self.device).unsqueeze(0) % vocab
+        self._mask = torch.ones_like(self._input)
+        self.tokens = tokens
+        dtype_name = str(dtype).removeprefix("torch.")
+        self._spec = f"{config.model_type}x1/v{vocab}/{dtype_name}/gen{tokens}/{self.device.type}"
+        out = self.run()  # fails here, not at the first check, if this architecture cannot generate so
+        if out.shape[-1] != self._input.shape[-1] + tokens:
+            made = out.shape[-1] - self._input.shape[-1]
+            raise RuntimeError(f"the one-layer copy generated {made} tokens, not {tokens}")
+
+    @classmethod
+    def for_model(cls, model: Any, device: str | torch.device) -> ReferenceWorkload:
+        """The model-shaped reference on a CPU, the MLP elsewhere or where the architecture cannot be copied.
+
+        On an accelerator the MLP stays: its shape was chosen so that kernels, not their launches, dominate,
+        and the model-shaped copy has not been measured there.
+        """
+        device = torch.device(device)
+        if device.type != "cpu":
+            return ReferenceWorkload(device)
+        try:
+            return cls(model, device)
+        except Exception as exc:  # any architecture the copy cannot handle: the generic workload still works
+            logger.debug("reference workload: no one-layer copy of %s (%s); using the MLP", type(model).__name__, exc)
+            return ReferenceWorkload(device)
+
+    @property
+    def spec(self) -> str:
+        return self._spec
+
+    def run(self) -> Any:
+        with torch.no_grad(), torch.autocast(self.device.type, enabled=False):
+            return self._model.generate(
+                input_ids=self._input, attention_mask=self._mask, generation_config=self._generation
+            )
+
+    def __repr__(self) -> str:
+        return f"ModelShapedReference({self.spec})"
+
+
+def _architecture_owner(model: Any) -> Any:
+    """The transformers model whose class and config define ``model``'s architecture (PEFT and wrappers peeled)."""
+    from ._measure import unwrap_model
+
+    model = unwrap_model(model)
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
 
 
 @dataclass(frozen=True)
@@ -220,7 +342,8 @@ def machine_factor(
     new_share = [1.0 / v for v in measurement.cpu_share if v > 0]
     if len(base_share) >= 3 and len(new_share) >= 3:
         contention = independent_ratio(base_share, new_share, confidence=confidence, resamples=resamples, seed=seed)
-    base_ref, new_ref = tuple(baseline.reference_s), tuple(measurement.reference_s)
+    # NaN: a call the reference was not run before.
+    base_ref, new_ref = ([v for v in m.reference_s if math.isfinite(v) and v > 0] for m in (baseline, measurement))
     same = baseline.environment.get("reference") == measurement.environment.get("reference")
     if len(base_ref) >= 3 and len(new_ref) >= 3 and same:
         device = independent_ratio(base_ref, new_ref, confidence=confidence, resamples=resamples, seed=seed + 1)
@@ -237,8 +360,8 @@ def machine_factor(
 
 
 
-# Calls on each side of a request whose reference timings give its local device speed (a median of
-# 2 x 2 + 1 timings): one 0.6 ms timing alone is noisy, and the machine's speed drifts over seconds.
+# Reference timings on each side of a request that give its local device speed (a median of the 2 x 2 + 1
+# nearest): one timing alone is noisy, and the machine's speed drifts over seconds.
 _LOCAL_CALLS = 2
 
 
@@ -313,19 +436,33 @@ def request_cpu(measurement: Any) -> dict[tuple[int, int], tuple[float, float]] 
 
 
 def request_references(measurement: Any) -> dict[tuple[int, int], float] | None:
-    """The machine's local speed at each timed request: the median reference time of its call and of the
-    calls around it (``_LOCAL_CALLS`` on each side). ``{(prompt, repeat): seconds}``; None as for
-    :func:`request_cpu`, or when the measurement ran no reference workload."""
+    """The machine's local speed at each timed request: the median of the ``2 x _LOCAL_CALLS + 1`` reference
+    timings nearest its call (the reference may run before only some calls: see :func:`~ftcallback.measure`).
+    ``{(prompt, repeat): seconds}``; None as for :func:`request_cpu`, or when the measurement ran no reference
+    workload.
+
+    Example:
+        >>> from ftcallback._measurement import Measurement, RequestSample
+        >>> nan = float("nan")
+        >>> m = Measurement(
+        ...     samples=tuple(RequestSample(0, r, 0.4, 0.1, 5, 9, True) for r in range(10)),
+        ...     settings={"warmup": 1, "repeats": 10, "batch_size": 1, "num_prompts": 1},
+        ...     reference_s=(1.0, nan, 2.0, nan, 3.0, nan, 4.0, nan, 5.0, nan, 6.0),  # before every other call
+        ... )
+        >>> request_references(m)[(0, 0)], request_references(m)[(0, 9)]  # calls 1 and 10
+        (3.0, 4.0)
+    """
     matched = _per_call(measurement, tuple(measurement.reference_s))
     if matched is None:
         return None
     call, times = matched
+    timed = [(k, v) for k, v in enumerate(times) if math.isfinite(v) and v > 0]
     out: dict[tuple[int, int], float] = {}
     for s in measurement.samples:
         k = call(s)
         if k >= len(times):  # a file whose settings do not describe its samples
             return None
-        window = [v for v in times[max(0, k - _LOCAL_CALLS) : k + _LOCAL_CALLS + 1] if math.isfinite(v) and v > 0]
-        if window:
-            out[(s.prompt_index, s.repeat)] = statistics.median(window)
+        nearest = sorted(timed, key=lambda kv: (abs(kv[0] - k), kv[0]))[: 2 * _LOCAL_CALLS + 1]
+        if nearest:
+            out[(s.prompt_index, s.repeat)] = statistics.median(v for _, v in nearest)
     return out

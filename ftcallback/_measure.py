@@ -57,6 +57,13 @@ logger = logging.getLogger("ftcallback.measure")
 # Above this median per-prompt CV of latency across repeats the timing is called noisy (the usual 10%
 # of benchmark tools).
 _NOISE_CV_LIMIT = 0.10
+#: The reference workload is timed before the first calls whatever it costs (the machine's state at the start) ...
+REFERENCE_MIN_TIMINGS = 3
+#: ... and then before a call while it has cost at most this share of the generate calls' time. On a CPU, with
+#: the one-layer copy of a tiny model almost half as long as its call, 0.25 kept a +25% check's spread where
+#: timing before every call had it (0.9%, 12 baseline / check pairs of benchmark 8's model); 0.10 widened it
+#: to 1.4% and made the baseline take 10 passes to reach its precision instead of 6.4.
+REFERENCE_SHARE = 0.25
 
 # generate() arguments that measure() owns; letting generation_kwargs set them would make the
 # recorded settings lie or break the per-request bookkeeping.
@@ -314,10 +321,13 @@ def measure(
             :func:`thread_cpu_clock` where the OS tells (Linux), else none. It gives each call's share
             of the CPU (``Measurement.cpu_share``), which tells a contended CPU from a slower model:
             time the thread slept or blocked (a model that waits) is in neither number.
-        reference: a fixed workload on the model's device, run once before every ``generate`` call
-            (warm-up included) into ``Measurement.reference_s``, to sense the machine's own speed:
-            timed in thread CPU seconds on a CPU when ``cpu_clock`` is there (being descheduled is
-            what ``cpu_share`` measures), by ``clock`` with the device synchronised otherwise.
+        reference: a fixed workload on the model's device, timed before ``generate`` calls (warm-up
+            included) into ``Measurement.reference_s``, to sense the machine's own speed: timed in thread
+            CPU seconds on a CPU when ``cpu_clock`` is there (being descheduled is what ``cpu_share``
+            measures), by ``clock`` with the device synchronised otherwise. It runs before the first
+            ``REFERENCE_MIN_TIMINGS`` calls and then before a call whenever it has so far cost at most
+            ``REFERENCE_SHARE`` (a quarter) of the calls' time: before every call of a model whose calls are long,
+            before one call in a few of a model whose calls are as short as the workload.
         until: adaptive measurement: called with the measurement so far after every ``repeats``
             passes; True ends it, False adds ``repeats`` more passes, up to ``max_repeats``
             (typically ``lambda m: not needs_more(budget, m, baseline, seed=seed)``).
@@ -423,7 +433,15 @@ def measure(
         if do_sample:
             _seed_all(seed + index, device)  # same seed per batch: repeats see the same tokens
         if reference is not None:
-            reference_times.append(reference.seconds(cpu_time or clock, sync))
+            # Timed before this call only while it has cost at most REFERENCE_SHARE of the calls' time so far
+            # (and before the first few calls whatever it costs): a yardstick as long as a short model's call
+            # would otherwise double the measurement. Untimed calls read the nearest timings.
+            if len(reference_times) < REFERENCE_MIN_TIMINGS or spent[0] <= REFERENCE_SHARE * spent[1]:
+                before = clock()
+                reference_times.append(reference.seconds(cpu_time or clock, sync))
+                spent[0] += clock() - before
+            else:
+                reference_times.append(math.nan)
         timer.reset()
         if sync is not None:
             sync()
@@ -438,6 +456,7 @@ def measure(
         if sync is not None:
             sync()
         end = clock()
+        spent[1] += end - start
         if cpu_start is not None and cpu_clock is not None:
             cpu_end = cpu_clock()
             ran, waited = cpu_end[0] - cpu_start[0], cpu_end[1] - cpu_start[1]
@@ -450,6 +469,7 @@ def measure(
 
     cuda = device.type == "cuda"
     reference_times: list[float] = []
+    spent = [0.0, 0.0]  # seconds spent on the reference workload, and in generate calls
     cpu_shares: list[float] = []
     cpu_runs: list[float] = []
     cpu_waits: list[float] = []

@@ -17,7 +17,7 @@ import torch
 
 from . import _distributed as distributed
 from ._budget import Budget
-from ._drift import ReferenceWorkload
+from ._drift import ModelShapedReference, ReferenceWorkload
 from ._errors import MeasurementError
 from ._forms import measure_in_form
 from ._measure import measure
@@ -107,8 +107,15 @@ class Prober:
         kwargs: dict[str, Any] = {**self.spec.measure_kwargs(), "batch_size": batch_size}
         device = next(iter(model.parameters())).device
         if self._reference is None or self._reference.device != device:
-            # One fixed workload per run, timed beside every generate call: how fast is the machine right now?
-            self._reference = ReferenceWorkload(device)
+            # One fixed workload per run, timed beside every generate call: how fast is the machine right now? Built
+            # from the first model measured (the training form), so a deployed form is timed against the same one.
+            # Sharded, every rank generates in lockstep: the plain MLP, which no rank can fail to build. A baseline
+            # timed with the MLP (a run resumed from a report written before the copy) keeps it: two timings
+            # compare only under one workload.
+            mlp = ReferenceWorkload(device)
+            timed_with = baseline.environment.get("reference") if baseline is not None else None
+            keep_mlp = mode is not None or (isinstance(timed_with, str) and timed_with.startswith(mlp.spec + "/"))
+            self._reference = mlp if keep_mlp else ModelShapedReference.for_model(model, device)
         kwargs["reference"] = self._reference
         cap = ADAPTIVE_CAP * self.spec.repeats
         if is_baseline and self.budget.max_latency_increase is not None:

@@ -66,8 +66,9 @@ from transformers import LogitsProcessor, LogitsProcessorList
 
 from ftcallback import Budget, evaluate, measure
 from ftcallback._decompose import level_uncertainty
-from ftcallback._drift import ReferenceWorkload
+from ftcallback._drift import ModelShapedReference, ReferenceWorkload
 from ftcallback._errors import NoisyMeasurementWarning
+from ftcallback._measure import thread_cpu_clock
 from ftcallback._measurement import Measurement
 from ftcallback._probe import ProbeSpec
 from ftcallback._prober import Prober
@@ -83,6 +84,8 @@ MAX_REPEATS = 9
 # SPREAD_CUTS up to that.
 SPREAD_PASSES = 27
 SPREAD_CUTS = (3, 9, 27)
+# The tracking study: generate calls per window (each with both reference workloads timed before it).
+TRACKING_CALLS = 24
 # (label, slowdown, background load)
 CONDITIONS = (
     ("unchanged, load", 0.0, True),
@@ -163,11 +166,11 @@ class GrowingAnswers(LogitsProcessor):
 def settings(args: argparse.Namespace) -> dict[str, int]:
     cfg = (
         {"runs": 1, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 1, "calibration_pairs": 1,
-         "calibration_rounds": 0, "spread_pairs": 2, "spread_passes": 3}
+         "calibration_rounds": 0, "spread_pairs": 2, "spread_passes": 3, "tracking_windows": 4}
         if args.quick
         else {
             "runs": MIN_RUNS, "prompts": 4, "max_new_tokens": 8, "epochs": 4, "cost_rounds": 5, "calibration_pairs": 8,
-            "calibration_rounds": 2, "spread_pairs": 20, "spread_passes": SPREAD_PASSES,
+            "calibration_rounds": 2, "spread_pairs": 20, "spread_passes": SPREAD_PASSES, "tracking_windows": 40,
         }
     )
     if args.runs is not None:
@@ -364,7 +367,7 @@ def spread_runs(lm: models.LoadedModel, cfg: dict[str, int], multiple: float) ->
     """
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
-    ref = ReferenceWorkload(lm.device)
+    ref = reference_for(lm)
 
     def fixed(passes: int) -> Measurement:
         return measure(
@@ -405,11 +408,71 @@ def spread_runs(lm: models.LoadedModel, cfg: dict[str, int], multiple: float) ->
     return {"rows": rows, "levels": levels}
 
 
+def tracking_runs(lm: models.LoadedModel, cfg: dict[str, int]) -> list[dict[str, Any]]:
+    """How well each reference workload tracks the model: the yardstick of the machine, compared on the same calls.
+
+    ``tracking_windows`` windows of ``TRACKING_CALLS`` ``generate`` calls on the unchanged model, 2 s apart, every
+    other pair of windows with the two busy processes. Before every call both workloads are timed (thread CPU
+    time, as ``measure`` times them); each call's latency is then made machine-free against each one the way
+    :func:`~ftcallback._decompose.decompose` does it (the run-queue wait taken out, the computing divided by the
+    reference's local speed). A window's level is its median; a good yardstick leaves the level flat from window to
+    window (quiet, loaded) and unmoved by the load: whatever moves is machine noise a check would judge.
+    """
+    prompts = lm.probe(cfg["prompts"])
+    T = cfg["max_new_tokens"]
+    refs = {"16-layer MLP": ReferenceWorkload(lm.device), "one-layer copy of the model": reference_for(lm)}
+    clock = thread_cpu_clock()
+    if clock is None or lm.device.type != "cpu":
+        return []
+    ids = [lm.tokenizer(p, return_tensors="pt").to(lm.device) for p in prompts]
+    windows: list[dict[str, Any]] = []
+    for w in range(cfg["tracking_windows"]):
+        load = w % 4 >= 2
+        calls = []
+        with background_load(load):
+            for c in range(TRACKING_CALLS):
+                times = {name: ref.seconds(lambda: clock()[0]) for name, ref in refs.items()}
+                cpu0, start = clock(), time.perf_counter()
+                with torch.no_grad():
+                    lm.model.generate(**ids[c % len(ids)], max_new_tokens=T, min_new_tokens=T, do_sample=False)
+                wall, cpu1 = time.perf_counter() - start, clock()
+                calls.append((wall, cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], times))
+        windows.append({"load": load, "calls": calls})
+        time.sleep(2.0)
+    scale = {name: stats.median([c[3][name] for w in windows for c in w["calls"]]) for name in refs}
+
+    def level(window: dict[str, Any], name: str | None) -> float:
+        free = []
+        for wall, ran, waited, times in window["calls"]:
+            device = times[name] / scale[name] if name is not None else 1.0
+            free.append(wall * (ran / wall / device + max(0.0, 1.0 - ran / wall - waited / wall)))
+        return math.log(stats.median(free))
+
+    rows = []
+    for name in (None, *refs):
+        quiet = [level(w, name) for w in windows if not w["load"]]
+        loaded = [level(w, name) for w in windows if w["load"]]
+        rows.append({
+            "reference": name or "none (run-queue wait taken out only)",
+            "windows": len(windows),
+            "quiet_sd": statistics.pstdev(quiet),
+            "load_sd": statistics.pstdev(loaded),
+            "load_shift": statistics.fmean(loaded) - statistics.fmean(quiet),
+            "reference_ms": 1e3 * scale[name] if name is not None else math.nan,
+        })
+    return rows
+
+
+def reference_for(lm: models.LoadedModel) -> ReferenceWorkload:
+    """The reference workload the callback's Prober builds for this model."""
+    return ModelShapedReference.for_model(lm.model, lm.device)
+
+
 def cost_rounds(lm: models.LoadedModel, cfg: dict[str, int]) -> dict[str, Any]:
     prompts = lm.probe(cfg["prompts"])
     T = cfg["max_new_tokens"]
     baseline = controlled(lm, prompts, T, None, 0)
-    ref = ReferenceWorkload(lm.device)
+    ref = reference_for(lm)
 
     def old() -> float:  # 0.1's check and baseline alike: repeats=3, no machine timings
         return plain(lm, prompts, T).wall_time_s
@@ -491,9 +554,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print("injected slowdowns, measured: " + ", ".join(f"+{v:.0%} -> x{achieved[v]:.3f}" for v in levels))
         runs = drift_runs(lm, cfg, multiples)
-        growth = growth_runs(lm, cfg, ReferenceWorkload(device))
+        growth = growth_runs(lm, cfg, reference_for(lm))
         cost = cost_rounds(lm, cfg)
         spread = spread_runs(lm, cfg, multiples[0.25])
+        tracking = tracking_runs(lm, cfg)
         summary = []
         for label, slowdown, load in CONDITIONS:
             sel = [r for r in runs if r["condition"] == label]
@@ -531,6 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "cost_ratio": cost["cost_ratio"],
                 "cost": cost,
                 "spread": spread,
+                "tracking": tracking,
             }
         )
     for r in results:
@@ -627,6 +692,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for x in sp["rows"]
             ],
         )
+        if r["tracking"]:
+            report.table(
+                f"{r['model']}: how well each reference workload tracks the model "
+                f"({r['tracking'][0]['windows']} windows of {TRACKING_CALLS} calls, every other pair with the two busy "
+                "processes; sd of the window's "
+                "machine-free latency level)",
+                ["reference workload", "one timing (ms)", "sd, quiet windows", "sd, loaded windows",
+                 "loaded over quiet"],
+                [[t["reference"], "-" if math.isnan(t["reference_ms"]) else f"{t['reference_ms']:.2f}",
+                  f"{100 * t['quiet_sd']:.2f}%", f"{100 * t['load_sd']:.2f}%", f"{100 * t['load_shift']:+.2f}%"]
+                 for t in r["tracking"]],
+            )
     report.results = {"models": results, "budget": BUDGET.to_dict(), "patience": 1}
     problems, texts = [], []
     for r in results:
