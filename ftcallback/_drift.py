@@ -2,7 +2,7 @@
 
 A check must tell a slower model from a slower machine. A reference workload is fixed, deterministic work
 run on the model's device between the probe's ``generate`` calls (:func:`~ftcallback._measure.measure` times
-it before the calls, as often as a quarter of their time allows); its timings are kept in
+it before the calls, as often as half their time allows); its timings are kept in
 ``Measurement.reference_s``. On a CPU it is :class:`ModelShapedReference`, a one-layer copy of the model's
 own architecture generating a few tokens; elsewhere, or where no copy can be built, the MLP of
 :class:`ReferenceWorkload`. On a CPU, ``measure`` also records, per call, the thread's CPU run time
@@ -138,7 +138,8 @@ class ModelShapedReference(ReferenceWorkload):
     figures were 2.5%, 2.3% and +1.8% (BENCHMARKS.md, benchmark 8).
 
     The copy is built from ``model.config`` with one hidden layer and at most ``MAX_VOCAB`` tokens (so that
-    its memory is a layer's, not an embedding table's), its weights from a private seed (every run of every
+    its memory is a layer's, not an embedding table's; a copy that would still hold more than half the
+    model's parameters, and more than ``SMALL``, is not built), its weights from a private seed (every run of every
     process does the same arithmetic; the global RNG is untouched), in the model's dtype, on its device. It
     never sees the model's weights and never changes them. Use :meth:`for_model`, which falls back to the
     MLP where a copy cannot be built.
@@ -154,6 +155,9 @@ class ModelShapedReference(ReferenceWorkload):
     """
 
     MAX_VOCAB = 1024
+    #: A copy is built only if it holds at most this share of the model's parameters, or fewer than ``SMALL``.
+    MAX_SHARE = 0.5
+    SMALL = 2_000_000
 
     def __init__(self, model: Any, device: str | torch.device, *, tokens: int = 4) -> None:
         from transformers import GenerationConfig, PretrainedConfig
@@ -164,6 +168,8 @@ class ModelShapedReference(ReferenceWorkload):
             raise TypeError(f"{type(base).__name__} has no decoder-only transformers config to copy")
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 2:
             raise ConfigError(f"`tokens` must be an int >= 2, got {tokens!r}")
+        if config.get_text_config() is not config:  # a composite model (vision and text towers): no layer to copy
+            raise TypeError(f"{type(config).__name__} is a composite config")
         config = copy.deepcopy(config)
         config.num_hidden_layers = 1
         if isinstance(getattr(config, "layer_types", None), list):
@@ -178,6 +184,10 @@ class ModelShapedReference(ReferenceWorkload):
         self.device = torch.device(device)
         parameter = next(iter(base.parameters()))
         dtype = parameter.dtype if parameter.is_floating_point() else torch.float32
+        with torch.device("meta"):  # its size first, at no cost: a copy that is not small is not built
+            size = sum(p.numel() for p in type(base)(config).parameters())
+        if size > max(self.MAX_SHARE * sum(p.numel() for p in base.parameters()), self.SMALL):
+            raise ValueError(f"a one-layer copy would hold {size} parameters")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             clone = type(base)(config)

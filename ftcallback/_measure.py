@@ -59,11 +59,12 @@ logger = logging.getLogger("ftcallback.measure")
 _NOISE_CV_LIMIT = 0.10
 #: The reference workload is timed before the first calls whatever it costs (the machine's state at the start) ...
 REFERENCE_MIN_TIMINGS = 3
-#: ... and then before a call while it has cost at most this share of the generate calls' time. On a CPU, with
-#: the one-layer copy of a tiny model almost half as long as its call, 0.25 kept a +25% check's spread where
-#: timing before every call had it (0.9%, 12 baseline / check pairs of benchmark 8's model); 0.10 widened it
-#: to 1.4% and made the baseline take 10 passes to reach its precision instead of 6.4.
-REFERENCE_SHARE = 0.25
+#: ... and then before a call while it has cost at most this share of the generate calls' time: before every
+#: call unless the workload is more than half as long as a call. Pairing each call with its own timing matters
+#: under load: on benchmark 8's tiny model (9 ms calls, a 4.5 ms one-layer copy), an unchanged model checked
+#: under two busy processes had a judged-ratio spread of 1.6-2.1% timed before every call or at 0.5, 3.7% at
+#: 0.25 (20 baseline / check pairs each); quiet, 0.10 widened a +25% check's spread from 0.9% to 1.4%.
+REFERENCE_SHARE = 0.5
 
 # generate() arguments that measure() owns; letting generation_kwargs set them would make the
 # recorded settings lie or break the per-request bookkeeping.
@@ -326,8 +327,8 @@ def measure(
             CPU seconds on a CPU when ``cpu_clock`` is there (being descheduled is what ``cpu_share``
             measures), by ``clock`` with the device synchronised otherwise. It runs before the first
             ``REFERENCE_MIN_TIMINGS`` calls and then before a call whenever it has so far cost at most
-            ``REFERENCE_SHARE`` (a quarter) of the calls' time: before every call of a model whose calls are long,
-            before one call in a few of a model whose calls are as short as the workload.
+            ``REFERENCE_SHARE`` (half) of the calls' time: before every call of a model whose calls are long,
+            fewer when the calls are shorter than twice the workload (a cap, for answers of a token or two).
         until: adaptive measurement: called with the measurement so far after every ``repeats``
             passes; True ends it, False adds ``repeats`` more passes, up to ``max_repeats``
             (typically ``lambda m: not needs_more(budget, m, baseline, seed=seed)``).

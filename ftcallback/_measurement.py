@@ -252,7 +252,7 @@ class Measurement:
         warmup_latencies_s: wall time of each untimed warm-up call, the first call apart.
         reference_s: per ``generate`` call, in call order, the time of the fixed reference workload run
             just before it (see :class:`~ftcallback._drift.ReferenceWorkload`), NaN for a call it was not
-            run before (it runs before a call while it costs at most a quarter of the calls' time); empty when
+            run before (it runs before a call while it costs at most half the calls' time); empty when
             none ran.
         cpu_share: per ``generate`` call on a CPU device, the share of the time the calling thread was
             ready to run that it did run (1.0 on a quiet machine, less when other processes take the CPU;

@@ -1,11 +1,12 @@
 """Benchmark 8 - decisions on a busy machine: a slower machine is not a slower model.
 
 Every run measures a baseline on the quiet machine and then a check, both with the real engine on a tiny
-model, taken the way the callback takes them (its ``Prober``: the reference workload timed before every
-``generate`` call; the baseline measured to a precision, from 6 passes up to 27, until the standard error of
-its latency level is at most 0.75%; the check with the adaptive rule from ``repeats=3`` up to 9), judged by
-``evaluate(Budget(max_latency_increase=0.2), check, baseline, seed=run)`` at patience 1 (a breach is a
-stop). Answers have a fixed length (``min_new_tokens = max_new_tokens``), so only speed can change.
+model, taken the way the callback takes them (its ``Prober``: the reference workload, a one-layer copy of the
+model, timed before ``generate`` calls while it costs at most half their time; the baseline measured to a
+precision, from 6 passes up to 27, until the standard error of its latency level is at most 0.75%; the
+check with the adaptive rule from ``repeats=3`` up to 9), judged by ``evaluate(Budget(max_latency_increase=0.2),
+check, baseline, seed=run)`` at patience 1 (a breach is a stop). Answers have a fixed length
+(``min_new_tokens = max_new_tokens``), so only speed can change.
 Conditions, interleaved within each run with their order rotating:
 
 * unchanged model, with two busy processes (a Python ``while`` loop each) started after the
@@ -32,7 +33,11 @@ of a check and of a baseline at the callback's defaults over 0.1's (plain ``meas
 of a run's baseline plus 3 checks. And where the judged ratio's spread comes from: pairs of a baseline and a
 +25%-slowed check, 27 passes each (quiet, and with the load during the check), judged again with either side
 cut to its first 3, 9 or 27 passes, beside the baseline's own standard error at each length (what the
-callback's precision rule reads).
+callback's precision rule reads). And how well each reference workload tracks the model: windows of 24 calls
+of the unchanged model, every other pair of windows with the two busy processes, both the 16-layer MLP (the
+yardstick until this change) and the one-layer copy timed before every call, each call made
+machine-free against each; the sd of a window's level from window to window, quiet and loaded, and how far the
+load moves it, is the machine noise each yardstick would leave in a check.
 
 Target: 0 false stops with load; +25% and +50% detected every time with and without load; 0 stops at
 +10%; stop epoch = predicted epoch in every growing-answers run; cost ratio reported.
