@@ -35,7 +35,7 @@ of a run's baseline plus 3 checks. And where the judged ratio's spread comes fro
 cut to its first 3, 9 or 27 passes, beside the baseline's own standard error at each length (what the
 callback's precision rule reads). And how well each reference workload tracks the model: windows of 24 calls
 of the unchanged model, every other pair of windows with the two busy processes, both the 16-layer MLP (the
-yardstick until this change) and the one-layer copy timed before every call, each call made
+first yardstick) and the one-layer copy timed before every call, each call made
 machine-free against each; the sd of a window's level from window to window, quiet and loaded, and how far the
 load moves it, is the machine noise each yardstick would leave in a check.
 
@@ -44,7 +44,7 @@ Target: 0 false stops with load; +25% and +50% detected every time with and with
 
 Run:
     python scripts/bench_drift.py --quick           # about a minute, 1 run per condition (CI)
-    python scripts/bench_drift.py                   # 20 runs per condition, 8-token answers (~20 min on 2 cores)
+    python scripts/bench_drift.py                   # 20 runs per condition, 8-token answers (10-20 min on 2 cores)
     python scripts/bench_drift.py --max-new-tokens 32   # the same with 4x longer calls (~25 min)
 """
 
