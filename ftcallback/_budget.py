@@ -390,8 +390,9 @@ class Budget:
 
         Relative token and cost budgets become ``baseline x (1 + fraction)``; they are left out
         without a usable baseline. ``max_latency_increase`` is a limit on the judged ratio,
-        ``"latency_ratio": 1 + fraction``. ``min_slo_attainment`` is a minimum. When an absolute and a
-        relative budget apply to the same metric, the tighter wins.
+        ``"latency_judged_ratio": 1 + fraction`` (the observed ``latency_ratio`` is not what it judges).
+        ``min_slo_attainment`` is a minimum. When an absolute and a relative budget apply to the same metric,
+        the tighter wins.
 
         Args:
             baseline: the reference measurement for relative budgets.
@@ -406,7 +407,7 @@ class Budget:
             >>> Budget(latency_ms=400, max_token_increase=0.2).limits(base)
             {'latency_ms_p95': 400.0, 'output_tokens_mean': 44.4}
             >>> Budget(max_latency_increase=0.2, ttft_ms=200, min_slo_attainment=0.9).limits(base)
-            {'latency_ratio': 1.2, 'ttft_ms_p95': 200.0, 'slo_attainment': 0.9}
+            {'latency_judged_ratio': 1.2, 'ttft_ms_p95': 200.0, 'slo_attainment': 0.9}
         """
         out: dict[str, float] = {}
 
@@ -424,7 +425,7 @@ class Budget:
 
         tighter(self.latency_metric, self.latency_ms)
         if self.max_latency_increase is not None and baseline is not None and baseline.samples:
-            out["latency_ratio"] = 1.0 + self.max_latency_increase
+            out["latency_judged_ratio"] = 1.0 + self.max_latency_increase
         tighter(f"ttft_ms_{self.latency_stat}", self.ttft_ms)
         tighter(f"tpot_ms_{self.latency_stat}", self.tpot_ms)
         if self.min_slo_attainment is not None:
@@ -808,7 +809,7 @@ def _relative_latency(
     decomposition: LatencyDecomposition | None,
 ) -> BudgetCheck:
     """The relative latency budget, judged on the decomposition's ratio (see the module docstring)."""
-    name, metric, limit = "max_latency_increase", "latency_ratio", 1.0 + fraction
+    name, metric, limit = "max_latency_increase", "latency_judged_ratio", 1.0 + fraction
     if baseline is None:
         return BudgetCheck(name, metric, math.nan, limit, None, None, "no baseline")
     if decomposition is None:

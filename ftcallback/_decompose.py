@@ -36,7 +36,7 @@ from ._json import json_float
 from ._measurement import Measurement, RequestSample
 from ._stats import RESAMPLES, RatioEstimate, combine_log_intervals, paired_ratio
 
-__all__ = ["LatencyDecomposition", "decompose", "level_uncertainty"]
+__all__ = ["LatencyDecomposition", "decompose", "level_uncertainty", "machine_free_by_prompt"]
 
 
 def _pct(ratio: float) -> str:
@@ -204,7 +204,7 @@ def decompose(
     ) -> RatioEstimate:
         """The paired ratio check / counterfactual, each timing taken out of its call's machine state; without
         ``interval`` the point alone (no bootstrap: ``evaluate`` runs at every adaptive look)."""
-        scale = _median(list(baseline.reference_s)) if refs is not None else 1.0
+        scale = _fastest_frame(baseline, measurement) if refs is not None else 1.0
         sides = []
         for i, timed in enumerate((predicted, new_latency)):
             side_cpu = None if cpu is None else cpu[i]
@@ -278,6 +278,22 @@ def _both(
     return (a, b) if a and b else None
 
 
+def _fastest_frame(baseline: Measurement, measurement: Measurement) -> float:
+    """The device speed both sides' computing is expressed at: the faster of the two measurements' median
+    reference times.
+
+    Computing is divided by the device's local speed, so a model that only computes is judged the same in any
+    frame. Time a model spends not computing (a sleep, I/O, a device wait inside ``forward``) is not divided,
+    so its weight against the computing depends on the frame: at a baseline that met a slow moment of the
+    machine, a wait that adds 25% on the machine at its best reads as 20%. Contention is taken out to none,
+    the quiet machine; the device is taken to the faster state measured, the nearer of the two to the machine
+    at its best.
+    """
+    times = [_median(list(m.reference_s)) for m in (baseline, measurement)]
+    finite = [t for t in times if math.isfinite(t) and t > 0]
+    return min(finite) if finite else 1.0
+
+
 def _machine_free(
     pairs: list[tuple[float, RequestSample]], cpu: _Cpu | None, refs: _Weights | None, scale: float
 ) -> list[float]:
@@ -293,6 +309,28 @@ def _machine_free(
         ran, waited = cpu[key] if cpu is not None else (1.0, 0.0)
         device = refs[key] / scale if refs is not None else 1.0
         out.append(value * (ran / device + max(0.0, 1.0 - ran - waited)))
+    return out
+
+
+def machine_free_by_prompt(measurement: Measurement) -> dict[int, list[float]]:
+    """Each prompt's latencies with the machine taken out call by call as :func:`decompose` takes it out (the
+    wait for the CPU removed, the computing divided by the reference's local speed), in the measurement's own
+    frame (its median reference time): the timings whose spread a comparison sees. Timings whose call has no
+    value, or that are not finite, are left out; without per-call values, the latencies as measured.
+
+    Example:
+        >>> from ftcallback._measurement import RequestSample
+        >>> m = Measurement(samples=(RequestSample(0, 0, 0.4, 0.1, 5, 9, True),
+        ...                          RequestSample(0, 1, 0.6, 0.1, 5, 9, True)))
+        >>> machine_free_by_prompt(m)
+        {0: [0.4, 0.6]}
+    """
+    cpu, refs = request_cpu(measurement) or None, request_references(measurement) or None
+    scale = _median(list(measurement.reference_s)) if refs is not None else 1.0
+    out = {}
+    for k, pairs in _by_prompt(measurement).items():
+        timings = _machine_free([(s.latency_s, s) for s in pairs], cpu, refs, scale)
+        out[k] = [v for v in timings if math.isfinite(v) and v > 0]
     return out
 
 
@@ -316,14 +354,11 @@ def level_uncertainty(measurement: Measurement, *, resamples: int = 500, seed: i
         >>> 0 < level_uncertainty(m) < 0.02
         True
     """
-    cpu, refs = request_cpu(measurement) or None, request_references(measurement) or None
-    scale = _median(list(measurement.reference_s)) if refs is not None else 1.0
-    logs = []
-    for pairs in _by_prompt(measurement).values():
-        timings = _machine_free([(s.latency_s, s) for s in pairs], cpu, refs, scale)
-        values = [v for v in timings if math.isfinite(v) and v > 0]
-        if len(values) >= 2:  # a prompt without two timings has no spread to read; decompose drops it too
-            logs.append(np.log(np.asarray(values)))
+    logs = [
+        np.log(np.asarray(values))
+        for values in machine_free_by_prompt(measurement).values()
+        if len(values) >= 2  # a prompt without two timings has no spread to read; decompose drops it too
+    ]
     if not logs:
         return math.inf
     rng = np.random.default_rng(seed)

@@ -21,8 +21,9 @@ from typing import Any
 
 __all__ = ["confidence_level", "finite_float", "metric_value", "number", "percent_change", "significant"]
 
+# "latency_ratio" too: the judged ratio's name in reports written before it had a name of its own.
 #: Metrics that are ratios to the baseline (written ``x1.234``) and fractions of requests (``0.333``).
-RATIO_METRICS = ("latency_ratio", "token_cost_ratio")
+RATIO_METRICS = ("latency_judged_ratio", "latency_ratio", "token_cost_ratio")
 FRACTION_METRICS = ("slo_attainment", "truncated_fraction", "quality")
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._budget import Budget, BudgetCheck, Verdict, evaluate
+from ._format import finite_float
 from ._measurement import Measurement
 from ._probe import ProbeSpec
 from ._report import CheckRecord, RunReport
@@ -27,6 +28,10 @@ __all__ = ["CheckOutcome", "Decision", "Monitor", "StopReason", "fmt_epoch"]
 logger = logging.getLogger("ftcallback")
 
 #: Summary keys every tracker receives (``efficiency/<key>``), besides the ratios, cost and verdict flags.
+#: The ratios every tracker gets, first on the console line: the observed latency change, the ratio a relative
+#: latency budget judged (the machine taken out; absent without that budget) and the machine's own factor.
+_TRACKED_RATIOS = ("latency_ratio", "latency_judged_ratio", "output_tokens_ratio", "machine_factor")
+
 TRACKED_SUMMARY_KEYS = (
     "latency_ms_p50",
     "latency_ms_p95",
@@ -103,7 +108,7 @@ class CheckOutcome:
         values: dict[str, Any] = {
             k: rec.summary.get(k) for k in ("latency_ms_p50", "latency_ms_p95", "output_tokens_mean")
         }
-        for key in ("latency_ratio", "output_tokens_ratio"):
+        for key in _TRACKED_RATIOS:
             values[key] = rec.ratios.get(key)
         if rec.status == "ok":
             values["breached"] = int(rec.breached)
@@ -127,7 +132,7 @@ class CheckOutcome:
 
 def _tracked(summary: Mapping[str, Any], ratios: Mapping[str, Any], cost: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {k: summary.get(k) for k in TRACKED_SUMMARY_KEYS}
-    for key in ("latency_ratio", "output_tokens_ratio"):
+    for key in _TRACKED_RATIOS:
         values[key] = ratios.get(key)
     values.update(cost)
     return values
@@ -410,12 +415,14 @@ class Monitor:
     ) -> None:
         where = "baseline" if record.kind == "baseline" else f"epoch {fmt_epoch(record.epoch)} (step {record.step})"
         status = "" if record.kind == "baseline" else (" - BUDGET BREACHED" if record.breached else " - within budget")
+        judged = record.kind != "baseline"  # the baseline against itself judges nothing
         if deployed is not None and record.deployed is not None:
             # The training form first, without a verdict: the deployed line below carries it.
-            self._log_line(where, m, record.ratios, "")
-            self._log_line(f"{where} deployed {record.deployed['form']}", deployed, record.deployed["ratios"], status)
+            self._log_line(where, m, record.ratios, "", judged=False)
+            form = record.deployed["form"]
+            self._log_line(f"{where} deployed {form}", deployed, record.deployed["ratios"], status, judged=judged)
         else:
-            self._log_line(where, m, record.ratios, status)
+            self._log_line(where, m, record.ratios, status, judged=judged)
         parts = verdict.decomposition
         if parts is not None and record.kind != "baseline" and not unlike:
             # Why latency moved: longer answers (exact) vs per-token speed (statistical) vs the machine.
@@ -436,9 +443,16 @@ class Monitor:
                 "; ".join(unlike),
             )
 
-    def _log_line(self, where: str, m: Measurement, ratios: Mapping[str, Any], status: str) -> None:
-        ratio = ratios.get("latency_ratio")
-        ratio_text = f", latency x{ratio:.2f}" if isinstance(ratio, float) and math.isfinite(ratio) else ""
+    def _log_line(self, where: str, m: Measurement, ratios: Mapping[str, Any], status: str, *, judged: bool) -> None:
+        ratio_text = ""
+        ratio = finite_float(ratios.get("latency_ratio"))
+        judged_ratio = finite_float(ratios.get("latency_judged_ratio")) if judged else None
+        if ratio is not None:
+            # Observed and judged side by side: under load the first can be x3 while the second, which the
+            # budget decides on, is x1.0.
+            ratio_text = f", latency x{ratio:.2f}"
+            if judged_ratio is not None:
+                ratio_text += f" (judged x{judged_ratio:.2f})"
         tokens_ratio = ratios.get("output_tokens_ratio")
         tokens_text = (
             f" (x{tokens_ratio:.2f})" if isinstance(tokens_ratio, float) and math.isfinite(tokens_ratio) else ""

@@ -17,9 +17,11 @@ import torch
 
 from . import _distributed as distributed
 from ._budget import Budget
+from ._decompose import level_uncertainty
 from ._drift import ModelShapedReference, ReferenceWorkload
 from ._errors import MeasurementError
 from ._forms import measure_in_form
+from ._json import json_float
 from ._measure import measure
 from ._measurement import Measurement
 from ._probe import ProbeSpec
@@ -93,6 +95,10 @@ class Prober:
             impossible = _impossible(measured) if measured is not None else None
             if impossible:
                 raise MeasurementError(f"impossible measurement: {impossible}")
+        if is_baseline and speak:
+            _say_precision("baseline", m)
+            if deployed is not None:
+                _say_precision(f"baseline deployed {self.deployed_form}", deployed)
         return m, deployed
 
     def _once(
@@ -151,7 +157,9 @@ class Prober:
             # Measured to a precision, not to a verdict: recorded apart, so that no later comparison that takes
             # this file as its judged side reads it as looks and widens its confidence.
             settings = {k: v for k, v in settings.items() if k != "sequential"}
-            settings["precision"] = {**m.settings["sequential"], "standard_error": BASELINE_PRECISION}
+            plan = m.settings["sequential"]
+            achieved = level_uncertainty(m, seed=self.spec.seed)
+            settings["precision"] = {**plan, "standard_error": BASELINE_PRECISION, "achieved": json_float(achieved)}
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, settings=settings, environment={**m.environment, "sharding_mode": mode})
 
@@ -183,6 +191,34 @@ class Prober:
             return self._once(model, smaller, baseline, mode, beat, is_baseline).with_retry(
                 "out_of_memory", batch_size=(batch_size, smaller)
             )
+
+
+def _say_precision(label: str, m: Measurement) -> None:
+    """One line on how precisely a baseline measured to a precision knows its latency level: every check's ratio
+    carries that error. Nothing for a baseline measured to a fixed count."""
+    precision = m.settings.get("precision")
+    achieved = precision.get("achieved") if isinstance(precision, dict) else None
+    if not isinstance(achieved, (int, float)):
+        return
+    passes = m.settings.get("repeats")
+    if achieved <= BASELINE_PRECISION:
+        logger.debug(
+            "%s: %d passes, standard error of its latency level %.2f%% (target %.2f%%)",
+            label,
+            passes,
+            100.0 * achieved,
+            100.0 * BASELINE_PRECISION,
+        )
+    else:
+        logger.info(
+            "%s: the cap of %d passes reached with a standard error of its latency level of %.2f%% (target "
+            "%.2f%%): the machine or the model's calls are noisy; every check's latency interval carries it, "
+            "so a latency change near the limit is called later (raise repeats for a longer cap)",
+            label,
+            passes,
+            100.0 * achieved,
+            100.0 * BASELINE_PRECISION,
+        )
 
 
 def _impossible(m: Measurement) -> str | None:

@@ -79,10 +79,17 @@ SUMMARY_KEYS = (
 )
 
 #: The comparisons with the baseline and the cost figures a check usually passes as ``extra``.
-EXTRA_KEYS = ("latency_ratio", "output_tokens_ratio", "cost_per_request", "monthly_cost", "cost_ratio")
+EXTRA_KEYS = (
+    "latency_ratio",
+    "latency_judged_ratio",
+    "output_tokens_ratio",
+    "cost_per_request",
+    "monthly_cost",
+    "cost_ratio",
+)
 
 _LATENCY_PERCENTILES = ("latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99")
-_RATIOS = ("latency_ratio", "output_tokens_ratio", "cost_ratio")
+_RATIOS = ("latency_ratio", "latency_judged_ratio", "output_tokens_ratio", "cost_ratio")
 
 #: Appended to our event files' names: tells them apart from the TensorBoardCallback's
 #: (TensorBoard reads any file whose name contains "tfevents").

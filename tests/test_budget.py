@@ -216,10 +216,10 @@ def test_limits_absolute_relative_and_the_tighter_of_both():
     assert Budget(max_latency_increase=0.25, max_token_increase=0.2).limits(None) == {}
     limits = Budget(max_latency_increase=0.25, max_token_increase=0.2).limits(base)
     # The relative latency budget limits the ratio that decides it, not a p95 it never compares.
-    assert limits == {"latency_ratio": 1.25, "output_tokens_mean": pytest.approx(44.4)}
+    assert limits == {"latency_judged_ratio": 1.25, "output_tokens_mean": pytest.approx(44.4)}
     assert Budget(latency_ms=400, max_latency_increase=0.25).limits(base) == {
         "latency_ms_p95": 400.0,
-        "latency_ratio": 1.25,
+        "latency_judged_ratio": 1.25,
     }
     # Relative tighter than absolute, then absolute tighter than relative.
     assert Budget(output_tokens=64, max_token_increase=0.2).limits(base) == {
@@ -380,7 +380,7 @@ def test_one_check_per_budget_in_a_fixed_order():
     ]
     assert [c.metric for c in verdict.checks] == [
         "latency_ms_p95",
-        "latency_ratio",
+        "latency_judged_ratio",
         "output_tokens_mean",
         "output_tokens_mean",
         "cost_per_request",
@@ -463,13 +463,14 @@ def test_relative_latency_reports_the_ratio_that_decided():
     )
     check = evaluate(Budget(max_latency_increase=0.2), slow, base, seed=7).checks[0]
     # The value is a ratio under its own name, and the check carries the estimate that decided it.
-    assert check.breached and check.metric == "latency_ratio" and check.baseline is None
+    assert check.breached and check.metric == "latency_judged_ratio" and check.baseline is None
     assert check.estimate is not None and check.value == check.ratio == check.estimate.ratio
     assert check.ratio == pytest.approx(1.5) and check.limit == pytest.approx(1.2)
     assert check.interval == (check.estimate.low, check.estimate.high) and check.interval[0] > 1.0
     assert check.detail.startswith("judged length x per-token speed x1.500, 95% interval")
     assert f"observed p95 {slow.latency_ms.p95:.1f} ms vs baseline {base.latency_ms.p95:.1f} ms" in check.detail
-    assert check.describe().startswith(f"latency_ratio x1.500 [{check.interval[0]:.3f}, {check.interval[1]:.3f}]")
+    low, high = check.interval
+    assert check.describe().startswith(f"latency_judged_ratio x1.500 [{low:.3f}, {high:.3f}]")
     assert "exceeds budget x1.200 (latency +50%: +0% from longer answers (exact), +50% from per-token" in (
         check.describe()
     )

@@ -116,6 +116,6 @@ def test_a_slower_model_on_a_machine_that_gets_busy_is_stopped_when_it_slows(tmp
     assert [c["breached"] for c in report["checks"]] == [False, False, True], ratios
     stopped = report["stopped"]
     assert (stopped["epoch"], stopped["step"]) == (2, 4) and trainer.state.global_step == 4
-    assert stopped["metric"] == "latency_ratio" and stopped["value"] > 1.2
+    assert stopped["metric"] == "latency_judged_ratio" and stopped["value"] > 1.2
     assert stop_lines(records) == [stopped["message"]]
     assert "from per-token speed" in stopped["message"] and "+0% from longer answers (exact)" in stopped["message"]

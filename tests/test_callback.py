@@ -257,7 +257,7 @@ def test_simulated_slowdown_breaches_latency_budget(tmp_path: Path, caplog: pyte
     stopped = report["stopped"]
     assert (stopped["epoch"], stopped["step"]) == (2, 4)
     # The relative budget's value is the judged ratio under its own name, not a p95 posing as observed.
-    assert (stopped["budget"], stopped["metric"]) == ("max_latency_increase", "latency_ratio")
+    assert (stopped["budget"], stopped["metric"]) == ("max_latency_increase", "latency_judged_ratio")
     assert stopped["value"] > stopped["limit"] == pytest.approx(1.2) and stopped["baseline"] is None
     slow_check = report["checks"][-1]
     ratios = slow_check["ratios"]
@@ -265,7 +265,7 @@ def test_simulated_slowdown_breaches_latency_budget(tmp_path: Path, caplog: pyte
     assert ratios["latency_ratio"] > 1.2 and ratios["latency_length_ratio"] == 1.0  # same answers, slower tokens
     assert stop_lines(caplog.records) == [stopped["message"]]
     assert stopped["message"].startswith(
-        f"stopping training at epoch 2 (step 4): latency_ratio x{stopped['value']:.3f} ["
+        f"stopping training at epoch 2 (step 4): latency_judged_ratio x{stopped['value']:.3f} ["
     )
     assert "from per-token speed" in stopped["message"] and "+0% from longer answers (exact)" in stopped["message"]
 

@@ -56,12 +56,14 @@ def test_default_console_shows_one_line_per_check_and_the_stop_reason(tmp_path: 
             "efficiency/latency_ms_p95",
             "efficiency/output_tokens_mean",
             "efficiency/latency_ratio",  # when the latencies are comparable
+            "efficiency/latency_judged_ratio",  # with a relative latency budget (not this one)
             "efficiency/output_tokens_ratio",
+            "efficiency/machine_factor",  # with the machine's timings
             "efficiency/breached",
         ]
         present = [k for k in order if k in line]
         assert list(line)[: len(present)] == present
-        assert {order[0], order[1], order[2], order[5]} <= set(present)
+        assert {order[0], order[1], order[2], order[-1]} <= set(present)
         assert len(line) <= 16
     assert [c["efficiency/breached"] for c in checks] == ["0", "0", "1"]
     assert [c["efficiency/output_tokens_mean"] for c in checks][-1] == "8"

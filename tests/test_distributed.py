@@ -407,7 +407,7 @@ def _check_breach(proc, output_dir):
     # The slowdown starts with epoch 2, so the check at the end of epoch 2 breaches and stops both ranks.
     assert step == 2 * STEPS_PER_EPOCH, proc.stdout
     assert report["stopped"]["step"] == step
-    assert report["stopped"]["metric"] == "latency_ratio"  # the judged paired ratio, under its own name
+    assert report["stopped"]["metric"] == "latency_judged_ratio"  # the judged paired ratio, under its own name
     assert [c["kind"] for c in report["checks"]] == ["baseline", "epoch", "epoch"]
     assert [c["breached"] for c in report["checks"]] == [False, False, True]
     assert "ftcallback WARNING: stopping training at epoch 2 (step 8)" in proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import re
 
@@ -230,6 +231,24 @@ def test_a_model_that_sleeps_is_judged_slower_by_the_full_amount_on_a_busy_machi
     sleepy = synthetic(sleep=0.4, contention=1.8, machine=1.3, seed=20)
     check = latency_check(evaluate(Budget(max_latency_increase=0.2), sleepy, base))
     assert check.breached and check.ratio == pytest.approx(1.4, rel=0.04)
+
+
+def test_a_wait_is_weighed_against_the_computing_of_the_machine_at_its_faster_state():
+    # The baseline met a slow moment of the machine (its device 1.3x slower); at the check it is back to its
+    # usual speed and the model sleeps 40% of its computing time more. In the baseline's frame the same sleep
+    # would weigh 0.4 / 1.3 (x1.31, under a 1.35 limit); at the faster state it weighs what it weighs there.
+    base = synthetic(machine=1.3, seed=21)
+    sleepy = synthetic(sleep=0.4, seed=22)
+    budget = Budget(max_latency_increase=0.35)
+    check = latency_check(evaluate(budget, sleepy, base))
+    assert check.breached and check.ratio == pytest.approx(1.4, rel=0.03)
+    # The frame changes nothing for a model that only computes, nor for one that always slept as much.
+    assert latency_check(evaluate(budget, synthetic(seed=23), base)).ratio == pytest.approx(1.0, abs=0.03)
+    always = latency_check(evaluate(budget, synthetic(sleep=0.3, seed=24), synthetic(sleep=0.3, machine=1.3, seed=25)))
+    assert not always.breached and always.ratio == pytest.approx(1.0, abs=0.03)
+    # Nor when the check is the slower side: the baseline's state is the faster one.
+    slow_check = latency_check(evaluate(budget, synthetic(sleep=0.4, machine=1.3, seed=26), synthetic(seed=27)))
+    assert slow_check.ratio == pytest.approx(1.4, rel=0.03)
 
 
 @pytest.mark.parametrize("path", ["matched", "device matched only", "not matched"])
@@ -472,18 +491,35 @@ def test_the_baseline_needs_more_until_it_is_long_enough_and_precise_enough():
     assert level_uncertainty(jittery) > BASELINE_PRECISION and baseline_needs_more(jittery, step=REPEATS)
 
 
-def test_the_prober_measures_an_unsharded_baseline_to_a_precision_within_its_bounds(gpt2, tokenizer, prompts):
+def test_the_prober_measures_an_unsharded_baseline_to_a_precision_within_its_bounds(
+    gpt2, tokenizer, prompts, caplog
+):
     spec = ProbeSpec(prompts=tuple(prompts), max_new_tokens=3, repeats=2)
     relative = Prober(spec, Budget(max_latency_increase=0.2))
     relative.tokenizer = tokenizer
-    m, _ = relative.measure(gpt2, baseline=None, mode=None, beat=lambda: None, is_baseline=True)
+    with caplog.at_level(logging.INFO, logger="ftcallback"):
+        m, _ = relative.measure(gpt2, baseline=None, mode=None, beat=lambda: None, is_baseline=True)
     done = m.settings["repeats"]
     # Its plan is recorded as a precision, not as looks: judged later as a measurement, it gets no Bonferroni.
-    assert m.settings["precision"] == {**sequential_settings(2, BASELINE_CAP * 2), "standard_error": BASELINE_PRECISION}
+    precision = m.settings["precision"]
+    achieved = precision.pop("achieved")
+    assert precision == {**sequential_settings(2, BASELINE_CAP * 2), "standard_error": BASELINE_PRECISION}
     assert "sequential" not in m.settings and looks_of(m) == 1
     assert max(BASELINE_MIN * 2, BASELINE_MIN_PASSES) <= done <= BASELINE_CAP * 2 and done % 2 == 0
-    # Stopped at the first look where it was precise enough, or at the cap.
+    # Stopped at the first look where it was precise enough, or at the cap; the precision it reached is recorded,
+    # and reaching the cap short of it is said once.
+    assert achieved == pytest.approx(level_uncertainty(m, seed=spec.seed))
     assert done == BASELINE_CAP * 2 or not baseline_needs_more(m, step=2)
+    short = [r.getMessage() for r in caplog.records if "cap of" in r.getMessage()]
+    if achieved > BASELINE_PRECISION:
+        assert done == BASELINE_CAP * 2 and short == [
+            f"baseline: the cap of {done} passes reached with a standard error of its latency level of "
+            f"{100 * achieved:.2f}% (target 0.75%): the machine or the model's calls are noisy; every check's "
+            "latency interval carries it, so a latency change near the limit is called later (raise repeats for a "
+            "longer cap)"
+        ]
+    else:
+        assert short == []
     # Without a relative latency budget nothing is judged against the baseline's timing: `repeats` it is.
     plain = Prober(spec, Budget(max_token_increase=0.2))
     plain.tokenizer = tokenizer
@@ -677,3 +713,51 @@ def test_noise_from_waiting_for_the_cpu_is_told_apart_from_noisy_computing():
     assert steady_noise_cv(noisy) == pytest.approx(noisy.noise_cv)
     with pytest.warns(NoisyMeasurementWarning, match=r"varied by \d+% \(median CV of latency across repeats, "):
         _log_result(noisy)
+
+
+def test_noise_from_the_machines_speed_is_told_apart_and_adaptive_passes_are_not_called_repeats():
+    from ftcallback._errors import NoisyMeasurementWarning
+    from ftcallback._measure import _log_result, machine_free_noise_cv, steady_noise_cv
+
+    # The machine ran repeat r 0.8x, 1x, 1.3x as fast as usual, no process waiting for the CPU (a host's
+    # neighbours, a clock that moves): the model's computing and the reference beside each call alike.
+    quiet = synthetic(noise=0.02, seed=28)
+    speed = (0.8, 1.0, 1.3)
+    samples, runs, refs = [], list(quiet.cpu_run_s), list(quiet.reference_s)
+    for s in quiet.samples:
+        call = 1 + s.repeat * PROMPTS + s.prompt_index
+        runs[call] *= speed[s.repeat]
+        refs[call] *= speed[s.repeat]
+        samples.append(dataclasses.replace(s, latency_s=s.latency_s * speed[s.repeat]))
+    drifting = dataclasses.replace(quiet, samples=tuple(samples), cpu_run_s=tuple(runs), reference_s=tuple(refs))
+    assert drifting.noise_cv > 0.2 and steady_noise_cv(drifting) > 0.2  # no wait to take out
+    # Taken out call by call against the local reference (five nearest timings: a window straddling a change
+    # of speed mixes two), so near the quiet measurement's noise, far under the threshold.
+    assert machine_free_noise_cv(drifting) < 2 * quiet.noise_cv + 0.01 < 0.1
+    with pytest.warns(NoisyMeasurementWarning, match="with the machine taken out .*: the machine's speed varied") as w:
+        _log_result(drifting)
+    assert "increase repeats" not in str(w[0].message)
+    # Noise the machine does not explain, in a measurement whose passes an adaptive rule chose: the count is
+    # the rule's, and the advice says what raising `repeats` does.
+    noisy = synthetic(noise=0.35, seed=29, repeats=6)
+    noisy = dataclasses.replace(noisy, settings={**noisy.settings, "sequential": sequential_settings(3, 9)})
+    with pytest.warns(NoisyMeasurementWarning, match=r"over 6 passes \(repeats=3, measured adaptively up to 9\)"):
+        _log_result(noisy)
+
+
+def test_a_baseline_short_of_its_precision_at_the_cap_is_said_once(caplog):
+    from ftcallback._prober import _say_precision
+
+    def baseline(passes: int, achieved: float | None) -> Measurement:
+        plan = {**sequential_settings(3, 27), "standard_error": BASELINE_PRECISION, "achieved": achieved}
+        return Measurement(samples=synthetic().samples, settings={"repeats": passes, "precision": plan})
+
+    with caplog.at_level(logging.INFO, logger="ftcallback"):
+        _say_precision("baseline", baseline(18, 0.5 * BASELINE_PRECISION))
+        _say_precision("baseline", Measurement(samples=synthetic().samples, settings={"repeats": 3}))  # fixed count
+        assert [r for r in caplog.records if r.levelno >= logging.INFO] == []  # precise: DEBUG only
+        _say_precision("baseline deployed merged", baseline(27, 0.0123))
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert line.startswith(
+        "baseline deployed merged: the cap of 27 passes reached with a standard error of its latency level of 1.23%"
+    )

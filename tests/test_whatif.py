@@ -132,7 +132,7 @@ def test_sentences_name_the_ratio_that_decides_a_relative_latency_budget():
     base, new, fast = m([0.2, 0.3, 0.4]), m([0.4, 0.5, 0.9]), m([0.2, 0.31, 0.41], "int8")
     w = what_if(base, new, {"int8": fast}, Budget(max_latency_increase=0.2))
     # A relative latency budget decides on the paired ratio to the base: the sentence names that ratio.
-    assert w.sentences[0] == "int8 brings latency ratio from x1.957 to x1.019: within the x1.200 budget"
+    assert w.sentences[0] == "int8 brings latency judged ratio from x1.957 to x1.019: within the x1.200 budget"
     assert w.within_budget == ["int8"]
     assert "900.0" in w.format_table() and "410.0" in w.format_table()  # p95 of as-is and int8
 
