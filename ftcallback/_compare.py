@@ -40,7 +40,7 @@ from typing import Any, NamedTuple
 from ._budget import Budget, BudgetCheck, Verdict, evaluate
 from ._decompose import LatencyDecomposition
 from ._errors import BaselineError, ConfigError
-from ._format import percent_change, significant
+from ._format import RATIO_METRICS, percent_change, significant
 from ._json import json_float
 from ._measurement import Measurement
 
@@ -389,6 +389,8 @@ def _rows(
 
 # --------------------------------------------------------------------- budget statuses
 def _label(check: BudgetCheck, budget: Budget) -> str:
+    if check.budget == "max_latency_increase":
+        return "latency judged ratio"  # paired, per prompt, the machine taken out: not a percentile
     if check.budget in _LATENCY_BUDGETS:
         return f"latency {budget.latency_stat}"
     if check.budget in _LENGTH_BUDGETS:
@@ -411,6 +413,8 @@ def _value(metric: str, value: float) -> str:
         return f"{value:.0f} ms"
     if metric in ("quality", "token_cost_ratio"):
         return f"{value:.3f}"
+    if metric in RATIO_METRICS:
+        return f"x{value:.3f}"
     return f"{value:.1f}"
 
 

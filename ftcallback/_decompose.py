@@ -312,11 +312,12 @@ def _machine_free(
     return out
 
 
-def machine_free_by_prompt(measurement: Measurement) -> dict[int, list[float]]:
-    """Each prompt's latencies with the machine taken out call by call as :func:`decompose` takes it out (the
-    wait for the CPU removed, the computing divided by the reference's local speed), in the measurement's own
-    frame (its median reference time): the timings whose spread a comparison sees. Timings whose call has no
-    value, or that are not finite, are left out; without per-call values, the latencies as measured.
+def machine_free_by_prompt(measurement: Measurement, *, device: bool = True) -> dict[int, list[float]]:
+    """Each prompt's latencies with the machine taken out call by call the way :func:`decompose` takes it out (the
+    wait for the CPU removed, the computing divided by the reference's local speed; ``device=False``: the wait
+    alone), but in the measurement's own frame (its median reference time): the timings whose spread a
+    comparison sees. Timings whose call has no value, or that are not finite, are left out; without per-call
+    values, the latencies as measured.
 
     Example:
         >>> from ftcallback._measurement import RequestSample
@@ -325,7 +326,8 @@ def machine_free_by_prompt(measurement: Measurement) -> dict[int, list[float]]:
         >>> machine_free_by_prompt(m)
         {0: [0.4, 0.6]}
     """
-    cpu, refs = request_cpu(measurement) or None, request_references(measurement) or None
+    cpu = request_cpu(measurement) or None
+    refs = (request_references(measurement) or None) if device else None
     scale = _median(list(measurement.reference_s)) if refs is not None else 1.0
     out = {}
     for k, pairs in _by_prompt(measurement).items():
@@ -338,8 +340,8 @@ def level_uncertainty(measurement: Measurement, *, resamples: int = 500, seed: i
     """How well ``measurement`` knows its own latency level, as a check is compared with it: the standard
     error, in log units, of the geometric mean over prompts of each prompt's median machine-free latency
     (``0.0075`` is 0.75%). Requests are resampled within each prompt (the prompts are the same at
-    every check, so they are not); the machine is taken out call by call as :func:`decompose` takes it
-    out, so a load that comes and goes is not counted as the model's noise.
+    every check, so they are not); the machine is taken out call by call the way :func:`decompose` takes it
+    out (in this measurement's own frame), so a load that comes and goes is not counted as the model's noise.
 
     The baseline is every check's yardstick: its error is in every ratio and never averages out, so it is
     measured until this is small (:func:`~ftcallback._sequential.baseline_needs_more`).

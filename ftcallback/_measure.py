@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
-from ._drift import ReferenceWorkload, request_cpu
+from ._drift import ReferenceWorkload
 from ._errors import ConfigError, FTCallbackError, ModelError, NoisyMeasurementWarning, PromptError
 from ._execution import ComputeProbe, Decoding, adapters_info, build_generation_config, compile_info
 from ._measurement import Measurement, RequestSample
@@ -981,15 +981,9 @@ def steady_noise_cv(m: Measurement) -> float:
     which a relative latency check takes out of the timings (:func:`~ftcallback._drift.request_cpu`); what
     is left is the noise that check really sees. The plain ``noise_cv`` where the calls' waits are not known.
     """
-    cpu = request_cpu(m)
-    if not cpu:
-        return m.noise_cv
-    per_prompt: dict[int, list[float]] = {}
-    for s in m.samples:
-        split = cpu.get((s.prompt_index, s.repeat))
-        if split is not None and math.isfinite(s.latency_s):
-            per_prompt.setdefault(s.prompt_index, []).append(s.latency_s * (1.0 - split[1]))
-    steady = median_cv(per_prompt.values())
+    from ._decompose import machine_free_by_prompt
+
+    steady = median_cv(machine_free_by_prompt(m, device=False).values())
     return steady if math.isfinite(steady) else m.noise_cv
 
 

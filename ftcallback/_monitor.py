@@ -27,11 +27,11 @@ __all__ = ["CheckOutcome", "Decision", "Monitor", "StopReason", "fmt_epoch"]
 
 logger = logging.getLogger("ftcallback")
 
-#: Summary keys every tracker receives (``efficiency/<key>``), besides the ratios, cost and verdict flags.
 #: The ratios every tracker gets, first on the console line: the observed latency change, the ratio a relative
 #: latency budget judged (the machine taken out; absent without that budget) and the machine's own factor.
 _TRACKED_RATIOS = ("latency_ratio", "latency_judged_ratio", "output_tokens_ratio", "machine_factor")
 
+#: Summary keys every tracker receives (``efficiency/<key>``), besides the ratios, cost and verdict flags.
 TRACKED_SUMMARY_KEYS = (
     "latency_ms_p50",
     "latency_ms_p95",

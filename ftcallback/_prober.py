@@ -21,7 +21,6 @@ from ._decompose import level_uncertainty
 from ._drift import ModelShapedReference, ReferenceWorkload
 from ._errors import MeasurementError
 from ._forms import measure_in_form
-from ._json import json_float
 from ._measure import measure
 from ._measurement import Measurement
 from ._probe import ProbeSpec
@@ -159,7 +158,7 @@ class Prober:
             settings = {k: v for k, v in settings.items() if k != "sequential"}
             plan = m.settings["sequential"]
             achieved = level_uncertainty(m, seed=self.spec.seed)
-            settings["precision"] = {**plan, "standard_error": BASELINE_PRECISION, "achieved": json_float(achieved)}
+            settings["precision"] = {**plan, "standard_error": BASELINE_PRECISION, "achieved": achieved}
         # Say how it was measured: "zero3" / "fsdp1" / "fsdp2" (every rank generated), None (one process did).
         return dataclasses.replace(m, settings=settings, environment={**m.environment, "sharding_mode": mode})
 
@@ -197,11 +196,13 @@ def _say_precision(label: str, m: Measurement) -> None:
     """One line on how precisely a baseline measured to a precision knows its latency level: every check's ratio
     carries that error. Nothing for a baseline measured to a fixed count."""
     precision = m.settings.get("precision")
-    achieved = precision.get("achieved") if isinstance(precision, dict) else None
+    if not isinstance(precision, dict):
+        return
+    achieved = precision.get("achieved")
     if not isinstance(achieved, (int, float)):
         return
     passes = m.settings.get("repeats")
-    if achieved <= BASELINE_PRECISION:
+    if achieved <= BASELINE_PRECISION or passes != precision.get("max_repeats"):
         logger.debug(
             "%s: %d passes, standard error of its latency level %.2f%% (target %.2f%%)",
             label,

@@ -249,8 +249,10 @@ class TensorBoardSink:
     Example:
         >>> import tempfile
         >>> with TensorBoardSink(tempfile.mkdtemp(), mirror_trainer_logs=False) as sink:
-        ...     sink.log_check(10, {"latency_ms_p50": 41.5}, {"latency_ratio": 1.1}, {"latency_ratio": 1.2})
-        ['efficiency/latency_ms_p50', 'efficiency_detail/latency_ratio', 'budget:efficiency_detail/latency_ratio']
+        ...     written = sink.log_check(10, {"latency_ms_p50": 41.5}, {"output_tokens_ratio": 1.1},
+        ...                              {"output_tokens_mean": 44.4})
+        >>> written
+        ['efficiency/latency_ms_p50', 'efficiency_detail/output_tokens_ratio', 'budget:efficiency/output_tokens_mean']
     """
 
     def __init__(

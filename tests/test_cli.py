@@ -364,6 +364,9 @@ def test_report_json(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert data["checks"][1]["loss"] == 2.0 and data["checks"][1]["eval_loss"] == 2.2
     assert data["checks"][3]["output_tokens_mean"] == 19.0
     assert data["checks"][3]["breaches"][0]["metric"] == "output_tokens_mean"
+    # The ratio a relative latency budget decides on has its own field, null here (a token budget only).
+    assert {"latency_ratio", "latency_judged_ratio", "machine_factor"} <= set(data["checks"][3])
+    assert data["checks"][3]["latency_judged_ratio"] is None
     assert data["checks"][2]["latency_ms_p50"] is None  # failed: nothing measured, null not NaN
     assert data["stopped"]["step"] == 20
     assert data["last_within_budget_checkpoint"] == str(run_dir / "checkpoint-10")

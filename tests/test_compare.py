@@ -169,7 +169,7 @@ def test_not_evaluable_checks_do_not_block_shipping():
     nan_new = make(math.nan)
     comparison = compare(make(0.4), nan_new, Budget(max_latency_increase=0.2))
     assert comparison.ship and comparison.verdict.not_evaluable
-    assert "latency p95 not evaluated: " in comparison.format_table()
+    assert "latency judged ratio not evaluated: " in comparison.format_table()
 
 
 # --------------------------------------------------------------------- trade-off
@@ -386,3 +386,20 @@ def test_quality_breach_suggests_quality_remedies():
     assert unchanged.causes == [
         "quality: the base model was no better (0.750): fine-tuning has not reached the minimum yet"
     ]
+
+
+def test_a_relative_latency_budget_is_named_and_written_as_the_judged_ratio():
+    def m(latencies: Sequence[float]) -> Measurement:
+        return Measurement(
+            samples=tuple(
+                RequestSample(p, r, lat * (1 + 0.01 * r), 0.05, 7, 9, True)
+                for p, lat in enumerate(latencies)
+                for r in range(3)
+            )
+        )
+
+    c = compare(m([0.2, 0.3, 0.4]), m([0.3, 0.45, 0.6]), Budget(max_latency_increase=0.2))
+    # Not "latency p95 1.5 exceeds 1.2": the budget judges a paired ratio, not a percentile.
+    assert c.statuses == ["latency judged ratio x1.500 exceeds x1.200 (base +20%)"]
+    assert c.answer.startswith("Do not ship: latency judged ratio breaks its budget of x1.200 (base +20%)")
+    assert c.violations[0].startswith("latency_judged_ratio x1.500 [")

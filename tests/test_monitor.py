@@ -99,7 +99,32 @@ def test_the_reported_latency_ratio_is_the_one_that_decided(caplog):
     assert ratios["latency_length_ratio"] == 1.0  # same answers: the whole change is per-token speed
     assert last.decision.stop
     # Why latency moved is said on the check's line, from that same decomposition.
-    assert f"epoch 1 (step 10): {parts.describe()}" in [r.getMessage() for r in caplog.records]
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"epoch 1 (step 10): {parts.describe()}" in lines
+    # The headline shows the observed change beside the judged one (the baseline judges nothing), and trackers
+    # and the console get the judged ratio under its own name.
+    (baseline_line,) = [line for line in lines if line.startswith("baseline: latency p50")]
+    assert ", latency x1.00, ttft" in baseline_line and "judged" not in baseline_line
+    judged = deciding.value
+    assert any(f", latency x{parts.total:.2f} (judged x{judged:.2f}), ttft" in line for line in lines), lines
+    metrics = last.metrics()
+    assert metrics["efficiency/latency_judged_ratio"] == judged and metrics["efficiency/latency_ratio"] == parts.total
+    assert list(metrics)[3:6] == [
+        "efficiency/latency_ratio",
+        "efficiency/latency_judged_ratio",
+        "efficiency/output_tokens_ratio",
+    ]
+    # The stop names that ratio, as the report and the TensorBoard limit line do.
+    stop = f"stopping training at epoch 1 (step 10): latency_judged_ratio x{judged:.3f}"
+    assert last.decision.message.startswith(stop)
+    assert mon.budget.limits(mon.baseline) == {"latency_judged_ratio": 1.2}
+
+
+def test_ratios_are_written_as_ratios_under_the_old_name_too():
+    from ftcallback._format import metric_value
+
+    # Reports written before the judged ratio had its own name call it latency_ratio: still read as a ratio.
+    assert metric_value("latency_judged_ratio", 1.5) == metric_value("latency_ratio", 1.5) == "x1.500"
 
 
 def test_a_retried_check_at_another_batch_size_never_compares_latency(caplog):

@@ -54,10 +54,13 @@ def test_log_check_writes_summary_extra_and_limits(tmp_path: Path) -> None:
     written = sink.log_check(
         10,
         SUMMARY,
-        {"latency_ratio": 1.1, "cost_per_request": 2e-4, "cost_ratio": math.nan},
-        {"latency_ratio": 1.2, "output_tokens_mean": 20.0, "latency_ms_p95": math.nan},
+        {"latency_ratio": 1.6, "latency_judged_ratio": 1.1, "cost_per_request": 2e-4, "cost_ratio": math.nan},
+        {"latency_judged_ratio": 1.2, "output_tokens_mean": 20.0, "latency_ms_p95": math.nan},
     )
-    sink.log_check(20, {**SUMMARY, "latency_ms_p50": 45.0}, {"latency_ratio": 1.3}, {"latency_ratio": 1.2})
+    sink.log_check(
+        20, {**SUMMARY, "latency_ms_p50": 45.0}, {"latency_ratio": 1.3, "latency_judged_ratio": 1.3},
+        {"latency_judged_ratio": 1.2},
+    )
     sink.close()
 
     acc = read(tmp_path)
@@ -68,17 +71,20 @@ def test_log_check_writes_summary_extra_and_limits(tmp_path: Path) -> None:
         "efficiency_detail/ttft_ms_p50",
         "efficiency/output_tokens_mean",
         "efficiency_detail/latency_ratio",
+        "efficiency_detail/latency_judged_ratio",
         "efficiency_detail/cost_per_request",
-        "budget:efficiency_detail/latency_ratio",
+        "budget:efficiency_detail/latency_judged_ratio",
         "budget:efficiency/output_tokens_mean",
     }
     assert scalars == {t for t in written if not t.startswith("budget:")}
     assert series(acc, "efficiency/latency_ms_p50") == [(10, 40.0), (20, 45.0)]
-    assert series(acc, "efficiency_detail/latency_ratio") == [(10, pytest.approx(1.1)), (20, pytest.approx(1.3))]
-    # The limits: a run of their own (TensorBoard colours by run), under the metric's own tag.
+    judged = "efficiency_detail/latency_judged_ratio"
+    assert series(acc, judged) == [(10, pytest.approx(1.1)), (20, pytest.approx(1.3))]
+    # The limits: a run of their own (TensorBoard colours by run), under the metric's own tag: the relative latency
+    # limit beside the judged ratio it decides on, not beside the observed one.
     budget = read(tmp_path / "budget")
-    assert set(budget.Tags()["scalars"]) == {"efficiency_detail/latency_ratio", "efficiency/output_tokens_mean"}
-    assert series(budget, "efficiency_detail/latency_ratio") == [(10, pytest.approx(1.2)), (20, pytest.approx(1.2))]
+    assert set(budget.Tags()["scalars"]) == {judged, "efficiency/output_tokens_mean"}
+    assert series(budget, judged) == [(10, pytest.approx(1.2)), (20, pytest.approx(1.2))]
     assert series(budget, "efficiency/output_tokens_mean") == [(10, 20.0)]
     # NaN and inf were skipped, not written.
     assert not {"efficiency_detail/noise_cv", "efficiency_detail/tpot_ms_p50", "efficiency_detail/cost_ratio"} & scalars
@@ -96,13 +102,13 @@ def test_every_summary_key_is_written(tmp_path: Path) -> None:
 
 def test_layout_pairs_each_metric_with_its_limit(tmp_path: Path) -> None:
     sink = TensorBoardSink(tmp_path, mirror_trainer_logs=False)
-    assert sink.write_layout(["latency_ratio", "output_tokens_mean"]) is True
-    assert sink.write_layout(["latency_ratio"]) is False  # once per sink
+    assert sink.write_layout(["latency_judged_ratio", "output_tokens_mean"]) is True
+    assert sink.write_layout(["latency_judged_ratio"]) is False  # once per sink
     sink.log_check(
         1,
         {"latency_ms_p50": 1.0, "output_tokens_mean": 9.0},
-        {"latency_ratio": 1.0},
-        {"latency_ratio": 1.2, "output_tokens_mean": 16.0},
+        {"latency_ratio": 1.0, "latency_judged_ratio": 1.0},
+        {"latency_judged_ratio": 1.2, "output_tokens_mean": 16.0},
     )
     sink.close()
 
@@ -118,12 +124,12 @@ def test_layout_pairs_each_metric_with_its_limit(tmp_path: Path) -> None:
         "efficiency: latency detail",
     ]
     assert [chart.title for chart in layout.category[0].chart] == [
-        "latency_ratio and its budget",
+        "latency_judged_ratio and its budget",
         "output_tokens_mean and its budget",
         "train/loss",
     ]
     assert set(charts) == {
-        "latency_ratio and its budget",
+        "latency_judged_ratio and its budget",
         "output_tokens_mean and its budget",
         "train/loss",
         "latency percentiles (ms)",
@@ -133,7 +139,7 @@ def test_layout_pairs_each_metric_with_its_limit(tmp_path: Path) -> None:
     # measured run and the budget run both hold.
     tags = acc.Tags()["scalars"]
     limits = read(tmp_path / "budget").Tags()["scalars"]
-    for metric in ("latency_ratio", "output_tokens_mean"):
+    for metric in ("latency_judged_ratio", "output_tokens_mean"):
         title = f"{metric} and its budget"
         matched = sorted(t for t in tags for pattern in charts[title] if re.match(pattern, t))
         tag = sink.tag(metric)

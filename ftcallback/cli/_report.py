@@ -109,7 +109,14 @@ def _check_summary(
         "noise_cv",
     ):
         out[key] = s.get(key)
-    for key in ("latency_ratio", "output_tokens_ratio"):
+    for key in (
+        "latency_ratio",
+        "latency_judged_ratio",
+        "latency_judged_ratio_low",
+        "latency_judged_ratio_high",
+        "machine_factor",
+        "output_tokens_ratio",
+    ):
         value = check.ratios.get(key)
         out[key] = value if isinstance(value, (int, float)) else None
     for key in ("cost_per_request", "monthly_cost"):
