@@ -199,12 +199,14 @@ def decompose(
     if not base_latency:
         return None
 
+    frame = _fastest_frame(baseline, measurement)
+
     def ratio(
         cpu: tuple[_Cpu, _Cpu] | None = None, refs: tuple[_Weights, _Weights] | None = None, *, interval: bool = True
     ) -> RatioEstimate:
         """The paired ratio check / counterfactual, each timing taken out of its call's machine state; without
         ``interval`` the point alone (no bootstrap: ``evaluate`` runs at every adaptive look)."""
-        scale = _fastest_frame(baseline, measurement) if refs is not None else 1.0
+        scale = frame if refs is not None else 1.0
         sides = []
         for i, timed in enumerate((predicted, new_latency)):
             side_cpu = None if cpu is None else cpu[i]

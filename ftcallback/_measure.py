@@ -974,26 +974,15 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def steady_noise_cv(m: Measurement) -> float:
-    """:attr:`Measurement.noise_cv` of the latencies less the time each request's call waited for the CPU.
-
-    On a CPU shared with other processes most of the variation of the same request can be run-queue wait,
-    which a relative latency check takes out of the timings (:func:`~ftcallback._drift.request_cpu`); what
-    is left is the noise that check really sees. The plain ``noise_cv`` where the calls' waits are not known.
-    """
+def machine_free_noise_cv(m: Measurement, *, device: bool = True) -> float:
+    """:attr:`Measurement.noise_cv` of the latencies with the machine taken out call by call, as a relative
+    latency check takes it out (:func:`~ftcallback._decompose.machine_free_by_prompt`): the noise that check
+    really sees. ``device=False`` takes out only the time each call waited for the CPU (on a CPU shared with
+    other processes most of the variation of the same request can be that wait). The plain ``noise_cv`` where
+    nothing can be taken out."""
     from ._decompose import machine_free_by_prompt
 
-    steady = median_cv(machine_free_by_prompt(m, device=False).values())
-    return steady if math.isfinite(steady) else m.noise_cv
-
-
-def machine_free_noise_cv(m: Measurement) -> float:
-    """:attr:`Measurement.noise_cv` of the latencies with the whole machine taken out call by call (the wait
-    for the CPU and the device's local speed, :func:`~ftcallback._decompose.machine_free_by_prompt`): the
-    noise a relative latency check really sees. The plain ``noise_cv`` where nothing can be taken out."""
-    from ._decompose import machine_free_by_prompt
-
-    steady = median_cv(machine_free_by_prompt(m).values())
+    steady = median_cv(machine_free_by_prompt(m, device=device).values())
     return steady if math.isfinite(steady) else m.noise_cv
 
 
@@ -1020,7 +1009,7 @@ def _log_result(m: Measurement) -> None:
     if m.noise_cv > _NOISE_CV_LIMIT:
         # A Python warning, not a log record: it says so where the user looks (stderr, pytest's
         # warnings summary) without adding WARNING records next to the callback's stop line.
-        steady = steady_noise_cv(m)
+        steady = machine_free_noise_cv(m, device=False)
         varied = (
             f"timing is noisy: the same request varied by {100.0 * m.noise_cv:.0f}% (median CV of latency "
             f"across repeats, threshold {100.0 * _NOISE_CV_LIMIT:.0f}%)"

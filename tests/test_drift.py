@@ -691,7 +691,7 @@ def test_serving_budget_validation(kwargs, match):
 # --------------------------------------------------------------------- the noise warning on a busy CPU
 def test_noise_from_waiting_for_the_cpu_is_told_apart_from_noisy_computing():
     from ftcallback._errors import NoisyMeasurementWarning
-    from ftcallback._measure import _log_result, steady_noise_cv
+    from ftcallback._measure import _log_result, machine_free_noise_cv
 
     # The same computing every repeat (2% noise), but repeat r's calls waited for the CPU 0.2x, 1x, 2x as long
     # as they computed: the same request's latency varies by ~40%, what the comparison sees by ~2%.
@@ -702,7 +702,8 @@ def test_noise_from_waiting_for_the_cpu_is_told_apart_from_noisy_computing():
         waits[1 + s.repeat * PROMPTS + s.prompt_index] = waited
         samples.append(dataclasses.replace(s, latency_s=s.latency_s + waited))
     contended = dataclasses.replace(quiet, samples=tuple(samples), cpu_wait_s=tuple(waits))
-    assert contended.noise_cv > 0.4 and steady_noise_cv(contended) == pytest.approx(quiet.noise_cv, rel=1e-9)
+    assert contended.noise_cv > 0.4
+    assert machine_free_noise_cv(contended, device=False) == pytest.approx(quiet.noise_cv, rel=1e-9)
     # Warned (absolute limits see that wait), saying it was the CPU and which checks take it out.
     with pytest.warns(NoisyMeasurementWarning, match="without the time it waited for the CPU: other processes") as w:
         _log_result(contended)
@@ -710,14 +711,14 @@ def test_noise_from_waiting_for_the_cpu_is_told_apart_from_noisy_computing():
     assert "increase repeats" not in str(w[0].message)  # more repeats would not help
     # Noise in the computing itself, on a quiet CPU: warned, and waiting is not mentioned.
     noisy = synthetic(noise=0.35, seed=24)
-    assert steady_noise_cv(noisy) == pytest.approx(noisy.noise_cv)
+    assert machine_free_noise_cv(noisy, device=False) == pytest.approx(noisy.noise_cv)
     with pytest.warns(NoisyMeasurementWarning, match=r"varied by \d+% \(median CV of latency across repeats, "):
         _log_result(noisy)
 
 
 def test_noise_from_the_machines_speed_is_told_apart_and_adaptive_passes_are_not_called_repeats():
     from ftcallback._errors import NoisyMeasurementWarning
-    from ftcallback._measure import _log_result, machine_free_noise_cv, steady_noise_cv
+    from ftcallback._measure import _log_result, machine_free_noise_cv
 
     # The machine ran repeat r 0.8x, 1x, 1.3x as fast as usual, no process waiting for the CPU (a host's
     # neighbours, a clock that moves): the model's computing and the reference beside each call alike.
@@ -730,7 +731,7 @@ def test_noise_from_the_machines_speed_is_told_apart_and_adaptive_passes_are_not
         refs[call] *= speed[s.repeat]
         samples.append(dataclasses.replace(s, latency_s=s.latency_s * speed[s.repeat]))
     drifting = dataclasses.replace(quiet, samples=tuple(samples), cpu_run_s=tuple(runs), reference_s=tuple(refs))
-    assert drifting.noise_cv > 0.2 and steady_noise_cv(drifting) > 0.2  # no wait to take out
+    assert drifting.noise_cv > 0.2 and machine_free_noise_cv(drifting, device=False) > 0.2  # no wait to take out
     # Taken out call by call against the local reference (five nearest timings: a window straddling a change
     # of speed mixes two), so near the quiet measurement's noise, far under the threshold.
     assert machine_free_noise_cv(drifting) < 2 * quiet.noise_cv + 0.01 < 0.1
